@@ -1,0 +1,19 @@
+// The readable report of `calcalert evaluate --format text`: per patient, each finding with its
+// explanation, then the data-quality notes.
+#pragma once
+
+#include <ostream>
+#include <vector>
+
+#include "rules/engine.hpp"
+
+namespace calcalert::cli {
+
+struct PatientResult {
+    std::string patient;
+    rules::Evaluation evaluation;
+};
+
+void write_text_report(std::ostream& out, const std::vector<PatientResult>& results, rules::EpochSeconds now);
+
+}  // namespace calcalert::cli

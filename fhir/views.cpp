@@ -1,0 +1,289 @@
+#include "fhir/views.hpp"
+
+namespace calcalert::fhir {
+namespace {
+
+const char* json_type_name(const Json& v) {
+    if (v.IsNull()) return "null";
+    if (v.IsBool()) return "a boolean";
+    if (v.IsNumber()) return "a number";
+    if (v.IsString()) return "a string";
+    if (v.IsArray()) return "an array";
+    return "an object";
+}
+
+std::string child(const std::string& path, std::string_view name) {
+    std::string out = path;
+    out += '.';
+    out += name;
+    return out;
+}
+
+std::string indexed(const std::string& path, std::size_t i) { return path + "[" + std::to_string(i) + "]"; }
+
+}  // namespace
+
+const Json* member(const Json& obj, std::string_view name) {
+    if (!obj.IsObject()) return nullptr;
+    auto it = obj.FindMember(rapidjson::StringRef(name.data(), static_cast<rapidjson::SizeType>(name.size())));
+    return it == obj.MemberEnd() ? nullptr : &it->value;
+}
+
+std::optional<std::string_view> string_member(const Json& obj, std::string_view name, const std::string& path) {
+    const Json* v = member(obj, name);
+    if (!v) return std::nullopt;
+    if (!v->IsString())
+        throw ElementError(child(path, name), std::string("expected a string, found ") + json_type_name(*v));
+    return std::string_view(v->GetString(), v->GetStringLength());
+}
+
+std::optional<double> number_member(const Json& obj, std::string_view name, const std::string& path) {
+    const Json* v = member(obj, name);
+    if (!v) return std::nullopt;
+    if (!v->IsNumber())
+        throw ElementError(child(path, name), std::string("expected a number, found ") + json_type_name(*v));
+    return v->GetDouble();
+}
+
+const Json* object_member(const Json& obj, std::string_view name, const std::string& path) {
+    const Json* v = member(obj, name);
+    if (!v) return nullptr;
+    if (!v->IsObject())
+        throw ElementError(child(path, name), std::string("expected an object, found ") + json_type_name(*v));
+    return v;
+}
+
+const Json* array_member(const Json& obj, std::string_view name, const std::string& path) {
+    const Json* v = member(obj, name);
+    if (!v) return nullptr;
+    if (!v->IsArray())
+        throw ElementError(child(path, name), std::string("expected an array, found ") + json_type_name(*v));
+    return v;
+}
+
+bool CodeableConcept::has_code(std::string_view c) const {
+    for (const auto& cd : coding)
+        if (cd.code == c) return true;
+    return false;
+}
+
+std::string_view CodeableConcept::first_code() const {
+    for (const auto& cd : coding)
+        if (!cd.code.empty()) return cd.code;
+    return {};
+}
+
+CodeableConcept codeable_concept(const Json* v, const std::string& path) {
+    CodeableConcept cc;
+    if (!v) return cc;
+    if (!v->IsObject()) throw ElementError(path, std::string("expected an object, found ") + json_type_name(*v));
+    cc.present = true;
+    if (auto t = string_member(*v, "text", path)) cc.text = *t;
+    if (const Json* arr = array_member(*v, "coding", path)) {
+        cc.coding.reserve(arr->Size());
+        for (rapidjson::SizeType i = 0; i < arr->Size(); ++i) {
+            const Json& c = (*arr)[i];
+            const std::string cpath = indexed(path + ".coding", i);
+            if (!c.IsObject()) throw ElementError(cpath, std::string("expected an object, found ") + json_type_name(c));
+            Coding cd;
+            if (auto s = string_member(c, "system", cpath)) cd.system = *s;
+            if (auto s = string_member(c, "code", cpath)) cd.code = *s;
+            if (auto s = string_member(c, "display", cpath)) cd.display = *s;
+            cc.coding.push_back(cd);
+        }
+    }
+    return cc;
+}
+
+Quantity quantity(const Json& v, const std::string& path) {
+    if (!v.IsObject()) throw ElementError(path, std::string("expected an object, found ") + json_type_name(v));
+    Quantity q;
+    q.value = number_member(v, "value", path);
+    if (auto s = string_member(v, "comparator", path)) {
+        q.comparator = *s;
+        if (q.comparator != "<" && q.comparator != "<=" && q.comparator != ">" && q.comparator != ">=")
+            throw ElementError(path + ".comparator", "unknown comparator '" + std::string(*s) + "'");
+    }
+    if (auto s = string_member(v, "unit", path)) q.unit = *s;
+    if (auto s = string_member(v, "system", path)) q.system = *s;
+    if (auto s = string_member(v, "code", path)) q.code = *s;
+    return q;
+}
+
+std::string_view resource_type(const Json& json, const std::string& where_path) {
+    if (!json.IsObject()) throw ElementError(where_path, std::string("expected a resource object, found ") + json_type_name(json));
+    const Json* rt = member(json, "resourceType");
+    if (!rt) throw ElementError(where_path, "resource has no resourceType");
+    if (!rt->IsString() || rt->GetStringLength() == 0)
+        throw ElementError(where_path + ".resourceType", "expected a non-empty string");
+    return {rt->GetString(), rt->GetStringLength()};
+}
+
+ResourceView::ResourceView(const Json& json, std::string type) : json_(&json), type_(std::move(type)) {
+    if (auto s = string_member(json, "id", type_)) id_ = *s;
+    if (const Json* meta = object_member(json, "meta", type_)) {
+        const std::string mpath = type_ + ".meta";
+        if (auto s = string_member(*meta, "versionId", mpath)) version_id_ = *s;
+        if (auto s = string_member(*meta, "lastUpdated", mpath)) {
+            last_updated_ = parse_datetime(*s);
+            if (!last_updated_) throw ElementError(mpath + ".lastUpdated", "not a valid instant: '" + std::string(*s) + "'");
+        }
+    }
+}
+
+std::string ResourceView::reference() const { return type_ + "/" + std::string(id_); }
+
+std::string ResourceView::versioned_reference() const {
+    std::string out = reference();
+    if (!version_id_.empty()) out += "/_history/" + std::string(version_id_);
+    return out;
+}
+
+namespace {
+std::string_view subject_of(const Json& json, const std::string& type) {
+    if (const Json* subj = object_member(json, "subject", type))
+        if (auto r = string_member(*subj, "reference", type + ".subject")) return *r;
+    return {};
+}
+
+std::optional<EpochSeconds> time_member(const Json& obj, std::string_view name, const std::string& path) {
+    auto s = string_member(obj, name, path);
+    if (!s) return std::nullopt;
+    auto t = parse_datetime(*s);
+    if (!t) throw ElementError(child(path, name), "not a valid date/time: '" + std::string(*s) + "'");
+    return t;
+}
+}  // namespace
+
+ObservationView::ObservationView(const Json& json) : ResourceView(json, "Observation") {
+    if (auto s = string_member(json, "status", type_)) status_ = *s;
+    code_ = codeable_concept(member(json, "code"), "Observation.code");
+    subject_ = subject_of(json, type_);
+}
+
+EffectiveTime ObservationView::effective() const {
+    if (auto t = time_member(*json_, "effectiveDateTime", type_)) return {t, "effectiveDateTime"};
+    if (const Json* p = object_member(*json_, "effectivePeriod", type_))
+        if (auto t = time_member(*p, "start", "Observation.effectivePeriod")) return {t, "effectivePeriod.start"};
+    if (auto t = time_member(*json_, "effectiveInstant", type_)) return {t, "effectiveInstant"};
+    if (auto t = time_member(*json_, "issued", type_)) return {t, "issued"};
+    return {};
+}
+
+const Json* ObservationView::value_quantity() const { return object_member(*json_, "valueQuantity", type_); }
+
+bool ObservationView::has_data_absent_reason() const { return member(*json_, "dataAbsentReason") != nullptr; }
+
+std::string_view ObservationView::other_value_element() const {
+    static const char* const others[] = {"valueCodeableConcept", "valueString", "valueBoolean", "valueInteger",
+                                         "valueRange", "valueRatio", "valueSampledData", "valueTime",
+                                         "valueDateTime", "valuePeriod"};
+    for (const char* o : others)
+        if (member(*json_, o)) return o;
+    return {};
+}
+
+namespace {
+std::optional<Quantity> range_high(const Json& obj, const std::string& path) {
+    const Json* rr = array_member(obj, "referenceRange", path);
+    if (!rr || rr->Empty()) return std::nullopt;
+    const std::string rpath = path + ".referenceRange[0]";
+    const Json& first = (*rr)[0];
+    if (!first.IsObject()) throw ElementError(rpath, "expected an object");
+    const Json* high = object_member(first, "high", rpath);
+    if (!high) return std::nullopt;
+    Quantity q = quantity(*high, rpath + ".high");
+    if (!q.value) return std::nullopt;
+    return q;
+}
+}  // namespace
+
+std::optional<Quantity> ObservationView::reference_range_high() const { return range_high(*json_, type_); }
+
+std::vector<ObservationView::Component> ObservationView::components() const {
+    std::vector<Component> out;
+    const Json* arr = array_member(*json_, "component", type_);
+    if (!arr) return out;
+    for (rapidjson::SizeType i = 0; i < arr->Size(); ++i) {
+        const std::string cpath = indexed("Observation.component", i);
+        const Json& c = (*arr)[i];
+        if (!c.IsObject()) throw ElementError(cpath, std::string("expected an object, found ") + json_type_name(c));
+        Component comp{i, codeable_concept(member(c, "code"), cpath + ".code"), object_member(c, "valueQuantity", cpath),
+                       member(c, "dataAbsentReason") != nullptr, range_high(c, cpath)};
+        out.push_back(std::move(comp));
+    }
+    return out;
+}
+
+ConditionView::ConditionView(const Json& json) : ResourceView(json, "Condition") {
+    code_ = codeable_concept(member(json, "code"), "Condition.code");
+    subject_ = subject_of(json, type_);
+}
+
+std::string_view ConditionView::clinical_status() const {
+    return codeable_concept(member(*json_, "clinicalStatus"), "Condition.clinicalStatus").first_code();
+}
+
+std::string_view ConditionView::verification_status() const {
+    return codeable_concept(member(*json_, "verificationStatus"), "Condition.verificationStatus").first_code();
+}
+
+std::optional<EpochSeconds> ConditionView::onset() const {
+    if (auto t = time_member(*json_, "onsetDateTime", type_)) return t;
+    if (const Json* p = object_member(*json_, "onsetPeriod", type_)) return time_member(*p, "start", "Condition.onsetPeriod");
+    return std::nullopt;
+}
+
+bool ConditionView::has_abatement() const {
+    for (const char* a : {"abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString"})
+        if (member(*json_, a)) return true;
+    return false;
+}
+
+std::optional<EpochSeconds> ConditionView::abatement() const {
+    if (auto t = time_member(*json_, "abatementDateTime", type_)) return t;
+    if (const Json* p = object_member(*json_, "abatementPeriod", type_))
+        return time_member(*p, "start", "Condition.abatementPeriod");
+    return std::nullopt;
+}
+
+std::vector<std::string> operation_outcome_issues(const Json& json) {
+    std::vector<std::string> out;
+    const Json* issues = array_member(json, "issue", "OperationOutcome");
+    if (!issues) return out;
+    for (rapidjson::SizeType i = 0; i < issues->Size(); ++i) {
+        const Json& is = (*issues)[i];
+        if (!is.IsObject()) continue;
+        const std::string ipath = indexed("OperationOutcome.issue", i);
+        std::string line(string_member(is, "severity", ipath).value_or("error"));
+        if (auto c = string_member(is, "code", ipath)) line += " (" + std::string(*c) + ")";
+        if (auto d = string_member(is, "diagnostics", ipath)) line += ": " + std::string(*d);
+        auto details = codeable_concept(member(is, "details"), ipath + ".details");
+        if (!details.text.empty()) line += ": " + std::string(details.text);
+        if (const Json* ex = array_member(is, "expression", ipath))
+            for (const auto& e : ex->GetArray())
+                if (e.IsString()) line += std::string(" [") + e.GetString() + "]";
+        out.push_back(std::move(line));
+    }
+    return out;
+}
+
+std::optional<std::string> normalize_patient_reference(std::string_view ref) {
+    if (ref.rfind("urn:uuid:", 0) == 0 || ref.rfind("urn:oid:", 0) == 0) return std::string(ref);
+    // Drop a version suffix.
+    if (auto h = ref.find("/_history/"); h != std::string_view::npos) ref = ref.substr(0, h);
+    // Find the last "Patient/" segment start: either at 0 or after a '/'.
+    std::size_t pos = std::string_view::npos;
+    if (ref.rfind("Patient/", 0) == 0) {
+        pos = 0;
+    } else {
+        auto p = ref.rfind("/Patient/");
+        if (p != std::string_view::npos) pos = p + 1;
+    }
+    if (pos == std::string_view::npos) return std::nullopt;
+    std::string_view id = ref.substr(pos + 8);
+    if (id.empty() || id.find('/') != std::string_view::npos || id.find('?') != std::string_view::npos) return std::nullopt;
+    return "Patient/" + std::string(id);
+}
+
+}  // namespace calcalert::fhir

@@ -1,0 +1,44 @@
+// Findings -> FHIR R4 DetectedIssue (clinical-rules.md §4), and data-quality notes -> OperationOutcome.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "fhir/problem.hpp"
+#include "rules/engine.hpp"
+
+namespace calcalert::mappings {
+
+struct IssueOptions {
+    std::string identifier_system = "urn:calcalert:detected-issue";
+    std::string rule_system = "urn:calcalert:rule";
+    std::string author_display = "calcalert";
+};
+
+// The alert's identity: a name-based (version 5) UUID of (patient, rule id), the same in every run,
+// in the poller and in CDS Hooks cards.
+std::string alert_identifier(std::string_view patient, std::string_view rule_id);
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+// status: final (new), amended (evidence changed) or cancelled (no longer holds).
+void write_detected_issue(JsonWriter& w, const rules::Finding& f, rules::EpochSeconds identified,
+                          const IssueOptions& options, std::string_view status = "final");
+std::string detected_issue_json(const rules::Finding& f, rules::EpochSeconds identified, const IssueOptions& options,
+                                std::string_view status = "final");
+
+// One OperationOutcome holding the data-quality notes (severity information/warning) and input
+// problems; each issue names the resource in `diagnostics` and the element in `expression`.
+struct OutcomeIssue {
+    std::string severity;  // fatal, error, warning, information
+    std::string code;      // FHIR issue-type code: processing, invalid, structure, value, ...
+    std::string diagnostics;
+    std::string expression;
+};
+void write_operation_outcome(JsonWriter& w, const std::vector<OutcomeIssue>& issues);
+
+}  // namespace calcalert::mappings

@@ -1,0 +1,151 @@
+#include "mappings/terminology.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace calcalert::mappings {
+namespace {
+
+struct Row {
+    std::size_t line;
+    std::vector<std::string> cells;
+};
+
+std::vector<Row> read_tsv(const std::filesystem::path& p, std::size_t min_cells) {
+    std::ifstream in(p);
+    if (!in) throw TerminologyError(p.string() + ": cannot open");
+    std::vector<Row> rows;
+    std::string line;
+    std::size_t n = 0;
+    while (std::getline(in, line)) {
+        ++n;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.empty() || line[0] == '#') continue;
+        Row r{n, {}};
+        std::size_t start = 0;
+        while (true) {
+            auto tab = line.find('\t', start);
+            r.cells.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+            if (tab == std::string::npos) break;
+            start = tab + 1;
+        }
+        if (r.cells.size() < min_cells)
+            throw TerminologyError(p.string() + ":" + std::to_string(n) + ": expected at least " +
+                                   std::to_string(min_cells) + " tab-separated columns");
+        rows.push_back(std::move(r));
+    }
+    return rows;
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
+}
+
+std::string icd_normal(std::string_view code) {
+    std::string out;
+    for (char c : code)
+        if (c != '.' && c != ' ') out += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return out;
+}
+
+}  // namespace
+
+std::string Terminology::key(std::string_view canonical, std::string_view code) const {
+    auto it = systems_.find(std::string(canonical));
+    const bool icd = it != systems_.end() && it->second.second;
+    return std::string(canonical) + "|" + (icd ? icd_normal(code) : std::string(code));
+}
+
+std::optional<std::string_view> Terminology::canonical_system(std::string_view system) const {
+    auto it = systems_.find(std::string(system));
+    if (it == systems_.end()) return std::nullopt;
+    return std::string_view(it->second.first);
+}
+
+std::string Terminology::system_label(std::string_view system) const {
+    auto c = canonical_system(system);
+    const std::string_view s = c ? *c : system;
+    if (s == "http://loinc.org") return "LOINC";
+    if (s == "http://snomed.info/sct") return "SNOMED CT";
+    if (s == "http://hl7.org/fhir/sid/icd-10-cm") return "ICD-10-CM";
+    if (s == "http://hl7.org/fhir/sid/icd-9-cm") return "ICD-9-CM";
+    return std::string(s);
+}
+
+Terminology Terminology::load(const std::filesystem::path& dir) {
+    Terminology t;
+    for (const auto& r : read_tsv(dir / "systems.tsv", 3)) t.systems_[r.cells[0]] = {r.cells[1], r.cells[2] == "icd"};
+
+    for (const auto& r : read_tsv(dir / "concepts.tsv", 2)) t.concept_titles_[r.cells[0]] = r.cells[1];
+
+    const auto labs_file = dir / "lab-codes.tsv";
+    for (const auto& r : read_tsv(labs_file, 5)) {
+        auto sys = t.canonical_system(r.cells[0]);
+        auto analyte = rules::analyte_from_name(r.cells[2]);
+        if (!sys || !analyte)
+            throw TerminologyError(labs_file.string() + ":" + std::to_string(r.line) + ": unknown system or analyte");
+        t.labs_[t.key(*sys, r.cells[1])] = LabCode{*analyte, r.cells[3], r.cells[4]};
+    }
+
+    const auto cond_file = dir / "condition-codes.tsv";
+    for (const auto& r : read_tsv(cond_file, 6)) {
+        auto sys = t.canonical_system(r.cells[1]);
+        const std::string where = cond_file.string() + ":" + std::to_string(r.line);
+        if (!sys) throw TerminologyError(where + ": unknown system '" + r.cells[1] + "'");
+        if (!t.concept_titles_.count(r.cells[0]))
+            throw TerminologyError(where + ": concept_id '" + r.cells[0] + "' is not in concepts.tsv");
+        ConditionCode c{r.cells[0], r.cells[4], r.cells.size() > 6 ? r.cells[6] : std::string()};
+        if (r.cells[3] == "exact")
+            t.conditions_[t.key(*sys, r.cells[2])] = std::move(c);
+        else if (r.cells[3] == "prefix")
+            t.condition_prefixes_.emplace_back(t.key(*sys, r.cells[2]), std::move(c));
+        else
+            throw TerminologyError(where + ": match must be exact or prefix");
+    }
+
+    const auto units_file = dir / "units.tsv";
+    for (const auto& r : read_tsv(units_file, 4)) {
+        auto analyte = rules::analyte_from_name(r.cells[0]);
+        const std::string where = units_file.string() + ":" + std::to_string(r.line);
+        if (!analyte) throw TerminologyError(where + ": unknown analyte '" + r.cells[0] + "'");
+        char* end = nullptr;
+        const double factor = std::strtod(r.cells[2].c_str(), &end);
+        if (end == r.cells[2].c_str() || *end != '\0' || !(factor > 0))
+            throw TerminologyError(where + ": factor must be a positive number");
+        t.units_[r.cells[0] + "|" + r.cells[1]] = UnitConversion{factor, r.cells[3], r.cells.size() > 4 ? r.cells[4] : ""};
+    }
+    return t;
+}
+
+const LabCode* Terminology::lab(std::string_view system, std::string_view code) const {
+    auto sys = canonical_system(system);
+    if (!sys) return nullptr;
+    auto it = labs_.find(key(*sys, code));
+    return it == labs_.end() ? nullptr : &it->second;
+}
+
+const ConditionCode* Terminology::condition(std::string_view system, std::string_view code) const {
+    auto sys = canonical_system(system);
+    if (!sys || code.empty()) return nullptr;
+    const std::string k = key(*sys, code);
+    if (auto it = conditions_.find(k); it != conditions_.end()) return &it->second;
+    for (const auto& [prefix, c] : condition_prefixes_)
+        if (k.compare(0, prefix.size(), prefix) == 0) return &c;
+    return nullptr;
+}
+
+const UnitConversion* Terminology::unit(rules::Analyte analyte, std::string_view u) const {
+    const std::string name(rules::analyte_name(analyte));
+    if (auto it = units_.find(name + "|" + std::string(u)); it != units_.end()) return &it->second;
+    const std::string want = name + "|" + lower(u);
+    for (const auto& [k, conv] : units_)
+        if (lower(k) == want) return &conv;
+    return nullptr;
+}
+
+}  // namespace calcalert::mappings

@@ -1,0 +1,68 @@
+// Terminology as data: code system + code -> analyte or condition concept_id, and unit conversions to
+// each analyte's canonical unit. Loaded from the TSV files in mappings/data/ (a clinician can review them).
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "rules/facts.hpp"
+
+namespace calcalert::mappings {
+
+class TerminologyError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct LabCode {
+    rules::Analyte analyte;
+    std::string property;  // mass, moles, activity, rate
+    std::string display;
+};
+
+struct ConditionCode {
+    std::string concept_id;
+    std::string display;
+    std::string caveat;
+};
+
+struct UnitConversion {
+    double factor;          // canonical = value × factor
+    std::string property;   // mass, moles, ...
+    std::string note_on_use;  // a data-quality note to record whenever this conversion is used
+};
+
+class Terminology {
+public:
+    static Terminology load(const std::filesystem::path& data_dir);
+
+    // Canonical system URI for an alias, or nullopt for a system the data does not know.
+    std::optional<std::string_view> canonical_system(std::string_view system) const;
+    // "LOINC", "SNOMED CT", "ICD-10-CM", "ICD-9-CM" or the URI itself.
+    std::string system_label(std::string_view system) const;
+
+    const LabCode* lab(std::string_view system, std::string_view code) const;
+    const ConditionCode* condition(std::string_view system, std::string_view code) const;
+    // Looks up `unit` for the analyte (exact, then case-insensitive).
+    const UnitConversion* unit(rules::Analyte analyte, std::string_view unit) const;
+
+    // concept_id -> title, for the rule catalog.
+    const std::map<std::string, std::string>& concepts() const { return concept_titles_; }
+
+private:
+    std::string key(std::string_view canonical, std::string_view code) const;
+    std::unordered_map<std::string, std::pair<std::string, bool>> systems_;  // alias -> canonical, is_icd
+    std::unordered_map<std::string, LabCode> labs_;
+    std::unordered_map<std::string, ConditionCode> conditions_;
+    std::vector<std::pair<std::string, ConditionCode>> condition_prefixes_;  // key prefix -> code
+    std::unordered_map<std::string, UnitConversion> units_;                   // analyte|unit
+    std::map<std::string, std::string> concept_titles_;
+};
+
+}  // namespace calcalert::mappings

@@ -1,0 +1,316 @@
+#include "rules/catalog.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <set>
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+namespace calcalert::rules {
+namespace {
+
+using Json = rapidjson::Value;
+
+std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ULL) {
+    for (unsigned char c : s) {
+        h ^= c;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+std::string canonical(const Json& v) {
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    v.Accept(w);
+    return sb.GetString();
+}
+
+struct JsonFile {
+    std::string name;
+    rapidjson::Document doc;
+};
+
+JsonFile read_json(const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    if (!in) throw CatalogError(p.string() + ": cannot open");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    JsonFile f{p.string(), {}};
+    f.doc.Parse(text.c_str());
+    if (f.doc.HasParseError())
+        throw CatalogError(f.name + ": JSON parse error at offset " + std::to_string(f.doc.GetErrorOffset()) + ": " +
+                           rapidjson::GetParseError_En(f.doc.GetParseError()));
+    if (!f.doc.IsObject()) throw CatalogError(f.name + ": expected a JSON object");
+    return f;
+}
+
+// Strict object reader: every key must be read, unknown keys are errors.
+class Obj {
+public:
+    Obj(const Json& v, std::string file, std::string path) : v_(v), file_(std::move(file)), path_(std::move(path)) {
+        if (!v.IsObject()) fail(path_, "expected an object");
+    }
+    [[noreturn]] void fail(const std::string& at, const std::string& msg) const {
+        throw CatalogError(file_ + ": " + at + ": " + msg);
+    }
+    const Json* get(const char* key) {
+        seen_.insert(key);
+        auto it = v_.FindMember(key);
+        return it == v_.MemberEnd() ? nullptr : &it->value;
+    }
+    std::string str(const char* key, bool required = true) {
+        const Json* v = get(key);
+        if (!v) {
+            if (required) fail(path_ + key, "missing");
+            return {};
+        }
+        if (!v->IsString()) fail(path_ + key, "expected a string");
+        return v->GetString();
+    }
+    double num(const char* key, double fallback) {
+        const Json* v = get(key);
+        if (!v) return fallback;
+        if (!v->IsNumber()) fail(path_ + key, "expected a number");
+        return v->GetDouble();
+    }
+    std::vector<std::string> strings(const char* key) {
+        std::vector<std::string> out;
+        const Json* v = get(key);
+        if (!v) return out;
+        if (!v->IsArray()) fail(path_ + key, "expected an array of strings");
+        for (const auto& s : v->GetArray()) {
+            if (!s.IsString()) fail(path_ + key, "expected an array of strings");
+            out.emplace_back(s.GetString());
+        }
+        return out;
+    }
+    Obj sub(const char* key) {
+        const Json* v = get(key);
+        static const Json empty(rapidjson::kObjectType);
+        return Obj(v ? *v : empty, file_, path_ + key + ".");
+    }
+    const std::string& file() const { return file_; }
+    const std::string& path() const { return path_; }
+    void finish() const {
+        for (auto it = v_.MemberBegin(); it != v_.MemberEnd(); ++it)
+            if (!seen_.count(it->name.GetString())) fail(path_ + it->name.GetString(), "unknown key");
+    }
+
+private:
+    const Json& v_;
+    std::string file_, path_;
+    std::set<std::string> seen_;
+};
+
+FactParameters read_parameters(Obj p) {
+    FactParameters f;
+    if (auto st = p.strings("countedObservationStatuses"); !st.empty()) {
+        static const std::set<std::string> allowed{"final", "amended", "corrected", "preliminary"};
+        for (const auto& s : st)
+            if (!allowed.count(s))
+                p.fail(p.path() + "countedObservationStatuses",
+                       "'" + s + "' may not count (allowed: final, amended, corrected, preliminary)");
+        f.counted_observation_statuses = st;
+    }
+    f.future_tolerance_hours = p.num("futureToleranceHours", f.future_tolerance_hours);
+    {
+        Obj c = p.sub("correctedCalcium");
+        f.albumin_window_hours = c.num("albuminWindowHours", f.albumin_window_hours);
+        f.normal_albumin_g_dl = c.num("normalAlbumin_g_dL", f.normal_albumin_g_dl);
+        f.correction_factor = c.num("factor", f.correction_factor);
+        c.finish();
+    }
+    {
+        Obj c = p.sub("caXp");
+        f.caxp_window_days = c.num("windowDays", f.caxp_window_days);
+        f.caxp_pairing_hours = c.num("pairingHours", f.caxp_pairing_hours);
+        f.caxp_threshold = c.num("threshold", f.caxp_threshold);
+        c.finish();
+    }
+    {
+        Obj c = p.sub("hypercalcemia");
+        f.hypercalcemia_window_days = c.num("windowDays", f.hypercalcemia_window_days);
+        f.corrected_calcium_default_high = c.num("correctedCalciumDefaultHigh_mg_dL", f.corrected_calcium_default_high);
+        f.ionized_calcium_high = c.num("ionizedHigh_mmol_L", f.ionized_calcium_high);
+        c.finish();
+    }
+    {
+        Obj c = p.sub("hyperphosphatemia");
+        f.phosphate_window_days = c.num("windowDays", f.phosphate_window_days);
+        f.phosphate_default_high = c.num("defaultHigh_mg_dL", f.phosphate_default_high);
+        c.finish();
+    }
+    {
+        Obj c = p.sub("pthHigh");
+        f.pth_window_days = c.num("windowDays", f.pth_window_days);
+        f.pth_default_high = c.num("defaultHigh_pg_mL", f.pth_default_high);
+        c.finish();
+    }
+    {
+        Obj c = p.sub("egfrLow");
+        f.egfr_window_days = c.num("windowDays", f.egfr_window_days);
+        f.egfr_below = c.num("below", f.egfr_below);
+        c.finish();
+    }
+    p.finish();
+    return f;
+}
+
+std::string hex8(std::uint64_t h) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(h & 0xffffffffULL));
+    return buf;
+}
+
+}  // namespace
+
+std::string_view to_string(RuleSeverity s) {
+    switch (s) {
+        case RuleSeverity::high: return "high";
+        case RuleSeverity::moderate: return "moderate";
+        case RuleSeverity::low: return "low";
+    }
+    return "low";
+}
+
+const std::vector<std::pair<std::string, std::string>>& lab_facts() {
+    static const std::vector<std::pair<std::string, std::string>> facts{
+        {"corrected-calcium-high", "Corrected calcium above the upper limit"},
+        {"ionized-calcium-high", "Ionized calcium above the upper limit"},
+        {"phosphate-high", "Phosphate above the upper limit"},
+        {"pth-high", "Intact PTH above the upper limit"},
+        {"egfr-low", "eGFR below the ESRD threshold"},
+        {"ca-x-p-high", "Calcium-phosphate product above the threshold"},
+    };
+    return facts;
+}
+
+const std::string& RuleCatalog::title_of(const std::string& fact) const {
+    auto it = titles_.find(fact);
+    return it == titles_.end() ? fact : it->second;
+}
+
+const Rule* RuleCatalog::find(std::string_view id) const {
+    for (const auto& r : rules_)
+        if (r.id == id) return &r;
+    return nullptr;
+}
+
+RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<std::string, std::string>& concepts) {
+    RuleCatalog cat;
+    cat.dir_ = dir;
+    for (const auto& [id, title] : lab_facts()) cat.titles_[id] = title;
+    for (const auto& [concept_id, title] : concepts) cat.titles_["dx." + concept_id] = title;
+    cat.titles_["ca-x-p"] = "Calcium-phosphate product";
+
+    JsonFile facts = read_json(dir / "facts.json");
+    const std::string params_canonical = canonical(facts.doc);
+    {
+        Obj top(facts.doc, facts.name, "");
+        top.str("version");
+        cat.params_ = read_parameters(top.sub("parameters"));
+        const Json* derived = top.get("derived");
+        if (!derived || !derived->IsArray()) top.fail("derived", "expected an array");
+        for (rapidjson::SizeType i = 0; i < derived->Size(); ++i) {
+            Obj d((*derived)[i], facts.name, "derived[" + std::to_string(i) + "].");
+            DerivedFact f{d.str("id"), d.str("title"), d.strings("any")};
+            d.finish();
+            if (cat.titles_.count(f.id)) d.fail(d.path() + "id", "'" + f.id + "' is defined twice");
+            for (const auto& a : f.any)
+                if (!cat.titles_.count(a)) d.fail(d.path() + "any", "unknown fact '" + a + "' (define it earlier)");
+            if (f.any.empty()) d.fail(d.path() + "any", "must name at least one fact");
+            cat.titles_[f.id] = f.title;
+            cat.derived_.push_back(std::move(f));
+        }
+        top.finish();
+    }
+
+    const auto rules_dir = dir / "rules";
+    if (!std::filesystem::is_directory(rules_dir)) throw CatalogError(rules_dir.string() + ": not a directory");
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(rules_dir))
+        if (e.path().extension() == ".json") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    if (files.empty()) throw CatalogError(rules_dir.string() + ": no rule files");
+
+    std::vector<Rule> loaded;
+    for (const auto& p : files) {
+        JsonFile f = read_json(p);
+        Obj o(f.doc, f.name, "");
+        Rule r;
+        r.id = o.str("id");
+        r.declared_version = o.str("version");
+        r.title = o.str("title");
+        const std::string sev = o.str("severity");
+        if (sev == "high") r.severity = RuleSeverity::high;
+        else if (sev == "moderate") r.severity = RuleSeverity::moderate;
+        else if (sev == "low") r.severity = RuleSeverity::low;
+        else o.fail("severity", "expected high, moderate or low");
+        {
+            Obj w = o.sub("when");
+            r.all = w.strings("all");
+            r.any = w.strings("any");
+            r.none = w.strings("none");
+            w.finish();
+        }
+        if (r.all.empty() && r.any.empty()) o.fail("when", "needs 'all' or 'any'");
+        for (const auto* list : {&r.all, &r.any, &r.none})
+            for (const auto& fact : *list)
+                if (!cat.titles_.count(fact)) o.fail("when", "unknown fact '" + fact + "'");
+        r.suppressed_by = o.strings("suppressedBy");
+        r.summary = o.str("summary");
+        const Json* notes = o.get("notes");
+        if (notes) {
+            if (!notes->IsArray()) o.fail("notes", "expected an array");
+            for (rapidjson::SizeType i = 0; i < notes->Size(); ++i) {
+                Obj n((*notes)[i], f.name, "notes[" + std::to_string(i) + "].");
+                NoteLine line{n.str("text"), n.strings("ifAny")};
+                n.finish();
+                for (const auto& fact : line.if_any)
+                    if (!cat.titles_.count(fact)) n.fail(n.path() + "ifAny", "unknown fact '" + fact + "'");
+                r.notes.push_back(std::move(line));
+            }
+        }
+        {
+            Obj c = o.sub("citation");
+            r.citation_pmid = c.str("pmid");
+            r.citation_text = c.str("text");
+            c.finish();
+        }
+        o.str("seed", false);
+        o.finish();
+        if (r.id + ".json" != p.filename().string()) o.fail("id", "must match the file name");
+        r.version = r.declared_version + "+" + hex8(fnv1a(canonical(f.doc), fnv1a(params_canonical)));
+        loaded.push_back(std::move(r));
+    }
+
+    // Order so that every rule comes after the rules that suppress it; reject unknown ids and cycles.
+    std::map<std::string, const Rule*> by_id;
+    for (const auto& r : loaded) by_id[r.id] = &r;
+    std::set<std::string> done, visiting;
+    std::vector<Rule> ordered;
+    std::function<void(const Rule&)> visit = [&](const Rule& r) {
+        if (done.count(r.id)) return;
+        if (visiting.count(r.id)) throw CatalogError(r.id + ".json: suppressedBy forms a cycle");
+        visiting.insert(r.id);
+        for (const auto& s : r.suppressed_by) {
+            auto it = by_id.find(s);
+            if (it == by_id.end()) throw CatalogError(r.id + ".json: suppressedBy names unknown rule '" + s + "'");
+            visit(*it->second);
+        }
+        visiting.erase(r.id);
+        done.insert(r.id);
+        ordered.push_back(r);
+    };
+    for (const auto& r : loaded) visit(r);
+    cat.rules_ = std::move(ordered);
+    return cat;
+}
+
+}  // namespace calcalert::rules

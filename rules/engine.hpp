@@ -1,0 +1,42 @@
+// The rule engine: evaluate(patient facts, now, catalog) -> findings. Pure and deterministic: no I/O,
+// no clock, no globals; the same input always gives the same findings, in the same order.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "rules/catalog.hpp"
+#include "rules/facts.hpp"
+
+namespace calcalert::rules {
+
+// One line of a finding's evidence: a fact that made the rule fire, in words, with its sources.
+struct Evidence {
+    std::string fact;     // "ca-x-p-high", "dx.esrd", ...
+    std::string label;    // "Calcium-phosphate product above the threshold"
+    std::string text;     // exact values, dates and thresholds
+    std::vector<std::string> sources;  // "Observation/1/_history/2", ...
+};
+
+struct Finding {
+    std::string patient;  // "Patient/123"
+    const Rule* rule = nullptr;
+    std::string summary;  // < 140 characters
+    std::vector<Evidence> evidence;
+    std::vector<std::string> notes;     // the rule's clinical notes, rendered
+    std::vector<std::string> sources;   // every resource used, deduplicated, in evidence order
+    std::string detail;                 // the whole explanation as text (markdown-friendly)
+    std::string evidence_hash;          // changes exactly when the rule version or evidence changes
+};
+
+struct Evaluation {
+    std::vector<Finding> findings;
+    std::vector<DataQualityNote> notes;  // the facts' notes plus what the engine could not count
+};
+
+Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog);
+
+// Formats a number for people: up to `decimals` decimals, trailing zeros removed ("7.5", "10", "1.45").
+std::string format_number(double v, int decimals = 2);
+
+}  // namespace calcalert::rules
