@@ -1,0 +1,201 @@
+#include <doctest/doctest.h>
+
+#include <rapidjson/document.h>
+
+#include "fhir/resource_reader.hpp"
+#include "mappings/detected_issue.hpp"
+#include "mappings/fact_builder.hpp"
+#include "test_support.hpp"
+
+using namespace calcalert;
+using rules::Analyte;
+
+namespace {
+
+const rules::PatientFacts& only_patient(const mappings::FactBuilder& b) {
+    REQUIRE(b.patients().size() == 1);
+    return b.patients().begin()->second;
+}
+
+std::string observation(const std::string& loinc, const std::string& quantity, const std::string& extra = "") {
+    return R"({"resourceType":"Observation","id":"o1","meta":{"versionId":"3"},"status":"final","code":{"coding":[{"system":"http://loinc.org","code":")" +
+           loinc + R"("}]},"subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":)" +
+           quantity + extra + "}";
+}
+
+mappings::FactBuilder build(const std::string& text) {
+    mappings::FactBuilder b(test::terminology());
+    fhir::read_text(text, "t.json", b);
+    return b;
+}
+
+}  // namespace
+
+TEST_CASE("terminology: codes by system, ICD with or without the dot, prefixes, both ICD-9 URIs") {
+    const auto& t = test::terminology();
+    REQUIRE(t.lab("http://loinc.org", "17861-6"));
+    CHECK(t.lab("http://loinc.org", "17861-6")->analyte == Analyte::calcium_total);
+    CHECK(t.lab("http://loinc.org", "1995-0")->analyte == Analyte::calcium_ionized);
+    CHECK_FALSE(t.lab("http://snomed.info/sct", "17861-6"));
+    CHECK_FALSE(t.lab("http://loinc.org", "46099-8"));  // unverified: left out
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "N18.6")->concept_id == "esrd");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "N186")->concept_id == "esrd");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "L97.909")->concept_id == "skin-ulcer");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "L98.499")->concept_id == "skin-ulcer");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "E72.530")->concept_id == "primary-hyperoxaluria");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "M33.02")->concept_id == "dermatomyositis");
+    CHECK_FALSE(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "M33.20"));  // polymyositis is not dermatomyositis
+    CHECK_FALSE(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "E83.39"));  // too broad for hyperphosphatemia
+    CHECK_FALSE(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "R23.1"));   // Pallor, not livedo
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-9-cm", "585.6")->concept_id == "esrd");
+    CHECK(t.condition("http://terminology.hl7.org/CodeSystem/icd9cm", "5856")->concept_id == "esrd");
+    // The seed's error: 440.23 is an ulcer, never calciphylaxis.
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-9-cm", "440.23")->concept_id == "skin-ulcer");
+    CHECK_FALSE(t.condition("http://snomed.info/sct", "236436003"));  // ESRD with transplant: not on dialysis
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "E83.59")->caveat.find("E83.59") != std::string::npos);
+}
+
+TEST_CASE("unit conversions to canonical units") {
+    SUBCASE("calcium mmol/L") {
+        auto b = build(observation("2000-8", R"({"value":2.5,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"})"));
+        const auto& p = only_patient(b);
+        REQUIRE(p.labs.size() == 1);
+        CHECK(p.labs[0].value == doctest::Approx(10.02));
+        CHECK(p.labs[0].reported == "2.5 mmol/L");
+        CHECK(p.labs[0].source == "Observation/o1/_history/3");
+        CHECK(p.notes.empty());
+    }
+    SUBCASE("phosphate mmol/L") {
+        auto b = build(observation("14879-1", R"({"value":2.0,"code":"mmol/L"})"));
+        CHECK(only_patient(b).labs[0].value == doctest::Approx(6.194));
+    }
+    SUBCASE("PTH pmol/L and ng/L") {
+        auto b = build(observation("14866-8", R"({"value":10,"code":"pmol/L"})"));
+        CHECK(only_patient(b).labs[0].value == doctest::Approx(94.3));
+        auto c = build(observation("2731-8", R"({"value":80,"code":"ng/L"})"));
+        CHECK(only_patient(c).labs[0].value == doctest::Approx(80));
+    }
+    SUBCASE("albumin g/L") {
+        auto b = build(observation("1751-7", R"({"value":32,"unit":"g/L"})"));
+        CHECK(only_patient(b).labs[0].value == doctest::Approx(3.2));
+    }
+    SUBCASE("human unit spelled in another case") {
+        auto b = build(observation("17861-6", R"({"value":9.8,"unit":"mg/dl"})"));
+        CHECK(only_patient(b).labs[0].value == doctest::Approx(9.8));
+    }
+    SUBCASE("a moles code with a mass unit is converted by its unit, with a note") {
+        auto b = build(observation("29265-6", R"({"value":10.8,"code":"mg/dL"})"));
+        const auto& p = only_patient(b);
+        CHECK(p.labs[0].analyte == Analyte::calcium_corrected);
+        CHECK(p.labs[0].value == doctest::Approx(10.8));
+        REQUIRE(p.notes.size() == 1);
+        CHECK(p.notes[0].message.find("a moles code") != std::string::npos);
+    }
+    SUBCASE("eGFR in mL/min is accepted with a note") {
+        auto b = build(observation("33914-3", R"({"value":12,"unit":"mL/min","code":"mL/min"})"));
+        const auto& p = only_patient(b);
+        CHECK(p.labs.size() == 1);
+        CHECK(p.notes.size() == 1);
+    }
+    SUBCASE("reference-range high is converted too") {
+        auto b = build(observation("14879-1", R"({"value":2.0,"code":"mmol/L"})",
+                                   R"(,"referenceRange":[{"high":{"value":1.45,"code":"mmol/L"}}])"));
+        CHECK(only_patient(b).labs[0].reference_high.value() == doctest::Approx(4.49065));
+    }
+}
+
+TEST_CASE("unusable values become data-quality notes, never silent drops") {
+    auto notes_for = [](const std::string& text) {
+        auto b = build(text);
+        const auto& p = only_patient(b);
+        CHECK(p.labs.empty());
+        REQUIRE(p.notes.size() == 1);
+        return p.notes[0];
+    };
+    CHECK(notes_for(observation("17861-6", R"({"value":9.8,"code":"mg"})")).message.find("cannot be converted") != std::string::npos);
+    CHECK(notes_for(observation("17861-6", R"({"value":9.8})")).path == "Observation.valueQuantity.unit");
+    CHECK(notes_for(observation("17861-6", R"({"unit":"mg/dL"})")).path == "Observation.valueQuantity.value");
+    auto absent = R"({"resourceType":"Observation","id":"o2","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},
+        "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20","dataAbsentReason":{"text":"hemolysed"}})";
+    CHECK(notes_for(absent).path == "Observation.dataAbsentReason");
+    auto no_time = R"({"resourceType":"Observation","id":"o3","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},
+        "subject":{"reference":"Patient/p1"},"valueQuantity":{"value":5,"code":"mg/dL"}})";
+    CHECK(notes_for(no_time).path == "Observation.effective[x]");
+}
+
+TEST_CASE("components whose code maps to an analyte are read") {
+    auto b = build(R"({"resourceType":"Observation","id":"panel","status":"final","code":{"text":"Renal panel"},
+      "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20",
+      "component":[{"code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},"valueQuantity":{"value":6.1,"code":"mg/dL"}},
+                   {"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},"valueQuantity":{"value":120,"code":"mm[Hg]"}},
+                   {"code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},"valueQuantity":{"value":"x","code":"mg/dL"}}]})");
+    // The third component has a string value: the whole resource is rejected, naming the component.
+    REQUIRE(b.problems().size() == 1);
+    CHECK(b.problems()[0].path == "Observation.component[2].valueQuantity.value");
+    auto c = build(R"({"resourceType":"Observation","id":"panel","status":"final","code":{"text":"Renal panel"},
+      "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20",
+      "component":[{"code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},"valueQuantity":{"value":6.1,"code":"mg/dL"}}]})");
+    REQUIRE(only_patient(c).labs.size() == 1);
+    CHECK(only_patient(c).labs[0].analyte == Analyte::phosphate);
+}
+
+TEST_CASE("subjects: absolute URLs, urn:uuid through the Bundle, and non-patients") {
+    auto b = build(R"({"resourceType":"Bundle","type":"collection","entry":[
+      {"fullUrl":"urn:uuid:aaaa","resource":{"resourceType":"Patient","id":"p7"}},
+      {"fullUrl":"urn:uuid:c1","resource":{"resourceType":"Condition","id":"c1","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":"urn:uuid:aaaa"}}},
+      {"fullUrl":"urn:uuid:c2","resource":{"resourceType":"Condition","id":"c2","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":"https://ehr.example.org/fhir/Patient/p7"}}},
+      {"fullUrl":"urn:uuid:c3","resource":{"resourceType":"Condition","id":"c3","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":"Group/g1"}}},
+      {"fullUrl":"urn:uuid:c4","resource":{"resourceType":"Condition","id":"c4","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":"urn:uuid:nobody"}}}
+    ]})");
+    const auto& p = only_patient(b);
+    CHECK(p.patient == "Patient/p7");
+    CHECK(p.conditions.size() == 2);
+    REQUIRE(b.problems().size() == 2);
+    CHECK(b.problems()[0].message.find("is not a Patient") != std::string::npos);
+    CHECK(b.problems()[1].message.find("not resolved") != std::string::npos);
+}
+
+TEST_CASE("a condition coded in two systems for one concept counts once") {
+    auto b = build(R"({"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1"},
+      "clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
+      "code":{"coding":[{"system":"http://snomed.info/sct","code":"46177005","display":"End-stage renal disease"},
+                        {"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"N18.6"}]}})");
+    const auto& p = only_patient(b);
+    REQUIRE(p.conditions.size() == 1);
+    CHECK(p.conditions[0].code_label == "SNOMED CT 46177005");
+    CHECK(p.conditions[0].clinical_status == "active");
+}
+
+TEST_CASE("alert identity is deterministic per (patient, rule)") {
+    const auto a = mappings::alert_identifier("Patient/1", "calciphylaxis-risk");
+    CHECK(a == mappings::alert_identifier("Patient/1", "calciphylaxis-risk"));
+    CHECK(a != mappings::alert_identifier("Patient/2", "calciphylaxis-risk"));
+    CHECK(a != mappings::alert_identifier("Patient/1", "calciphylaxis-suspected"));
+    CHECK(a.size() == 36);
+    CHECK(a[14] == '5');  // a version 5 UUID
+}
+
+TEST_CASE("DetectedIssue carries §4 of clinical-rules.md") {
+    rules::PatientFacts p{"Patient/p1", {}, {test::dx("dermatomyositis", "Condition/dm/_history/2")}, {}};
+    auto ev = rules::evaluate(p, test::kNow, test::catalog());
+    REQUIRE(ev.findings.size() == 1);
+    mappings::IssueOptions o;
+    rapidjson::Document d;
+    d.Parse(mappings::detected_issue_json(ev.findings[0], test::kNow, o).c_str());
+    REQUIRE_FALSE(d.HasParseError());
+    CHECK(std::string(d["resourceType"].GetString()) == "DetectedIssue");
+    CHECK(std::string(d["status"].GetString()) == "final");
+    CHECK(std::string(d["severity"].GetString()) == "low");
+    CHECK(std::string(d["code"]["coding"][0]["system"].GetString()) == "urn:calcalert:rule");
+    CHECK(std::string(d["code"]["coding"][0]["code"].GetString()) == "dystrophic-calcinosis-watch");
+    CHECK(std::string(d["patient"]["reference"].GetString()) == "Patient/p1");
+    CHECK(std::string(d["identifiedDateTime"].GetString()) == "2026-11-25T12:00:00Z");
+    CHECK(std::string(d["author"]["display"].GetString()) == "calcalert");
+    CHECK(std::string(d["implicated"][0]["reference"].GetString()) == "Condition/dm/_history/2");
+    CHECK(std::string(d["evidence"][0]["detail"][0]["reference"].GetString()) == "Condition/dm/_history/2");
+    CHECK(std::string(d["reference"].GetString()) == "https://pubmed.ncbi.nlm.nih.gov/9777759/");
+    CHECK(std::string(d["identifier"][0]["system"].GetString()) == "urn:calcalert:detected-issue");
+    CHECK(std::string(d["identifier"][0]["value"].GetString()) ==
+          mappings::alert_identifier("Patient/p1", "dystrophic-calcinosis-watch"));
+    CHECK(std::string(d["detail"].GetString()).find("soft-tissue radiography confirms") != std::string::npos);
+}
