@@ -106,6 +106,10 @@ TEST_CASE("rule fixtures: every rule fires where it should and near-misses do no
 
 TEST_CASE("the example cohort gives the findings its README lists") { run_expected(kRoot + "/examples/cohort"); }
 
+TEST_CASE("Conditions that FHIR forbids but §1.1 defines (no clinicalStatus, an abatement) follow §1.1") {
+    run_expected(kRoot + "/tests/fixtures/nonconformant");
+}
+
 TEST_CASE("malformed inputs: what could be read still gives its findings") {
     run_expected(kRoot + "/tests/fixtures/malformed", true);
 }
