@@ -1,37 +1,12 @@
 #include "adapters/cli/cli.hpp"
 
-#include <unistd.h>
+#include <ostream>
 
-#include <chrono>
-#include <cstdlib>
-#include <filesystem>
-#include <iostream>
-#include <optional>
-
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
+#include "adapters/cli/commands.hpp"
 #include "adapters/cli/options.hpp"
-#include "adapters/cli/text_report.hpp"
-#include "fhir/datetime.hpp"
-#include "fhir/resource_reader.hpp"
-#include "mappings/detected_issue.hpp"
-#include "mappings/fact_builder.hpp"
-#include "mappings/terminology.hpp"
-#include "rules/catalog.hpp"
-#include "rules/engine.hpp"
-
-#ifndef CALCALERT_VERSION
-#define CALCALERT_VERSION "0.0.0"
-#endif
-#ifndef CALCALERT_SOURCE_DIR
-#define CALCALERT_SOURCE_DIR "."
-#endif
 
 namespace calcalert::cli {
 namespace {
-
-namespace fs = std::filesystem;
 
 const char* const kMainHelp = R"(calcalert - calciphylaxis and calcinosis alerts from FHIR R4 data
 
@@ -46,156 +21,6 @@ Exit codes: 0 success, 1 internal error, 2 usage error, 3 input error (some inpu
 read; the findings for what was read are still written), 4 invalid rule catalog or terminology data.
 )";
 
-const char* const kEvaluateHelp = R"(Usage: calcalert evaluate [options] FILE...
-
-Reads FHIR R4 JSON: Bundles of any type, NDJSON files (one resource per line, as Bulk Data writes
-them; files ending in .ndjson or .jsonl are streamed) or single resources. '-' reads standard input.
-Maps Observations and Conditions to facts, runs the rule catalog for every patient and prints the
-findings. Unusable data (unknown units, entered-in-error results, ...) is reported as data-quality
-notes; a rejected file, line or resource is reported on stderr, one line each, naming where.
-
-Options:
-  --now RFC3339          evaluation time (default: the current time), e.g. 2026-11-25T12:00:00Z
-  --format FORMAT        bundle (default): a FHIR Bundle of type collection with one DetectedIssue
-                         per finding, plus one OperationOutcome with the data-quality notes;
-                         ndjson: one DetectedIssue per line;
-                         text: a readable report per patient
-  --catalog DIR          rule catalog directory (facts.json, rules/*.json)
-  --terminology DIR      terminology data directory (*.tsv)
-  --identifier-system URI  DetectedIssue.identifier system (default urn:calcalert:detected-issue)
-  --help                 this help
-
-Data directories default to $CALCALERT_DATA_DIR/{rules/catalog,mappings/data}, then the installed
-share/calcalert, then the source tree the program was built from.
-)";
-
-fs::path data_root() {
-    if (const char* env = std::getenv("CALCALERT_DATA_DIR"); env && *env) return env;
-    std::error_code ec;
-    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-    if (!ec) {
-        const fs::path installed = exe.parent_path().parent_path() / "share" / "calcalert";
-        if (fs::exists(installed / "rules" / "catalog" / "facts.json")) return installed;
-    }
-    return CALCALERT_SOURCE_DIR;
-}
-
-struct Engine {
-    mappings::Terminology terminology;
-    rules::RuleCatalog catalog;
-};
-
-Engine load_engine(const Options& opts) {
-    const fs::path root = data_root();
-    const fs::path term_dir = opts.value("terminology").value_or((root / "mappings" / "data").string());
-    const fs::path cat_dir = opts.value("catalog").value_or((root / "rules" / "catalog").string());
-    auto term = mappings::Terminology::load(term_dir);
-    auto cat = rules::RuleCatalog::load(cat_dir, term.concepts());
-    return Engine{std::move(term), std::move(cat)};
-}
-
-std::string issue_code(const fhir::Problem& p) {
-    return p.severity == fhir::Severity::fatal || p.severity == fhir::Severity::error ? "structure" : "processing";
-}
-
-int evaluate(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"now", "format", "catalog", "terminology", "identifier-system"}, {"help"});
-    if (opts.flag("help")) {
-        out << kEvaluateHelp;
-        return ok;
-    }
-    if (opts.positional().empty()) throw UsageError("evaluate needs at least one FILE ('-' for standard input)");
-    const std::string format = opts.value("format").value_or("bundle");
-    if (format != "bundle" && format != "ndjson" && format != "text")
-        throw UsageError("--format must be bundle, ndjson or text, not '" + format + "'");
-    rules::EpochSeconds now;
-    if (auto n = opts.value("now")) {
-        auto t = fhir::parse_datetime(*n);
-        if (!t || n->size() < 20) throw UsageError("--now must be an RFC 3339 date-time like 2026-11-25T12:00:00Z, not '" + *n + "'");
-        now = *t;
-    } else {
-        now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    }
-    mappings::IssueOptions issue_options;
-    issue_options.author_display = std::string("calcalert ") + CALCALERT_VERSION;
-    if (auto s = opts.value("identifier-system")) issue_options.identifier_system = *s;
-
-    std::optional<Engine> engine;
-    try {
-        engine.emplace(load_engine(opts));
-    } catch (const std::exception& e) {
-        err << "calcalert: configuration error: " << e.what() << "\n";
-        return config_error;
-    }
-
-    mappings::FactBuilder builder(engine->terminology);
-    bool input_failed = false;
-    for (const auto& path : opts.positional()) {
-        if (path != "-" && fs::is_directory(path)) {
-            err << "calcalert: error: " << path << ": is a directory\n";
-            input_failed = true;
-            continue;
-        }
-        const auto stats = fhir::read_path(path, builder);
-        input_failed = input_failed || stats.fatal || stats.rejected > 0;
-    }
-    for (const auto& p : builder.problems())
-        err << "calcalert: " << fhir::to_string(p.severity) << ": " << p.describe() << "\n";
-
-    std::vector<PatientResult> results;
-    results.reserve(builder.patients().size());
-    for (const auto& [ref, facts] : builder.patients())
-        results.push_back({ref, rules::evaluate(facts, now, engine->catalog)});
-
-    if (format == "text") {
-        write_text_report(out, results, now);
-    } else if (format == "ndjson") {
-        for (const auto& r : results)
-            for (const auto& f : r.evaluation.findings) out << mappings::detected_issue_json(f, now, issue_options) << "\n";
-    } else {
-        rapidjson::StringBuffer sb;
-        mappings::JsonWriter w(sb);
-        w.StartObject();
-        w.Key("resourceType");
-        w.String("Bundle");
-        w.Key("type");
-        w.String("collection");
-        w.Key("timestamp");
-        w.String(fhir::format_datetime(now).c_str());
-        w.Key("entry");
-        w.StartArray();
-        std::vector<mappings::OutcomeIssue> issues;
-        for (const auto& r : results) {
-            for (const auto& f : r.evaluation.findings) {
-                w.StartObject();
-                w.Key("fullUrl");
-                w.String(("urn:uuid:" + mappings::alert_identifier(f.patient, f.rule->id)).c_str());
-                w.Key("resource");
-                mappings::write_detected_issue(w, f, now, issue_options);
-                w.EndObject();
-            }
-            for (const auto& n : r.evaluation.notes)
-                issues.push_back({"warning", "processing", r.patient + ": " + n.source + ": " + n.message, n.path});
-        }
-        for (const auto& p : builder.problems())
-            issues.push_back({p.severity == fhir::Severity::information ? "information" : std::string(fhir::to_string(p.severity)),
-                              issue_code(p), p.where.describe() + ": " + p.message, p.path});
-        if (!issues.empty()) {
-            w.StartObject();
-            w.Key("fullUrl");
-            w.String(("urn:uuid:" + mappings::alert_identifier("OperationOutcome", fhir::format_datetime(now))).c_str());
-            w.Key("resource");
-            mappings::write_operation_outcome(w, issues);
-            w.EndObject();
-        }
-        w.EndArray();
-        w.EndObject();
-        out << sb.GetString() << "\n";
-    }
-    out.flush();
-    return input_failed ? input_error : ok;
-}
-
 }  // namespace
 
 int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& err) {
@@ -209,7 +34,7 @@ int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& er
     const std::string command = args[0];
     const std::vector<std::string> rest(args.begin() + 1, args.end());
     try {
-        if (command == "evaluate") return evaluate(rest, out, err);
+        if (command == "evaluate") return evaluate_command(rest, out, err);
         if (command == "version" || command == "--version") {
             out << "calcalert " << CALCALERT_VERSION << "\n";
             return ok;

@@ -1,0 +1,45 @@
+#include <chrono>
+#include <cstdlib>
+
+#include "adapters/cli/commands.hpp"
+#include "fhir/datetime.hpp"
+
+#ifndef CALCALERT_SOURCE_DIR
+#define CALCALERT_SOURCE_DIR "."
+#endif
+
+namespace calcalert::cli {
+
+namespace fs = std::filesystem;
+
+std::filesystem::path data_root() {
+    if (const char* env = std::getenv("CALCALERT_DATA_DIR"); env && *env) return env;
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        const fs::path installed = exe.parent_path().parent_path() / "share" / "calcalert";
+        if (fs::exists(installed / "rules" / "catalog" / "facts.json")) return installed;
+    }
+    return CALCALERT_SOURCE_DIR;
+}
+
+Engine load_engine(const Options& opts) {
+    const fs::path root = data_root();
+    const fs::path term_dir = opts.value("terminology").value_or((root / "mappings" / "data").string());
+    const fs::path cat_dir = opts.value("catalog").value_or((root / "rules" / "catalog").string());
+    auto term = mappings::Terminology::load(term_dir);
+    auto cat = rules::RuleCatalog::load(cat_dir, term.concepts());
+    return Engine{std::move(term), std::move(cat)};
+}
+
+rules::EpochSeconds now_option(const Options& opts) {
+    if (auto n = opts.value("now")) {
+        auto t = fhir::parse_datetime(*n);
+        if (!t || n->size() < 20)
+            throw UsageError("--now must be an RFC 3339 date-time like 2026-11-25T12:00:00Z, not '" + *n + "'");
+        return *t;
+    }
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace calcalert::cli

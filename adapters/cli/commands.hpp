@@ -1,0 +1,35 @@
+// What the calcalert commands share: where the data lives, loading the engine, --now.
+#pragma once
+
+#include <filesystem>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "adapters/cli/options.hpp"
+#include "mappings/terminology.hpp"
+#include "rules/catalog.hpp"
+
+#ifndef CALCALERT_VERSION
+#define CALCALERT_VERSION "0.0.0"
+#endif
+
+namespace calcalert::cli {
+
+// $CALCALERT_DATA_DIR, else <prefix>/share/calcalert of an installed program, else the source tree.
+std::filesystem::path data_root();
+
+struct Engine {
+    mappings::Terminology terminology;
+    rules::RuleCatalog catalog;
+};
+// Loads the terminology (--terminology DIR) and the rule catalog (--catalog DIR); throws on invalid data.
+Engine load_engine(const Options& opts);
+
+// --now RFC3339, else the current time. Throws UsageError for a malformed value.
+rules::EpochSeconds now_option(const Options& opts);
+
+// The commands: each takes the arguments after its name.
+int evaluate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+}  // namespace calcalert::cli
