@@ -1,0 +1,348 @@
+// The StateStore on an embedded SQLite file (Poco::Data::SQLite). The SQL sticks to what SQLite
+// and PostgreSQL both run (INSERT ... ON CONFLICT ... DO UPDATE, no SQLite-only types), so a
+// PostgreSQL implementation can reuse it with its own session.
+#include <mutex>
+
+#include <Poco/Data/RecordSet.h>
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/Session.h>
+#include <Poco/Data/Statement.h>
+#include <Poco/Exception.h>
+
+#include "adapters/state/state_store.hpp"
+
+namespace calcalert::state {
+namespace {
+
+using namespace Poco::Data::Keywords;
+using Poco::Data::RecordSet;
+using Poco::Data::Session;
+using Poco::Data::Statement;
+
+constexpr int kSchemaVersion = 1;
+
+const char* const kSchema[] = {
+    "CREATE TABLE IF NOT EXISTS calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS watermarks (server TEXT NOT NULL, resource_type TEXT NOT NULL, value TEXT NOT NULL,"
+    " PRIMARY KEY (server, resource_type))",
+    "CREATE TABLE IF NOT EXISTS seen_versions (server TEXT NOT NULL, reference TEXT NOT NULL, version TEXT NOT NULL,"
+    " last_updated BIGINT NOT NULL, PRIMARY KEY (server, reference, version))",
+    "CREATE INDEX IF NOT EXISTS seen_versions_time ON seen_versions (server, last_updated)",
+    "CREATE TABLE IF NOT EXISTS alerts (server TEXT NOT NULL, identifier TEXT NOT NULL, patient TEXT NOT NULL,"
+    " rule_id TEXT NOT NULL, evidence_hash TEXT NOT NULL, status TEXT NOT NULL, server_id TEXT NOT NULL,"
+    " server_version TEXT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (server, identifier))",
+    "CREATE INDEX IF NOT EXISTS alerts_patient ON alerts (server, patient)",
+    "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, server TEXT NOT NULL, started_at BIGINT NOT NULL,"
+    " finished_at BIGINT NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS cds_jti (issuer TEXT NOT NULL, jti TEXT NOT NULL, expires_at BIGINT NOT NULL,"
+    " PRIMARY KEY (issuer, jti))",
+    "CREATE TABLE IF NOT EXISTS cds_feedback (id INTEGER PRIMARY KEY, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,"
+    " patient TEXT NOT NULL, rule_id TEXT NOT NULL, outcome TEXT NOT NULL, override_reason TEXT NOT NULL,"
+    " outcome_at BIGINT NOT NULL, received_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS cds_feedback_card ON cds_feedback (patient, rule_id)",
+    "CREATE TABLE IF NOT EXISTS cds_suppressions (patient TEXT NOT NULL, rule_id TEXT NOT NULL, until_at BIGINT NOT NULL,"
+    " PRIMARY KEY (patient, rule_id))",
+};
+
+class SqliteStore final : public StateStore {
+public:
+    explicit SqliteStore(const std::string& path) : path_(path), session_(open(path)) {
+        try {
+            session_ << "PRAGMA busy_timeout = 5000", now;
+            if (path != ":memory:") {
+                session_ << "PRAGMA journal_mode = WAL", now;
+                session_ << "PRAGMA synchronous = FULL", now;
+            }
+            for (const char* sql : kSchema) session_ << sql, now;
+            std::string version;
+            Statement s(session_);
+            s << "SELECT value FROM calcalert_meta WHERE key = 'schema_version'", into(version);
+            if (s.execute() == 0) {
+                session_ << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', ?)",
+                    bind(std::to_string(kSchemaVersion)), now;
+            } else if (version != std::to_string(kSchemaVersion)) {
+                throw StateError(path_ + ": state schema version " + version + ", this program uses " +
+                                 std::to_string(kSchemaVersion));
+            }
+        } catch (const Poco::Exception& e) {
+            throw StateError(path_ + ": " + e.displayText());
+        }
+    }
+
+    void transaction(const std::function<void()>& work) override {
+        std::lock_guard lock(mutex_);
+        if (in_transaction_) throw StateError(path_ + ": nested transaction");
+        run([&] { session_.begin(); });
+        in_transaction_ = true;
+        try {
+            work();
+            run([&] { session_.commit(); });
+        } catch (...) {
+            in_transaction_ = false;
+            try {
+                session_.rollback();
+            } catch (...) {
+            }
+            throw;
+        }
+        in_transaction_ = false;
+    }
+
+    std::optional<std::string> watermark(const std::string& server, const std::string& type) override {
+        return locked([&]() -> std::optional<std::string> {
+            std::string value;
+            Statement s(session_);
+            s << "SELECT value FROM watermarks WHERE server = ? AND resource_type = ?", bind(server), bind(type),
+                into(value);
+            if (s.execute() == 0) return std::nullopt;
+            return value;
+        });
+    }
+
+    void set_watermark(const std::string& server, const std::string& type, const std::string& value) override {
+        locked([&] {
+            session_ << "INSERT INTO watermarks (server, resource_type, value) VALUES (?, ?, ?)"
+                        " ON CONFLICT (server, resource_type) DO UPDATE SET value = excluded.value",
+                bind(server), bind(type), bind(value), now;
+        });
+    }
+
+    bool seen_version(const std::string& server, const std::string& reference, const std::string& version) override {
+        return locked([&] {
+            int n = 0;
+            session_ << "SELECT COUNT(*) FROM seen_versions WHERE server = ? AND reference = ? AND version = ?",
+                bind(server), bind(reference), bind(version), into(n), now;
+            return n > 0;
+        });
+    }
+
+    void mark_seen(const std::string& server, const std::string& reference, const std::string& version,
+                   EpochSeconds last_updated) override {
+        locked([&] {
+            session_ << "INSERT INTO seen_versions (server, reference, version, last_updated) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (server, reference, version) DO NOTHING",
+                bind(server), bind(reference), bind(version), bind(static_cast<Poco::Int64>(last_updated)), now;
+        });
+    }
+
+    void forget_seen_before(const std::string& server, EpochSeconds before) override {
+        locked([&] {
+            session_ << "DELETE FROM seen_versions WHERE server = ? AND last_updated < ?", bind(server),
+                bind(static_cast<Poco::Int64>(before)), now;
+        });
+    }
+
+    std::optional<AlertRecord> alert(const std::string& server, const std::string& identifier) override {
+        auto rows = select_alerts("WHERE server = ? AND identifier = ?", {server, identifier});
+        if (rows.empty()) return std::nullopt;
+        return rows.front();
+    }
+
+    std::vector<AlertRecord> alerts_for_patient(const std::string& server, const std::string& patient) override {
+        return select_alerts("WHERE server = ? AND patient = ? ORDER BY rule_id", {server, patient});
+    }
+
+    std::vector<AlertRecord> alerts(const std::string& server) override {
+        return select_alerts("WHERE server = ? ORDER BY patient, rule_id", {server});
+    }
+
+    void put_alert(const AlertRecord& r) override {
+        locked([&] {
+            session_ << "INSERT INTO alerts (server, identifier, patient, rule_id, evidence_hash, status, server_id,"
+                        " server_version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (server, identifier) DO UPDATE SET patient = excluded.patient,"
+                        " rule_id = excluded.rule_id, evidence_hash = excluded.evidence_hash, status = excluded.status,"
+                        " server_id = excluded.server_id, server_version = excluded.server_version,"
+                        " updated_at = excluded.updated_at",
+                bind(r.server), bind(r.identifier), bind(r.patient), bind(r.rule_id), bind(r.evidence_hash),
+                bind(r.status), bind(r.server_id), bind(r.server_version),
+                bind(static_cast<Poco::Int64>(r.updated_at)), now;
+        });
+    }
+
+    std::int64_t begin_run(const std::string& server, EpochSeconds started_at) override {
+        return locked([&] {
+            Poco::Int64 id = 0;
+            session_ << "SELECT COALESCE(MAX(id), 0) + 1 FROM runs", into(id), now;
+            session_ << "INSERT INTO runs (id, server, started_at, finished_at, outcome, summary)"
+                        " VALUES (?, ?, ?, 0, 'running', '{}')",
+                bind(id), bind(server), bind(static_cast<Poco::Int64>(started_at)), now;
+            return static_cast<std::int64_t>(id);
+        });
+    }
+
+    void finish_run(std::int64_t run_id, EpochSeconds finished_at, const std::string& outcome,
+                    const std::string& summary_json) override {
+        locked([&] {
+            session_ << "UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
+                bind(static_cast<Poco::Int64>(finished_at)), bind(outcome), bind(summary_json),
+                bind(static_cast<Poco::Int64>(run_id)), now;
+        });
+    }
+
+    std::vector<RunRecord> runs(const std::string& server, std::size_t limit) override {
+        return locked([&] {
+            Statement s(session_);
+            s << "SELECT id, server, started_at, finished_at, outcome, summary FROM runs WHERE server = ?"
+                 " ORDER BY id DESC LIMIT ?",
+                bind(server), bind(static_cast<Poco::Int64>(limit));
+            s.execute();
+            RecordSet rs(s);
+            std::vector<RunRecord> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                RunRecord r;
+                r.id = rs.value(0, i).convert<Poco::Int64>();
+                r.server = rs.value(1, i).convert<std::string>();
+                r.started_at = rs.value(2, i).convert<Poco::Int64>();
+                r.finished_at = rs.value(3, i).convert<Poco::Int64>();
+                r.outcome = rs.value(4, i).convert<std::string>();
+                r.summary_json = rs.value(5, i).convert<std::string>();
+                out.push_back(std::move(r));
+            }
+            return out;
+        });
+    }
+
+    bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
+                      EpochSeconds now_s) override {
+        return locked([&] {
+            session_ << "DELETE FROM cds_jti WHERE expires_at < ?", bind(static_cast<Poco::Int64>(now_s)), now;
+            int n = 0;
+            session_ << "SELECT COUNT(*) FROM cds_jti WHERE issuer = ? AND jti = ?", bind(issuer), bind(jti), into(n),
+                now;
+            if (n > 0) return false;
+            try {
+                session_ << "INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)", bind(issuer), bind(jti),
+                    bind(static_cast<Poco::Int64>(expires_at)), now;
+            } catch (const Poco::Data::DataException&) {
+                return false;  // another process recorded it first
+            }
+            return true;
+        });
+    }
+
+    void record_feedback(const FeedbackRecord& f) override {
+        locked([&] {
+            Poco::Int64 id = 0;
+            session_ << "SELECT COALESCE(MAX(id), 0) + 1 FROM cds_feedback", into(id), now;
+            session_ << "INSERT INTO cds_feedback (id, service_id, card_uuid, patient, rule_id, outcome,"
+                        " override_reason, outcome_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                bind(id), bind(f.service_id), bind(f.card_uuid), bind(f.patient), bind(f.rule_id), bind(f.outcome),
+                bind(f.override_reason), bind(static_cast<Poco::Int64>(f.outcome_at)),
+                bind(static_cast<Poco::Int64>(f.received_at)), now;
+        });
+    }
+
+    std::vector<FeedbackRecord> feedback(const std::string& patient, const std::string& rule_id) override {
+        return locked([&] {
+            Statement s(session_);
+            s << "SELECT service_id, card_uuid, patient, rule_id, outcome, override_reason, outcome_at, received_at"
+                 " FROM cds_feedback WHERE patient = ? AND rule_id = ? ORDER BY id",
+                bind(patient), bind(rule_id);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<FeedbackRecord> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                FeedbackRecord f;
+                f.service_id = rs.value(0, i).convert<std::string>();
+                f.card_uuid = rs.value(1, i).convert<std::string>();
+                f.patient = rs.value(2, i).convert<std::string>();
+                f.rule_id = rs.value(3, i).convert<std::string>();
+                f.outcome = rs.value(4, i).convert<std::string>();
+                f.override_reason = rs.value(5, i).convert<std::string>();
+                f.outcome_at = rs.value(6, i).convert<Poco::Int64>();
+                f.received_at = rs.value(7, i).convert<Poco::Int64>();
+                out.push_back(std::move(f));
+            }
+            return out;
+        });
+    }
+
+    void suppress(const std::string& patient, const std::string& rule_id, EpochSeconds until) override {
+        locked([&] {
+            session_ << "INSERT INTO cds_suppressions (patient, rule_id, until_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT (patient, rule_id) DO UPDATE SET until_at = excluded.until_at",
+                bind(patient), bind(rule_id), bind(static_cast<Poco::Int64>(until)), now;
+        });
+    }
+
+    std::optional<EpochSeconds> suppressed_until(const std::string& patient, const std::string& rule_id,
+                                                 EpochSeconds now_s) override {
+        return locked([&]() -> std::optional<EpochSeconds> {
+            Poco::Int64 until = 0;
+            Statement s(session_);
+            s << "SELECT until_at FROM cds_suppressions WHERE patient = ? AND rule_id = ? AND until_at > ?",
+                bind(patient), bind(rule_id), bind(static_cast<Poco::Int64>(now_s)), into(until);
+            if (s.execute() == 0) return std::nullopt;
+            return static_cast<EpochSeconds>(until);
+        });
+    }
+
+private:
+    static Session open(const std::string& path) {
+        static std::once_flag registered;
+        std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
+        try {
+            return Session(Poco::Data::SQLite::Connector::KEY, path);
+        } catch (const Poco::Exception& e) {
+            throw StateError(path + ": cannot open the state file: " + e.displayText());
+        }
+    }
+
+    template <typename F>
+    void run(F&& f) {
+        try {
+            f();
+        } catch (const Poco::Exception& e) {
+            throw StateError(path_ + ": " + e.displayText());
+        }
+    }
+
+    // Serializes calls; inside transaction() the lock is already held by this thread.
+    template <typename F>
+    auto locked(F&& f) -> decltype(f()) {
+        std::lock_guard lock(mutex_);  // recursive: transaction() on this thread may hold it already
+        try {
+            return f();
+        } catch (const Poco::Exception& e) {
+            throw StateError(path_ + ": " + e.displayText());
+        }
+    }
+
+    std::vector<AlertRecord> select_alerts(const std::string& where, const std::vector<std::string>& args) {
+        return locked([&] {
+            Statement s(session_);
+            s << "SELECT server, identifier, patient, rule_id, evidence_hash, status, server_id, server_version,"
+                 " updated_at FROM alerts " + where;
+            for (const auto& a : args) s, bind(a);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<AlertRecord> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                AlertRecord r;
+                r.server = rs.value(0, i).convert<std::string>();
+                r.identifier = rs.value(1, i).convert<std::string>();
+                r.patient = rs.value(2, i).convert<std::string>();
+                r.rule_id = rs.value(3, i).convert<std::string>();
+                r.evidence_hash = rs.value(4, i).convert<std::string>();
+                r.status = rs.value(5, i).convert<std::string>();
+                r.server_id = rs.value(6, i).convert<std::string>();
+                r.server_version = rs.value(7, i).convert<std::string>();
+                r.updated_at = rs.value(8, i).convert<Poco::Int64>();
+                out.push_back(std::move(r));
+            }
+            return out;
+        });
+    }
+
+    std::string path_;
+    Session session_;
+    std::recursive_mutex mutex_;
+    bool in_transaction_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<StateStore> open_sqlite_store(const std::string& path) { return std::make_unique<SqliteStore>(path); }
+
+}  // namespace calcalert::state

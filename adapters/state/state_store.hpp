@@ -1,0 +1,110 @@
+// Everything calcalert remembers between runs and across replicas, behind one small interface:
+// poll watermarks and seen resource versions, the alert ledger, run history, CDS Hooks replay
+// protection (jti) and feedback/suppression. SQLite now (open_sqlite_store); the same tables and
+// SQL are meant to run on PostgreSQL later, so there is no in-process cache that must be the only copy.
+// Implementations are safe to call from several threads (calls are serialized).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace calcalert::state {
+
+using EpochSeconds = std::int64_t;
+
+class StateError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// One alert as written to a FHIR server: identity (server, identifier), what was written, and the
+// server's id and version of the DetectedIssue.
+struct AlertRecord {
+    std::string server;         // FHIR base URL
+    std::string identifier;     // DetectedIssue.identifier value (alert_identifier(patient, rule))
+    std::string patient;        // "Patient/123"
+    std::string rule_id;
+    std::string evidence_hash;  // Finding::evidence_hash of what was written
+    std::string status;         // final | amended | cancelled
+    std::string server_id;      // DetectedIssue.id on the server ("" until known)
+    std::string server_version; // meta.versionId on the server ("" until known)
+    EpochSeconds updated_at = 0;
+};
+
+struct RunRecord {
+    std::int64_t id = 0;
+    std::string server;
+    EpochSeconds started_at = 0;
+    EpochSeconds finished_at = 0;  // 0 while running (or if the run died)
+    std::string outcome;           // "running", "ok", "failed"
+    std::string summary_json;      // the run's summary
+};
+
+struct FeedbackRecord {
+    std::string service_id;
+    std::string card_uuid;
+    std::string patient;     // "Patient/123" ("" when unknown)
+    std::string rule_id;     // "" when the card is not known
+    std::string outcome;     // accepted | overridden
+    std::string override_reason;  // code of the override reason, "" if none
+    EpochSeconds outcome_at = 0;
+    EpochSeconds received_at = 0;
+};
+
+class StateStore {
+public:
+    virtual ~StateStore() = default;
+
+    // Runs `work` in one database transaction: all of its writes land, or none (on an exception,
+    // which is rethrown). Calls may not nest.
+    virtual void transaction(const std::function<void()>& work) = 0;
+
+    // --- poll: watermarks per (server, resource type), as the server's own lastUpdated text ---
+    virtual std::optional<std::string> watermark(const std::string& server, const std::string& type) = 0;
+    virtual void set_watermark(const std::string& server, const std::string& type, const std::string& value) = 0;
+
+    // --- poll: resource versions already processed, to dedupe the overlap window ---
+    virtual bool seen_version(const std::string& server, const std::string& reference, const std::string& version) = 0;
+    virtual void mark_seen(const std::string& server, const std::string& reference, const std::string& version,
+                           EpochSeconds last_updated) = 0;
+    // Forgets versions last updated before `before` (outside any future overlap window).
+    virtual void forget_seen_before(const std::string& server, EpochSeconds before) = 0;
+
+    // --- the alert ledger ---
+    virtual std::optional<AlertRecord> alert(const std::string& server, const std::string& identifier) = 0;
+    virtual std::vector<AlertRecord> alerts_for_patient(const std::string& server, const std::string& patient) = 0;
+    virtual std::vector<AlertRecord> alerts(const std::string& server) = 0;
+    virtual void put_alert(const AlertRecord& record) = 0;  // insert or replace by (server, identifier)
+
+    // --- run history ---
+    virtual std::int64_t begin_run(const std::string& server, EpochSeconds started_at) = 0;
+    virtual void finish_run(std::int64_t run_id, EpochSeconds finished_at, const std::string& outcome,
+                            const std::string& summary_json) = 0;
+    virtual std::vector<RunRecord> runs(const std::string& server, std::size_t limit) = 0;  // newest first
+
+    // --- CDS Hooks: replay protection ---
+    // Records (issuer, jti) until `expires_at`. Returns false when it was already recorded and has
+    // not expired (a replay). Expired records are purged as a side effect.
+    virtual bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
+                              EpochSeconds now) = 0;
+
+    // --- CDS Hooks: feedback and suppression ---
+    virtual void record_feedback(const FeedbackRecord& feedback) = 0;
+    virtual std::vector<FeedbackRecord> feedback(const std::string& patient, const std::string& rule_id) = 0;
+    // Suppress the card of (patient, rule) until `until` (an overridden card).
+    virtual void suppress(const std::string& patient, const std::string& rule_id, EpochSeconds until) = 0;
+    // The end of the suppression in force at `now`, if any.
+    virtual std::optional<EpochSeconds> suppressed_until(const std::string& patient, const std::string& rule_id,
+                                                         EpochSeconds now) = 0;
+};
+
+// Opens (creating when missing) an SQLite state file; ":memory:" for a private in-memory store.
+// Throws StateError naming the file when it cannot be opened or is not a calcalert state file.
+std::unique_ptr<StateStore> open_sqlite_store(const std::string& path);
+
+}  // namespace calcalert::state

@@ -1,0 +1,127 @@
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <stdexcept>
+#include <thread>
+
+#include <unistd.h>
+
+#include "adapters/state/state_store.hpp"
+
+using namespace calcalert::state;
+
+namespace {
+std::string temp_file(const char* name) {
+    auto p = std::filesystem::temp_directory_path() / (std::string("calcalert-") + name + "-" + std::to_string(::getpid()) + ".sqlite");
+    std::filesystem::remove(p);
+    std::filesystem::remove(p.string() + "-wal");
+    std::filesystem::remove(p.string() + "-shm");
+    return p.string();
+}
+AlertRecord record(const char* id, const char* patient, const char* status, const char* hash) {
+    return AlertRecord{"http://s/fhir", id, patient, "rule-x", hash, status, "srv-" + std::string(id), "1", 100};
+}
+}  // namespace
+
+TEST_CASE("state survives reopening the file: watermarks, ledger, runs") {
+    const auto path = temp_file("reopen");
+    {
+        auto s = open_sqlite_store(path);
+        CHECK_FALSE(s->watermark("http://s/fhir", "Observation"));
+        s->set_watermark("http://s/fhir", "Observation", "2026-11-25T10:00:00.000Z");
+        s->set_watermark("http://s/fhir", "Observation", "2026-11-25T11:00:00.000Z");
+        s->put_alert(record("a1", "Patient/1", "final", "h1"));
+        s->put_alert(record("a2", "Patient/1", "final", "h2"));
+        s->put_alert(record("a1", "Patient/1", "amended", "h3"));
+        auto run = s->begin_run("http://s/fhir", 10);
+        s->finish_run(run, 20, "ok", "{\"patients\":2}");
+    }
+    auto s = open_sqlite_store(path);
+    CHECK(s->watermark("http://s/fhir", "Observation") == "2026-11-25T11:00:00.000Z");
+    CHECK_FALSE(s->watermark("http://other/fhir", "Observation"));
+    auto a1 = s->alert("http://s/fhir", "a1");
+    REQUIRE(a1);
+    CHECK(a1->status == "amended");
+    CHECK(a1->evidence_hash == "h3");
+    CHECK(s->alerts_for_patient("http://s/fhir", "Patient/1").size() == 2);
+    CHECK(s->alerts_for_patient("http://s/fhir", "Patient/2").empty());
+    auto runs = s->runs("http://s/fhir", 5);
+    REQUIRE(runs.size() == 1);
+    CHECK(runs[0].outcome == "ok");
+    CHECK(runs[0].summary_json == "{\"patients\":2}");
+    std::filesystem::remove(path);
+}
+
+TEST_CASE("a transaction lands whole or not at all") {
+    auto s = open_sqlite_store(":memory:");
+    CHECK_THROWS_AS(s->transaction([&] {
+        s->put_alert(record("a1", "Patient/1", "final", "h1"));
+        s->set_watermark("x", "Condition", "w1");
+        throw std::runtime_error("killed mid-way");
+    }),
+                    std::runtime_error);
+    CHECK_FALSE(s->alert("http://s/fhir", "a1"));
+    CHECK_FALSE(s->watermark("x", "Condition"));
+    s->transaction([&] {
+        s->put_alert(record("a1", "Patient/1", "final", "h1"));
+        s->set_watermark("x", "Condition", "w1");
+    });
+    CHECK(s->alert("http://s/fhir", "a1"));
+    CHECK(s->watermark("x", "Condition") == "w1");
+    CHECK_THROWS_AS(s->transaction([&] { s->transaction([] {}); }), StateError);
+}
+
+TEST_CASE("seen versions dedupe the overlap window and are forgotten after it") {
+    auto s = open_sqlite_store(":memory:");
+    CHECK_FALSE(s->seen_version("srv", "Observation/1", "2"));
+    s->mark_seen("srv", "Observation/1", "2", 1000);
+    s->mark_seen("srv", "Observation/1", "2", 1000);
+    CHECK(s->seen_version("srv", "Observation/1", "2"));
+    CHECK_FALSE(s->seen_version("srv", "Observation/1", "3"));
+    s->forget_seen_before("srv", 1001);
+    CHECK_FALSE(s->seen_version("srv", "Observation/1", "2"));
+}
+
+TEST_CASE("jti replay protection until expiry") {
+    auto s = open_sqlite_store(":memory:");
+    CHECK(s->remember_jti("iss", "j1", 200, 100));
+    CHECK_FALSE(s->remember_jti("iss", "j1", 200, 150));   // replay
+    CHECK(s->remember_jti("other-iss", "j1", 200, 150));   // per issuer
+    CHECK(s->remember_jti("iss", "j1", 400, 250));         // expired record purged
+}
+
+TEST_CASE("feedback and suppression") {
+    auto s = open_sqlite_store(":memory:");
+    s->record_feedback({"calcalert-patient-view", "uuid-1", "Patient/1", "rule-x", "overridden", "not-relevant", 90, 91});
+    auto fb = s->feedback("Patient/1", "rule-x");
+    REQUIRE(fb.size() == 1);
+    CHECK(fb[0].override_reason == "not-relevant");
+    CHECK_FALSE(s->suppressed_until("Patient/1", "rule-x", 100));
+    s->suppress("Patient/1", "rule-x", 1000);
+    CHECK(s->suppressed_until("Patient/1", "rule-x", 100) == 1000);
+    CHECK_FALSE(s->suppressed_until("Patient/1", "rule-x", 1000));
+    CHECK_FALSE(s->suppressed_until("Patient/2", "rule-x", 100));
+}
+
+TEST_CASE("calls from several threads are serialized") {
+    auto s = open_sqlite_store(":memory:");
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+            for (int i = 0; i < 50; ++i) s->remember_jti("iss", std::to_string(t) + "-" + std::to_string(i), 10, 1);
+        });
+    for (auto& th : threads) th.join();
+    CHECK_FALSE(s->remember_jti("iss", "3-49", 10, 1));
+}
+
+TEST_CASE("a file that is not a state file is a clear error") {
+    const auto path = temp_file("garbage");
+    {
+        std::FILE* f = std::fopen(path.c_str(), "w");
+        std::fputs("this is not sqlite at all, just text that is long enough to be read as a header......", f);
+        std::fclose(f);
+    }
+    CHECK_THROWS_AS(open_sqlite_store(path), StateError);
+    std::filesystem::remove(path);
+    CHECK_THROWS_AS(open_sqlite_store("/nonexistent-dir/x/state.sqlite"), StateError);
+}
