@@ -183,6 +183,13 @@ ReadStats read_text(std::string_view text, const std::string& name, ResourceHand
     return stats;
 }
 
+ReadStats read_value(const rapidjson::Value& json, const std::string& name, ResourceHandler& handler) {
+    ReadStats stats;
+    Reader reader(handler, stats);
+    reader.resource(json, Location{name, 0, -1, {}}, nullptr, "");
+    return stats;
+}
+
 ReadStats read_path(const std::string& path, ResourceHandler& handler) {
     const std::string name = path == "-" ? std::string("<stdin>") : path;
     if (path == "-") {

@@ -44,5 +44,7 @@ struct ReadStats {
 ReadStats read_path(const std::string& path, ResourceHandler& handler);
 ReadStats read_text(std::string_view text, const std::string& name, ResourceHandler& handler);
 ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler);
+// An already parsed resource or Bundle (e.g. a search page); `name` says where it came from.
+ReadStats read_value(const rapidjson::Value& json, const std::string& name, ResourceHandler& handler);
 
 }  // namespace calcalert::fhir

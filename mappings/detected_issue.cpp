@@ -32,12 +32,12 @@ std::string alert_identifier(std::string_view patient, std::string_view rule_id)
 }
 
 void write_detected_issue(JsonWriter& w, const rules::Finding& f, rules::EpochSeconds identified,
-                          const IssueOptions& o, std::string_view status) {
+                          const IssueOptions& o, std::string_view status, bool with_id) {
     const rules::Rule& r = *f.rule;
     const std::string id = alert_identifier(f.patient, r.id);
     w.StartObject();
     kv(w, "resourceType", "DetectedIssue");
-    kv(w, "id", id);
+    if (with_id) kv(w, "id", id);
     key(w, "identifier");
     w.StartArray();
     w.StartObject();
@@ -101,10 +101,10 @@ void write_detected_issue(JsonWriter& w, const rules::Finding& f, rules::EpochSe
 }
 
 std::string detected_issue_json(const rules::Finding& f, rules::EpochSeconds identified, const IssueOptions& o,
-                                std::string_view status) {
+                                std::string_view status, bool with_id) {
     rapidjson::StringBuffer sb;
     JsonWriter w(sb);
-    write_detected_issue(w, f, identified, o, status);
+    write_detected_issue(w, f, identified, o, status, with_id);
     return sb.GetString();
 }
 

@@ -26,10 +26,11 @@ std::string alert_identifier(std::string_view patient, std::string_view rule_id)
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 // status: final (new), amended (evidence changed) or cancelled (no longer holds).
+// `with_id`: set DetectedIssue.id to the identifier (for files); a FHIR server write omits it.
 void write_detected_issue(JsonWriter& w, const rules::Finding& f, rules::EpochSeconds identified,
-                          const IssueOptions& options, std::string_view status = "final");
+                          const IssueOptions& options, std::string_view status = "final", bool with_id = true);
 std::string detected_issue_json(const rules::Finding& f, rules::EpochSeconds identified, const IssueOptions& options,
-                                std::string_view status = "final");
+                                std::string_view status = "final", bool with_id = true);
 
 // One OperationOutcome holding the data-quality notes (severity information/warning) and input
 // problems; each issue names the resource in `diagnostics` and the element in `expression`.

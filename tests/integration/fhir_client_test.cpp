@@ -1,0 +1,882 @@
+// The FHIR REST client (fhir/client.hpp) against real servers:
+// - the local sandbox FHIR server (deploy/sandbox, Medplum): transactions, paging through next links,
+//   _lastUpdated, conditional create and update, errors as OperationOutcome;
+// - a small scripted HTTP server in this process (Poco, 127.0.0.1, port 0) for what a real FHIR
+//   server does not do on demand: 429/503 with Retry-After, HTML instead of JSON, next links to
+//   another origin or in a loop, gzip, timeouts, redirects, and the bearer token on the wire.
+// Only 127.0.0.1 is contacted; 127.0.0.2 appears in URLs the client must refuse before connecting.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <Poco/DeflatingStream.h>
+#include <Poco/Net/HTTPRequestHandler.h>
+#include <Poco/Net/HTTPRequestHandlerFactory.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/StreamCopier.h>
+#include <rapidjson/document.h>
+
+#include "fhir/client.hpp"
+#include "fhir/views.hpp"
+#include "tests/support/sandbox_server.hpp"
+
+using calcalert::fhir::ClientOptions;
+using calcalert::fhir::FhirClient;
+using calcalert::fhir::FhirError;
+using calcalert::fhir::Response;
+using std::chrono::milliseconds;
+
+namespace {
+
+// ---- a scripted HTTP server ------------------------------------------------------------------
+
+struct Seen {
+    std::string method;
+    std::string uri;  // path and query as sent
+    std::string body;
+    std::map<std::string, std::string> headers;  // lower-case names
+};
+
+using HeaderPairs = std::vector<std::pair<std::string, std::string>>;
+
+struct Reply {
+    Reply() = default;
+    Reply(int s, std::string b = "", HeaderPairs h = {}, std::string type = "application/fhir+json")
+        : status(s), body(std::move(b)), headers(std::move(h)), content_type(std::move(type)) {}
+    Reply gzipped() const {
+        Reply r = *this;
+        r.gzip = true;
+        return r;
+    }
+    Reply delayed(milliseconds d) const {
+        Reply r = *this;
+        r.delay = d;
+        return r;
+    }
+
+    int status = 200;
+    std::string body;
+    HeaderPairs headers;
+    std::string content_type = "application/fhir+json";
+    bool gzip = false;
+    milliseconds delay{0};
+};
+
+std::string lower(std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+}
+
+class ScriptServer {
+public:
+    // `handler` answers the n-th request (0-based).
+    using Handler = std::function<Reply(const Seen&, std::size_t)>;
+
+    explicit ScriptServer(Handler handler) : state_(std::make_shared<State>()) {
+        state_->handler = std::move(handler);
+        Poco::Net::ServerSocket socket(Poco::Net::SocketAddress("127.0.0.1", 0));
+        port_ = socket.address().port();
+        auto* params = new Poco::Net::HTTPServerParams;
+        params->setKeepAlive(true);
+        params->setMaxThreads(4);
+        server_ = std::make_unique<Poco::Net::HTTPServer>(new Factory(state_), socket, params);
+        server_->start();
+    }
+
+    // Answers requests with `replies` in order; any further request gets a 500.
+    static std::unique_ptr<ScriptServer> sequence(std::vector<Reply> replies) {
+        return std::make_unique<ScriptServer>([replies](const Seen&, std::size_t n) {
+            if (n < replies.size()) return replies[n];
+            return Reply{500, R"({"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception","diagnostics":"unexpected request"}]})"};
+        });
+    }
+
+    ~ScriptServer() {
+        {
+            std::lock_guard lock(state_->mutex);
+            state_->stopping = true;
+        }
+        state_->cv.notify_all();
+        server_->stopAll(true);
+    }
+
+    ScriptServer(const ScriptServer&) = delete;
+    ScriptServer& operator=(const ScriptServer&) = delete;
+
+    int port() const { return port_; }
+    std::string origin() const { return "http://127.0.0.1:" + std::to_string(port_); }
+    std::string base_url() const { return origin() + "/fhir"; }
+    std::vector<Seen> seen() const {
+        std::lock_guard lock(state_->mutex);
+        return state_->seen;
+    }
+
+private:
+    struct State {
+        mutable std::mutex mutex;
+        std::condition_variable cv;
+        bool stopping = false;
+        std::vector<Seen> seen;
+        Handler handler;
+    };
+
+    class RequestHandler : public Poco::Net::HTTPRequestHandler {
+    public:
+        explicit RequestHandler(std::shared_ptr<State> s) : state_(std::move(s)) {}
+        void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
+            Seen seen;
+            seen.method = request.getMethod();
+            seen.uri = request.getURI();
+            for (const auto& [name, value] : request) seen.headers[lower(name)] = value;
+            Poco::StreamCopier::copyToString(request.stream(), seen.body);
+            Reply reply;
+            {
+                std::unique_lock lock(state_->mutex);
+                const std::size_t n = state_->seen.size();
+                state_->seen.push_back(seen);
+                lock.unlock();
+                reply = state_->handler(seen, n);
+                lock.lock();
+                if (reply.delay.count() > 0) state_->cv.wait_for(lock, reply.delay, [&] { return state_->stopping; });
+                if (state_->stopping) return;
+            }
+            std::string body = reply.body;
+            if (reply.gzip) {
+                std::ostringstream compressed;
+                Poco::DeflatingOutputStream z(compressed, Poco::DeflatingStreamBuf::STREAM_GZIP);
+                z << reply.body;
+                z.close();
+                body = compressed.str();
+                response.set("Content-Encoding", "gzip");
+            }
+            response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(reply.status));
+            for (const auto& [name, value] : reply.headers) response.set(name, value);
+            if (!reply.content_type.empty()) response.setContentType(reply.content_type);
+            response.setContentLength(static_cast<std::streamsize>(body.size()));
+            response.sendBuffer(body.data(), body.size());
+        }
+
+    private:
+        std::shared_ptr<State> state_;
+    };
+
+    class Factory : public Poco::Net::HTTPRequestHandlerFactory {
+    public:
+        explicit Factory(std::shared_ptr<State> s) : state_(std::move(s)) {}
+        Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
+            return new RequestHandler(state_);
+        }
+
+    private:
+        std::shared_ptr<State> state_;
+    };
+
+    std::shared_ptr<State> state_;
+    int port_ = 0;
+    std::unique_ptr<Poco::Net::HTTPServer> server_;
+};
+
+const std::string kPatient = R"({"resourceType":"Patient","id":"p1"})";
+
+std::string outcome(const std::string& code, const std::string& diagnostics) {
+    return R"({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":")" + code + R"(","diagnostics":")" +
+           diagnostics + R"("}]})";
+}
+
+std::string searchset(const std::string& next, const std::vector<std::string>& ids = {"o1"}) {
+    std::string s = R"({"resourceType":"Bundle","type":"searchset","entry":[)";
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        s += std::string(i ? "," : "") + R"({"resource":{"resourceType":"Observation","id":")" + ids[i] + R"("}})";
+    s += "]";
+    if (!next.empty()) s += R"(,"link":[{"relation":"self","url":"ignored"},{"relation":"next","url":")" + next + R"("}])";
+    return s + "}";
+}
+
+struct Sleeps {
+    std::vector<milliseconds> waits;
+    std::function<void(milliseconds)> fn() {
+        return [this](milliseconds d) { waits.push_back(d); };
+    }
+};
+
+ClientOptions options_for(const std::string& base, Sleeps& sleeps) {
+    ClientOptions o;
+    o.base_url = base;
+    o.sleep = sleeps.fn();
+    o.connect_timeout = milliseconds(2000);
+    o.request_timeout = milliseconds(10000);
+    return o;
+}
+
+// The message of the FhirError `f` throws; fails the test when it throws nothing or something else.
+template <class F>
+FhirError error_of(F&& f) {
+    try {
+        f();
+    } catch (const FhirError& e) {
+        return e;
+    }
+    FAIL("expected a FhirError");
+    return FhirError("", -1);
+}
+
+int closed_port() {
+    Poco::Net::ServerSocket s(Poco::Net::SocketAddress("127.0.0.1", 0));
+    const int port = s.address().port();
+    s.close();
+    return port;
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+}  // namespace
+
+// ---- retries ---------------------------------------------------------------------------------------
+
+TEST_CASE("503 with Retry-After: 2, then 200: one retry after the 2 s the server asked for") {
+    auto server = ScriptServer::sequence({{503, outcome("transient", "busy"), {{"Retry-After", "2"}}}, {200, kPatient}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    const auto d = client.get_resource("Patient/p1");
+    CHECK(std::string(d["id"].GetString()) == "p1");
+    CHECK(sleeps.waits == std::vector<milliseconds>{milliseconds(2000)});
+    CHECK(client.stats().requests == 2);
+    CHECK(client.stats().retries == 1);
+    const auto seen = server->seen();
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[1].uri == "/fhir/Patient/p1");
+}
+
+TEST_CASE("Retry-After as an HTTP-date is measured with the injected clock and capped at max_backoff") {
+    auto server = ScriptServer::sequence({
+        {503, "", {{"Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"}}},
+        {429, "", {{"Retry-After", "Wednesday, 21-Oct-15 07:28:01 GMT"}}},
+        {503, "", {{"Retry-After", "Wed Oct 21 07:27:00 2015"}}},  // in the past: no wait
+        {503, "", {{"Retry-After", "86400"}}},                      // a day: capped
+        {200, kPatient},
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_backoff = milliseconds(10000);
+    o.now = [] {
+        using namespace std::chrono;
+        return sys_days(year(2015) / October / 21) + hours(7) + minutes(27) + seconds(57);
+    };
+    FhirClient client(o);
+    CHECK(client.get("Patient/p1").status == 200);
+    CHECK(sleeps.waits ==
+          std::vector<milliseconds>{milliseconds(3000), milliseconds(4000), milliseconds(0), milliseconds(10000)});
+}
+
+TEST_CASE("without Retry-After the wait doubles from initial_backoff up to max_backoff") {
+    auto server = ScriptServer::sequence({{502}, {504}, {503}, {429, "", {{"Retry-After", "soon"}}}, {200, kPatient}});
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.initial_backoff = milliseconds(100);
+    o.max_backoff = milliseconds(250);
+    FhirClient client(o);
+    CHECK(client.get("Patient/p1").status == 200);
+    CHECK(sleeps.waits == std::vector<milliseconds>{milliseconds(100), milliseconds(200), milliseconds(250), milliseconds(250)});
+}
+
+TEST_CASE("429 three times then 200 with max_retries=2: gives up with status 429 after 3 attempts") {
+    auto server = ScriptServer::sequence({{429, outcome("throttled", "slow down")},
+                                          {429, outcome("throttled", "slow down")},
+                                          {429, outcome("throttled", "slow down")},
+                                          {200, kPatient}});
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_retries = 2;
+    FhirClient client(o);
+    const auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    CHECK(e.status() == 429);
+    CHECK(std::string(e.what()) ==
+          "GET " + server->base_url() + "/Patient/p1: HTTP 429 after 3 attempts: OperationOutcome: error (throttled): slow down");
+    CHECK(server->seen().size() == 3);
+    CHECK(client.stats().requests == 3);
+    CHECK(client.stats().retries == 2);
+    CHECK(sleeps.waits.size() == 2);
+}
+
+TEST_CASE("a POST is retried on 429 and 503 (not processed) but not on 502 or 504") {
+    auto server = ScriptServer::sequence({{502}, {504}, {503}, {429}, {201, kPatient}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    CHECK(client.post("Patient", kPatient).status == 502);
+    CHECK(client.post("Patient", kPatient).status == 504);
+    CHECK(client.post("Patient", kPatient).status == 201);
+    CHECK(server->seen().size() == 5);
+    CHECK(client.stats().retries == 2);
+}
+
+TEST_CASE("PUT is retried on 502") {
+    auto server = ScriptServer::sequence({{502}, {200, kPatient}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    CHECK(client.put("Patient/p1", kPatient).status == 200);
+    const auto seen = server->seen();
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[1].method == "PUT");
+    CHECK(seen[1].body == kPatient);
+}
+
+TEST_CASE("connection refused: FhirError with status 0 after the retries") {
+    const int port = closed_port();
+    Sleeps sleeps;
+    auto o = options_for("http://127.0.0.1:" + std::to_string(port) + "/fhir/", sleeps);
+    o.max_retries = 2;
+    o.initial_backoff = milliseconds(10);
+    FhirClient client(o);
+    CHECK(client.base_url() == "http://127.0.0.1:" + std::to_string(port) + "/fhir");
+    const auto e = error_of([&] { client.get("metadata"); });
+    CHECK(e.status() == 0);
+    const std::string prefix = "GET http://127.0.0.1:" + std::to_string(port) + "/fhir/metadata: cannot connect: Couldn't connect to server";
+    CHECK_MESSAGE(std::string(e.what()).rfind(prefix, 0) == 0, e.what());
+    CHECK_MESSAGE(contains(e.what(), "; gave up after 3 attempts"), e.what());
+    CHECK(client.stats().requests == 3);
+    CHECK(sleeps.waits == std::vector<milliseconds>{milliseconds(10), milliseconds(20)});
+
+    // Nothing was sent, so retrying a POST cannot duplicate a write.
+    const auto p = error_of([&] { client.post("Patient", kPatient); });
+    CHECK(p.status() == 0);
+    CHECK(client.stats().requests == 6);
+}
+
+TEST_CASE("a timeout is retried for GET but not for POST (the server may have processed it)") {
+    auto server = std::make_unique<ScriptServer>([](const Seen&, std::size_t) { return Reply(200, kPatient).delayed(milliseconds(3000)); });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.request_timeout = milliseconds(200);
+    o.max_retries = 1;
+    FhirClient client(o);
+    const auto g = error_of([&] { client.get("Patient/p1"); });
+    CHECK(g.status() == 0);
+    CHECK_MESSAGE(contains(g.what(), "GET " + server->base_url() + "/Patient/p1: timed out: "), g.what());
+    CHECK(client.stats().requests == 2);
+    const auto p = error_of([&] { client.post("Patient", kPatient); });
+    CHECK_MESSAGE(contains(p.what(), "POST " + server->base_url() + "/Patient: timed out: "), p.what());
+    CHECK(client.stats().requests == 3);
+}
+
+// ---- what came back ----------------------------------------------------------------------------
+
+TEST_CASE("errors name the request and say what came back") {
+    const std::string long_html = "<html>\n<body>" + std::string(100, 'x') + "</body></html>";
+    auto server = ScriptServer::sequence({
+        {500, outcome("exception", "boom")},
+        {200, "<html><body>502 Bad Gateway</body></html>", {}, "text/html"},
+        {200, long_html, {}, "text/html"},
+        {200, R"({"resourceType": "Patient", oops})"},
+        {200, "[1, 2]"},
+        {200, R"({"id": "x"})"},
+        {404, ""},
+        {502, "<html><body>bad gateway</body></html>", {}, "text/html"},
+        {200, ""},
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_retries = 0;
+    FhirClient client(o);
+    const std::string base = server->base_url();
+
+    auto e = error_of([&] { client.get_resource("Observation?_count=2"); });
+    CHECK(std::string(e.what()) == "GET " + base + "/Observation?_count=2: HTTP 500: OperationOutcome: error (exception): boom");
+    CHECK(e.status() == 500);
+
+    e = error_of([&] { client.get_resource("Patient/1"); });
+    CHECK(std::string(e.what()) ==
+          "GET " + base + "/Patient/1: HTTP 200 but the body is HTML, not FHIR JSON: \"<html><body>502 Bad Gateway</body></html>\"");
+    CHECK(e.status() == 200);
+
+    e = error_of([&] { client.get_resource("Patient/2"); });
+    CHECK(std::string(e.what()) == "GET " + base + "/Patient/2: HTTP 200 but the body is HTML, not FHIR JSON: \"<html>\\n<body>" +
+                                       std::string(67, 'x') + "...\"");
+
+    e = error_of([&] { client.get_resource("Patient/3"); });
+    CHECK_MESSAGE(contains(e.what(), "GET " + base + "/Patient/3: HTTP 200 but the body is not JSON (JSON parse error at offset 28: "),
+                  e.what());
+
+    e = error_of([&] { client.get_resource("Patient/4"); });
+    CHECK(std::string(e.what()) == "GET " + base + "/Patient/4: HTTP 200 but the body is a JSON array, not a FHIR resource");
+
+    e = error_of([&] { client.get_resource("Patient/5"); });
+    CHECK(contains(e.what(), "HTTP 200 but the body is not a FHIR resource (no resourceType)"));
+
+    e = error_of([&] { client.get_resource("Patient/6"); });
+    CHECK(std::string(e.what()) == "GET " + base + "/Patient/6: HTTP 404");
+    CHECK(e.status() == 404);
+
+    e = error_of([&] { client.get_resource("Patient/7"); });
+    CHECK(std::string(e.what()) == "GET " + base + "/Patient/7: HTTP 502: the body is HTML: \"<html><body>bad gateway</body></html>\"");
+
+    e = error_of([&] { client.get_resource("Patient/8"); });
+    CHECK(std::string(e.what()) == "GET " + base + "/Patient/8: HTTP 200 but the body is empty, not a FHIR resource");
+}
+
+TEST_CASE("search and transaction insist on the Bundle type") {
+    auto server = ScriptServer::sequence({
+        {200, kPatient},
+        {200, R"({"resourceType":"Bundle","type":"collection"})"},
+        {200, R"({"resourceType":"Bundle","type":"searchset"})"},
+    });
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    int pages = 0;
+    auto e = error_of([&] { client.search("Patient?_id=p1", [&](const rapidjson::Document&) { ++pages; }); });
+    CHECK(std::string(e.what()) == "GET " + server->base_url() + "/Patient?_id=p1: expected a Bundle, got Patient");
+    e = error_of([&] { client.search("Patient", [&](const rapidjson::Document&) { ++pages; }); });
+    CHECK(contains(e.what(), ": expected a searchset Bundle, got a Bundle with type collection"));
+    e = error_of([&] {
+        client.transaction(R"({"resourceType":"Bundle","type":"transaction","entry":[]})");
+    });
+    CHECK(std::string(e.what()) ==
+          "POST " + server->base_url() + ": expected a transaction-response Bundle, got a Bundle with type searchset");
+    CHECK(pages == 0);
+
+    // The Bundle to send is checked before anything is sent.
+    e = error_of([&] { client.transaction("not json"); });
+    CHECK(e.status() == 0);
+    CHECK_MESSAGE(contains(e.what(), "POST " + server->base_url() + ": the Bundle to send is not JSON (JSON parse error at offset "), e.what());
+    e = error_of([&] { client.transaction(R"({"resourceType":"Bundle","type":"collection"})"); });
+    CHECK(contains(e.what(), "must be a Bundle of type transaction or batch"));
+    CHECK(server->seen().size() == 3);
+}
+
+TEST_CASE("a gzip body is decoded") {
+    auto server = ScriptServer::sequence({Reply(200, kPatient).gzipped()});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    const Response r = client.get("Patient/p1");
+    CHECK(r.status == 200);
+    CHECK(r.headers.at("content-encoding") == "gzip");
+    CHECK(r.body == kPatient);
+    const auto seen = server->seen();
+    REQUIRE(seen.size() == 1);
+    CHECK(contains(seen[0].headers.at("accept-encoding"), "gzip"));
+}
+
+// ---- the request on the wire ---------------------------------------------------------------------
+
+TEST_CASE("request headers; the bearer token reaches the server and never an error message") {
+    const std::string token = "s3cret-token-4711";
+    auto server = ScriptServer::sequence({
+        {200, kPatient, {{"X-Custom", "one"}, {"x-custom", "two"}}},
+        {201, kPatient},
+        {401, outcome("login", "token " + token + " expired")},
+        {200, "<html><body>Authorization: Bearer " + token + "</body></html>", {}, "text/html"},
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.bearer_token = token;
+    o.user_agent = "calcalert-test/1";
+    FhirClient client(o);
+
+    const Response r = client.get("/Patient/p1");
+    CHECK(r.headers.at("x-custom") == "two");
+    CHECK(r.headers.at("content-type") == "application/fhir+json");
+    CHECK(r.method == "GET");
+    CHECK(r.url == server->base_url() + "/Patient/p1");
+    CHECK(client.post("Patient", kPatient, {{"If-None-Exist", "identifier=urn:test|1"}, {"Prefer", "return=minimal"}}).status == 201);
+
+    auto seen = server->seen();
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0].uri == "/fhir/Patient/p1");
+    CHECK(seen[0].headers["authorization"] == "Bearer " + token);
+    CHECK(seen[0].headers["accept"] == "application/fhir+json");
+    CHECK(seen[0].headers["user-agent"] == "calcalert-test/1");
+    CHECK(seen[0].headers.count("content-type") == 0);
+    CHECK(seen[1].method == "POST");
+    CHECK(seen[1].body == kPatient);
+    CHECK(seen[1].headers["content-type"] == "application/fhir+json");
+    CHECK(seen[1].headers["if-none-exist"] == "identifier=urn:test|1");
+    CHECK(seen[1].headers["prefer"] == "return=minimal");
+    CHECK(seen[1].headers["authorization"] == "Bearer " + token);
+    CHECK(seen[1].headers.count("expect") == 0);
+
+    auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    CHECK(e.status() == 401);
+    CHECK(std::string(e.what()) == "GET " + server->base_url() + "/Patient/p1: HTTP 401: OperationOutcome: error (login): token [redacted] expired");
+    e = error_of([&] { client.get_resource("Patient/p1"); });
+    CHECK_FALSE(contains(e.what(), token));
+    CHECK(contains(e.what(), "HTML"));
+
+    // A transport error, a refused URL and a bad header do not carry it either.
+    ClientOptions closed = o;
+    closed.base_url = "http://127.0.0.1:" + std::to_string(closed_port()) + "/fhir";
+    closed.max_retries = 0;
+    FhirClient down(closed);
+    e = error_of([&] { down.get("metadata"); });
+    CHECK_FALSE(contains(e.what(), token));
+    e = error_of([&] { client.get("http://127.0.0.2:1/fhir/metadata"); });
+    CHECK_FALSE(contains(e.what(), token));
+    e = error_of([&] { client.get("metadata", {{"Bad Name", "x"}}); });
+    CHECK(contains(e.what(), "is not a valid HTTP field name"));
+    e = error_of([&] { client.get("metadata", {{"X-Injected", "a\r\nAuthorization: other"}}); });
+    CHECK(contains(e.what(), "the request header X-Injected has a line break"));
+    CHECK(server->seen().size() == 4);
+}
+
+TEST_CASE("targets: relative paths, encoding, and absolute URLs on another origin are refused before connecting") {
+    auto server = ScriptServer::sequence({{200, kPatient}, {200, kPatient}, {200, kPatient}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url() + "/", sleeps));
+    CHECK(client.get("Patient?identifier=urn:test|1&name=Anna Maria").status == 200);
+    CHECK(client.get(server->base_url() + "/metadata").status == 200);
+    CHECK(client.get("").status == 200);
+
+    auto e = error_of([&] { client.get("http://127.0.0.2:1/fhir/Patient"); });
+    CHECK(e.status() == 0);
+    CHECK(std::string(e.what()) == "GET http://127.0.0.2:1/fhir/Patient: refused: not on the FHIR server's origin " +
+                                       server->origin() + " (the request would carry the bearer token to another server)");
+    e = error_of([&] { client.get("https://127.0.0.1:" + std::to_string(server->port()) + "/fhir/Patient"); });
+    CHECK(contains(e.what(), "refused"));
+    e = error_of([&] { client.get("file:///etc/passwd"); });
+    CHECK(contains(e.what(), "refused: not an http(s) URL"));
+    e = error_of([&] { client.get("Patient\r\nX-Evil: 1"); });
+    CHECK(std::string(e.what()) == "GET Patient\\r\\nX-Evil: 1: the URL has a control character at offset 7");
+
+    const auto seen = server->seen();
+    REQUIRE(seen.size() == 3);
+    CHECK(seen[0].uri == "/fhir/Patient?identifier=urn:test%7C1&name=Anna%20Maria");
+    CHECK(seen[1].uri == "/fhir/metadata");
+    CHECK(seen[2].uri == "/fhir");
+}
+
+TEST_CASE("redirects: followed on the same origin, refused to another") {
+    auto server = std::make_unique<ScriptServer>([](const Seen& s, std::size_t) {
+        if (s.uri == "/fhir/Patient/old") return Reply{301, "", {{"Location", "/fhir/Patient/new"}}};
+        if (s.uri == "/fhir/Patient/new") return Reply{200, kPatient};
+        if (s.uri == "/fhir/Patient/away") return Reply{302, "", {{"Location", "http://127.0.0.2:1/fhir/Patient/p1"}}};
+        return Reply{307, "", {{"Location", "/fhir/Patient/loop"}}};
+    });
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    CHECK(std::string(client.get_resource("Patient/old")["id"].GetString()) == "p1");
+    auto e = error_of([&] { client.get("Patient/away"); });
+    CHECK(e.status() == 0);
+    CHECK(contains(e.what(), "GET " + server->base_url() + "/Patient/away: redirect to http://127.0.0.2:1/fhir/Patient/p1 refused"));
+    e = error_of([&] { client.get("Patient/loop"); });
+    CHECK(contains(e.what(), "more than 5 redirects"));
+    // A POST is never redirected: the response comes back as it is.
+    CHECK(client.post("Patient/old", kPatient).status == 301);
+    CHECK(server->seen().size() == 2 + 1 + 6 + 1);
+}
+
+TEST_CASE("one kept-alive connection for many requests") {
+    auto server = std::make_unique<ScriptServer>([](const Seen&, std::size_t) { return Reply{200, kPatient}; });
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    for (int i = 0; i < 5; ++i) client.get_resource("Patient/p1");
+    CHECK(client.post("Patient", kPatient).status == 200);
+    CHECK(client.put("Patient/p1", kPatient).status == 200);
+    CHECK(client.get("Patient/p1").status == 200);
+    CHECK(client.stats().requests == 8);
+    CHECK(client.stats().connections == 1);
+}
+
+// ---- paging ----------------------------------------------------------------------------------------
+
+TEST_CASE("search follows relative, origin-relative and absolute next links") {
+    std::string base;
+    auto server = std::make_unique<ScriptServer>([&base](const Seen& s, std::size_t) {
+        if (s.uri == "/fhir/Observation?code=x") return Reply{200, searchset("Observation?code=x&page=2", {"a", "b"})};
+        if (s.uri == "/fhir/Observation?code=x&page=2") return Reply{200, searchset("/fhir/Observation?code=x&page=3", {"c"})};
+        if (s.uri == "/fhir/Observation?code=x&page=3") return Reply{200, searchset(base + "/Observation?code=x&page=4", {"d"})};
+        if (s.uri == "/fhir/Observation?code=x&page=4") return Reply{200, searchset("", {"e"})};
+        return Reply{404, outcome("not-found", s.uri)};
+    });
+    base = server->base_url();
+    Sleeps sleeps;
+    FhirClient client(options_for(base, sleeps));
+    std::vector<std::string> ids;
+    const auto pages = client.search("Observation?code=x", [&](const rapidjson::Document& page) {
+        for (const auto& entry : page["entry"].GetArray()) ids.emplace_back(entry["resource"]["id"].GetString());
+    });
+    CHECK(pages == 4);
+    CHECK(ids == std::vector<std::string>{"a", "b", "c", "d", "e"});
+
+    auto o = options_for(base, sleeps);
+    o.max_pages = 2;
+    FhirClient bounded(o);
+    std::size_t seen_pages = 0;
+    const auto e = error_of([&] { bounded.search("Observation?code=x", [&](const rapidjson::Document&) { ++seen_pages; }); });
+    CHECK(seen_pages == 2);
+    CHECK(std::string(e.what()) == "GET " + base + "/Observation?code=x&page=2: stopped after 2 pages (max_pages); the server still sends link[next]");
+}
+
+TEST_CASE("search refuses a next link to another origin without connecting to it") {
+    auto server = ScriptServer::sequence({{200, searchset("http://127.0.0.2:1/fhir/Observation?page=2")}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    std::size_t pages = 0;
+    const auto e = error_of([&] { client.search("Observation", [&](const rapidjson::Document&) { ++pages; }); });
+    CHECK(pages == 1);
+    CHECK(e.status() == 0);
+    CHECK(std::string(e.what()) == "GET " + server->base_url() +
+                                       "/Observation: link[next] http://127.0.0.2:1/fhir/Observation?page=2 refused: not on the FHIR "
+                                       "server's origin " +
+                                       server->origin() + " (following it would carry the bearer token to another server)");
+    CHECK(client.stats().requests == 1);
+    CHECK(server->seen().size() == 1);
+}
+
+TEST_CASE("search stops a next-link loop") {
+    auto server = std::make_unique<ScriptServer>([](const Seen& s, std::size_t) {
+        if (s.uri == "/fhir/Observation?a=1") return Reply{200, searchset("Observation?a=2")};
+        return Reply{200, searchset("Observation?a=1")};
+    });
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    std::size_t pages = 0;
+    const auto e = error_of([&] { client.search("Observation?a=1", [&](const rapidjson::Document&) { ++pages; }); });
+    CHECK(pages == 2);
+    CHECK(std::string(e.what()) == "GET " + server->base_url() + "/Observation?a=2: link[next] " + server->base_url() +
+                                       "/Observation?a=1 was already visited; the server's paging loops");
+    CHECK(server->seen().size() == 2);
+}
+
+TEST_CASE("search rejects malformed links") {
+    auto server = ScriptServer::sequence({
+        {200, R"({"resourceType":"Bundle","type":"searchset","link":{"relation":"next"}})"},
+        {200, R"({"resourceType":"Bundle","type":"searchset","link":[{"relation":"next","url":7}]})"},
+    });
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    auto e = error_of([&] { client.search("Observation", [](const rapidjson::Document&) {}); });
+    CHECK(contains(e.what(), "/Observation: Bundle.link is a JSON object, not an array"));
+    e = error_of([&] { client.search("Observation", [](const rapidjson::Document&) {}); });
+    CHECK(contains(e.what(), "/Observation: Bundle.link[0].url of the next link is missing or not a string"));
+}
+
+TEST_CASE("options are checked") {
+    auto make = [](ClientOptions o) { FhirClient c(std::move(o)); };
+    auto message = [&](ClientOptions o) -> std::string {
+        try {
+            make(std::move(o));
+        } catch (const std::invalid_argument& e) {
+            return e.what();
+        }
+        return "";
+    };
+    ClientOptions o;
+    CHECK(contains(message(o), "the FHIR base URL is empty"));
+    o.base_url = "127.0.0.1:8080/fhir";
+    CHECK(contains(message(o), "is not an http:// or https:// URL"));
+    o.base_url = "ftp://127.0.0.1/fhir";
+    CHECK(contains(message(o), "is not an http:// or https:// URL"));
+    o.base_url = "http://user:hunter2@127.0.0.1/fhir";
+    const std::string m = message(o);
+    CHECK(contains(m, "must not carry user:password@"));
+    CHECK_FALSE(contains(m, "hunter2"));
+    o.base_url = "ftp://user:hunter2@127.0.0.1/fhir";
+    CHECK_FALSE(contains(message(o), "hunter2"));
+    o.base_url = "http://127.0.0.1/fhir?x=1";
+    CHECK(contains(message(o), "must not have a query"));
+    o.base_url = "http://127.0.0.1/fhir";
+    o.bearer_token = "abc\r\nX: y";
+    CHECK(contains(message(o), "the bearer token contains a line break"));
+    o.bearer_token = "";
+    o.max_retries = -1;
+    CHECK(contains(message(o), "max_retries is negative"));
+    o.max_retries = 0;
+    o.ca_file = "/nonexistent/ca.pem";
+    CHECK(contains(message(o), "the CA file /nonexistent/ca.pem cannot be read"));
+    o.ca_file = "";
+    CHECK(message(o).empty());
+}
+
+// ---- against the sandbox FHIR server ----------------------------------------------------------------
+
+namespace {
+
+test::SandboxServer& sandbox() {
+    static test::SandboxServer server;
+    return server;
+}
+
+ClientOptions sandbox_options() {
+    ClientOptions o;
+    o.base_url = sandbox().base_url();
+    o.max_retries = 2;
+    o.initial_backoff = milliseconds(50);
+    return o;
+}
+
+std::string str(const rapidjson::Value& v, const char* name) {
+    const auto m = v.FindMember(name);
+    REQUIRE(m != v.MemberEnd());
+    REQUIRE(m->value.IsString());
+    return m->value.GetString();
+}
+
+std::string observation(const std::string& subject, int day) {
+    char date[32];
+    std::snprintf(date, sizeof date, "2024-01-%02dT08:00:00Z", day);
+    return R"({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},)"
+           R"("subject":{"reference":")" +
+           subject + R"("},"effectiveDateTime":")" + date +
+           R"(","valueQuantity":{"value":)" + std::to_string(4 + day % 5) +
+           R"(,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}})";
+}
+
+std::string detected_issue(const std::string& patient, const std::string& severity) {
+    return R"({"resourceType":"DetectedIssue","identifier":[{"system":"urn:test","value":"di-1"}],"status":"final",)"
+           R"("code":{"text":"Calciphylaxis risk"},"severity":")" +
+           severity + R"(","patient":{"reference":")" + patient + R"("},"identifiedDateTime":"2024-01-04T00:00:00Z"})";
+}
+
+// All resource ids of a search, over every page.
+std::vector<std::string> search_ids(FhirClient& client, const std::string& target, std::size_t* pages = nullptr) {
+    std::vector<std::string> ids;
+    const auto n = client.search(target, [&](const rapidjson::Document& page) {
+        if (const auto e = page.FindMember("entry"); e != page.MemberEnd())
+            for (const auto& entry : e->value.GetArray()) ids.push_back(str(entry["resource"], "id"));
+    });
+    if (pages) *pages = n;
+    return ids;
+}
+
+}  // namespace
+
+TEST_CASE("sandbox: transaction, paging through next links, _lastUpdated, keep-alive") {
+    FhirClient client(sandbox_options());
+    const std::string patient_urn = "urn:uuid:5b0c1a8e-4a6f-4a53-9d7e-000000000001";
+    std::string tx = R"({"resourceType":"Bundle","type":"transaction","entry":[)";
+    tx += R"({"fullUrl":")" + patient_urn +
+          R"(","resource":{"resourceType":"Patient","identifier":[{"system":"urn:calcalert:test:mrn","value":"CLIENT-TX"}]},)"
+          R"("request":{"method":"POST","url":"Patient"}})";
+    for (int i = 1; i <= 12; ++i) {
+        char urn[64];
+        std::snprintf(urn, sizeof urn, "urn:uuid:5b0c1a8e-4a6f-4a53-9d7e-0000000001%02d", i);
+        tx += std::string(R"(,{"fullUrl":")") + urn + R"(","resource":)" + observation(patient_urn, i) +
+              R"(,"request":{"method":"POST","url":"Observation"}})";
+    }
+    tx += "]}";
+
+    const auto result = client.transaction(tx);
+    CHECK(str(result, "type") == "transaction-response");
+    REQUIRE(result["entry"].Size() == 13);
+    std::set<std::string> created;
+    for (const auto& entry : result["entry"].GetArray()) {
+        CHECK(str(entry["response"], "status").rfind("201", 0) == 0);
+        if (str(entry["resource"], "resourceType") == "Observation") created.insert(str(entry["resource"], "id"));
+    }
+    REQUIRE(created.size() == 12);
+    const std::string patient = "Patient/" + str(result["entry"][0]["resource"], "id");
+    const std::string t0 = str(result["entry"][0]["resource"]["meta"], "lastUpdated");
+    CHECK(str(result["entry"][1]["resource"]["subject"], "reference") == patient);
+
+    std::size_t pages = 0;
+    std::vector<std::size_t> page_sizes;
+    const auto n = client.search("Observation?subject=" + patient + "&_count=5", [&](const rapidjson::Document& page) {
+        page_sizes.push_back(page["entry"].Size());
+        CHECK(page["total"].GetInt() == 12);
+    });
+    CHECK(n == 3);
+    CHECK(page_sizes == std::vector<std::size_t>{5, 5, 2});
+    const auto ids = search_ids(client, "Observation?subject=" + patient + "&_count=5", &pages);
+    CHECK(pages == 3);
+    CHECK(std::set<std::string>(ids.begin(), ids.end()) == created);
+    CHECK(ids.size() == 12);
+
+    // _lastUpdated: everything of the transaction is at or after t0; a later write is after t1.
+    const auto since_t0 = search_ids(client, "Observation?subject=" + patient + "&_lastUpdated=ge" + t0);
+    CHECK(std::set<std::string>(since_t0.begin(), since_t0.end()) == created);
+    std::this_thread::sleep_for(milliseconds(20));
+    const Response r = client.post("Observation", observation(patient, 13));
+    CHECK(r.status == 201);
+    const auto later = client.parse_resource(r);
+    const std::string t1 = str(later["meta"], "lastUpdated");
+    CHECK(t1 > t0);
+    CHECK(search_ids(client, "Observation?subject=" + patient + "&_lastUpdated=ge" + t1) ==
+          std::vector<std::string>{str(later, "id")});
+    CHECK(search_ids(client, "Observation?subject=" + patient + "&_lastUpdated=lt" + t1 + "&_count=100").size() == 12);
+
+    CHECK(client.stats().retries == 0);
+    CHECK(client.stats().connections == 1);
+}
+
+TEST_CASE("sandbox: conditional create twice leaves one resource") {
+    FhirClient client(sandbox_options());
+    const std::string body = R"({"resourceType":"Patient","identifier":[{"system":"urn:test","value":"1"}],"name":[{"family":"Once"}]})";
+    const Response first = client.post("Patient", body, {{"If-None-Exist", "identifier=urn:test|1"}});
+    CHECK(first.status == 201);
+    const Response second = client.post("Patient", body, {{"If-None-Exist", "identifier=urn:test|1"}});
+    CHECK(second.status == 200);
+    CHECK(str(client.parse_resource(first), "id") == str(client.parse_resource(second), "id"));
+    CHECK(search_ids(client, "Patient?identifier=urn:test|1").size() == 1);
+}
+
+TEST_CASE("sandbox: conditional update creates, then updates with a new versionId") {
+    FhirClient client(sandbox_options());
+    const Response p = client.post("Patient", R"({"resourceType":"Patient","name":[{"family":"Issue"}]})");
+    const std::string patient = "Patient/" + str(client.parse_resource(p), "id");
+
+    const Response created = client.put("DetectedIssue?identifier=urn:test|di-1", detected_issue(patient, "high"));
+    CHECK(created.status == 201);
+    const auto v1 = client.parse_resource(created);
+    const Response updated = client.put("DetectedIssue?identifier=urn:test|di-1", detected_issue(patient, "moderate"));
+    CHECK(updated.status == 200);
+    const auto v2 = client.parse_resource(updated);
+    CHECK(str(v1, "id") == str(v2, "id"));
+    CHECK(str(v1["meta"], "versionId") != str(v2["meta"], "versionId"));
+
+    const auto read = client.get_resource("DetectedIssue/" + str(v1, "id"));
+    CHECK(str(read, "severity") == "moderate");
+    CHECK(str(read["meta"], "versionId") == str(v2["meta"], "versionId"));
+    CHECK(search_ids(client, "DetectedIssue?identifier=urn:test|di-1").size() == 1);
+}
+
+TEST_CASE("sandbox: an invalid resource, an unknown one and a bad search give FhirError with the OperationOutcome") {
+    FhirClient client(sandbox_options());
+    const std::string base = sandbox().base_url();
+
+    const Response bad = client.post("Observation", R"({"resourceType":"Observation","status":"not-a-status","code":{"text":"x"}})");
+    CHECK(bad.status == 400);
+    rapidjson::Document oo;
+    oo.Parse(bad.body.c_str());
+    REQUIRE(oo.IsObject());
+    const auto issues = calcalert::fhir::operation_outcome_issues(oo);
+    REQUIRE_FALSE(issues.empty());
+    auto e = error_of([&] { client.parse_resource(bad); });
+    CHECK(e.status() == 400);
+    CHECK_MESSAGE(std::string(e.what()).rfind("POST " + base + "/Observation: HTTP 400: OperationOutcome: " + issues[0], 0) == 0, e.what());
+    MESSAGE(std::string(e.what()));
+
+    // The same resource in a transaction: all or nothing, and the error names the transaction POST.
+    e = error_of([&] {
+        client.transaction(R"({"resourceType":"Bundle","type":"transaction","entry":[{"resource":)"
+                           R"({"resourceType":"Observation","status":"not-a-status","code":{"text":"x"}},)"
+                           R"("request":{"method":"POST","url":"Observation"}}]})");
+    });
+    CHECK(e.status() >= 400);
+    CHECK(e.status() < 500);
+    CHECK_MESSAGE(std::string(e.what()).rfind("POST " + base + ": HTTP 4", 0) == 0, e.what());
+    CHECK(contains(e.what(), "OperationOutcome: error"));
+
+    e = error_of([&] { client.get_resource("Patient/does-not-exist"); });
+    CHECK(e.status() == 404);
+    CHECK_MESSAGE(std::string(e.what()).rfind("GET " + base + "/Patient/does-not-exist: HTTP 404: OperationOutcome: error (not-found)", 0) == 0,
+                  e.what());
+
+    e = error_of([&] { client.search("Observation?value-quantity=5", [](const rapidjson::Document&) {}); });
+    CHECK(e.status() == 400);
+    CHECK(contains(e.what(), "GET " + base + "/Observation?value-quantity=5: HTTP 400: OperationOutcome: "));
+}
