@@ -6,7 +6,6 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
-#include <regex>
 #include <set>
 #include <string_view>
 #include <thread>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include <curl/curl.h>
+
 #include <rapidjson/error/en.h>
 
 #include "fhir/problem.hpp"
@@ -182,29 +182,35 @@ int month_number(std::string_view m) {
     return 0;
 }
 
-// An HTTP-date in any of the three forms RFC 9110 asks recipients to accept.
+// An HTTP-date in any of the three forms RFC 9110 asks recipients to accept:
+//   IMF-fixdate  "Sun, 06 Nov 1994 08:49:37 GMT"
+//   RFC 850      "Sunday, 06-Nov-94 08:49:37 GMT"
+//   asctime      "Sun Nov  6 08:49:37 1994"
 std::optional<std::chrono::system_clock::time_point> parse_http_date(const std::string& s) {
-    static const std::regex imf(R"(^[A-Za-z]{3}, (\d{2}) ([A-Za-z]{3}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT$)");
-    static const std::regex rfc850(R"(^[A-Za-z]{6,9}, (\d{2})-([A-Za-z]{3})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT$)");
-    static const std::regex asctime(R"(^[A-Za-z]{3} ([A-Za-z]{3}) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})$)");
-    std::smatch m;
-    int year = 0, month = 0, day = 0, hh = 0, mm = 0, ss = 0;
-    auto num = [&](int i) { return std::stoi(m[i].str()); };
-    if (std::regex_match(s, m, imf)) {
-        day = num(1), month = month_number(m[2].str()), year = num(3), hh = num(4), mm = num(5), ss = num(6);
-    } else if (std::regex_match(s, m, rfc850)) {
-        const int yy = num(3);
-        day = num(1), month = month_number(m[2].str()), year = yy < 70 ? 2000 + yy : 1900 + yy;
-        hh = num(4), mm = num(5), ss = num(6);
-    } else if (std::regex_match(s, m, asctime)) {
-        month = month_number(m[1].str()), day = std::stoi(std::string(trim(m[2].str()))), hh = num(3), mm = num(4), ss = num(5);
-        year = num(6);
+    char weekday[10] = {}, mon[4] = {};
+    int year = 0, day = 0, hh = 0, mm = 0, ss = 0, used = 0;
+    int month = 0;
+    auto whole = [&](int n, int expected) { return n == expected && used > 0 && static_cast<std::size_t>(used) == s.size(); };
+    if (whole(std::sscanf(s.c_str(), "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d GMT%n", weekday, &day, mon, &year, &hh,
+                          &mm, &ss, &used),
+              7)) {
+        month = month_number(mon);
+    } else if (used = 0; whole(std::sscanf(s.c_str(), "%9[A-Za-z], %2d-%3[A-Za-z]-%2d %2d:%2d:%2d GMT%n", weekday, &day,
+                                           mon, &year, &hh, &mm, &ss, &used),
+                               7)) {
+        month = month_number(mon);
+        year += year < 70 ? 2000 : 1900;
+    } else if (used = 0; whole(std::sscanf(s.c_str(), "%3[A-Za-z] %3[A-Za-z] %2d %2d:%2d:%2d %4d%n", weekday, mon, &day,
+                                           &hh, &mm, &ss, &year, &used),
+                               7)) {
+        month = month_number(mon);
     } else {
         return std::nullopt;
     }
+    if (month == 0) return std::nullopt;
     const std::chrono::year_month_day ymd{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
                                           std::chrono::day(static_cast<unsigned>(day))};
-    if (month == 0 || !ymd.ok() || hh > 23 || mm > 59 || ss > 60) return std::nullopt;
+    if (!ymd.ok() || hh > 23 || mm > 59 || ss > 60) return std::nullopt;
     return std::chrono::sys_days(ymd) + std::chrono::hours(hh) + std::chrono::minutes(mm) + std::chrono::seconds(ss);
 }
 

@@ -26,7 +26,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <regex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -143,16 +142,19 @@ private:
     }
 
     void wait_ready() {
-        static const std::regex ready(R"(^sandbox listening (http://127\.0\.0\.1:(\d+)/fhir)$)");
         const auto deadline = std::chrono::steady_clock::now() + options_.start_timeout;
         std::string buffer;
         for (;;) {
             for (std::size_t nl; (nl = buffer.find('\n')) != std::string::npos; buffer.erase(0, nl + 1)) {
-                std::smatch m;
+                // "sandbox listening http://127.0.0.1:PORT/fhir"
+                static const std::string prefix = "sandbox listening http://127.0.0.1:";
                 const std::string line = buffer.substr(0, nl);
-                if (std::regex_match(line, m, ready)) {
-                    base_url_ = m[1].str();
-                    port_ = std::stoi(m[2].str());
+                const auto digits_end = line.find("/fhir", prefix.size());
+                if (line.rfind(prefix, 0) == 0 && digits_end != std::string::npos && digits_end + 5 == line.size() &&
+                    digits_end > prefix.size() &&
+                    line.find_first_not_of("0123456789", prefix.size()) == digits_end) {
+                    base_url_ = line.substr(std::string("sandbox listening ").size());
+                    port_ = std::stoi(line.substr(prefix.size(), digits_end - prefix.size()));
                     return;
                 }
             }
