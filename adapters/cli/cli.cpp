@@ -14,6 +14,7 @@ Usage: calcalert <command> [options]
 
 Commands:
   evaluate   evaluate FHIR files (Bundle, NDJSON, single resource) and print the findings
+  sandbox    generate a synthetic cohort with its expected findings, or seed it into a FHIR server
   poll       poll a FHIR server and write the findings back as DetectedIssues
   alerts     list the DetectedIssues calcalert wrote on a FHIR server
   version    print the version
@@ -37,6 +38,7 @@ int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& er
     const std::vector<std::string> rest(args.begin() + 1, args.end());
     try {
         if (command == "evaluate") return evaluate_command(rest, out, err);
+        if (command == "sandbox") return sandbox_command(rest, out, err);
         if (command == "poll") return poll_command(rest, out, err);
         if (command == "alerts") return alerts_command(rest, out, err);
         if (command == "version" || command == "--version") {

@@ -31,6 +31,8 @@ rules::EpochSeconds now_option(const Options& opts);
 
 // The commands: each takes the arguments after its name.
 int evaluate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+// The synthetic cohort (adapters/cli/cmd_sandbox.cpp): `sandbox generate` and `sandbox seed`.
+int sandbox_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int alerts_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 

@@ -316,6 +316,44 @@ TEST_CASE("poll: SIGKILL mid-write-back, then a clean run, ends with the clean r
     for (const char* suffix : {"", "-wal", "-shm", ".log"}) fs::remove(state_path + suffix);
 }
 
+TEST_CASE("poll: a cohort seeded by `calcalert sandbox seed` ends with exactly its ground truth on the server") {
+    test::SandboxServer sandbox;
+    const std::string state_path = temp_state("seeded");
+    const std::string expected_path = state_path + ".expected.json";
+    const std::string log = state_path + ".log";
+    const int seeded = run_program({"sandbox", "seed", "--server", sandbox.base_url(), "--patients", "262", "--seed", "3",
+                                    "--now", "2026-11-25T12:00:00Z", "--expected", expected_path},
+                                   log);
+    REQUIRE(WIFEXITED(seeded));
+    REQUIRE_MESSAGE(WEXITSTATUS(seeded) == 0, read_file(log));
+    Truth truth;
+    rapidjson::Document d;
+    d.Parse(read_file(expected_path).c_str());
+    REQUIRE_FALSE(d.HasParseError());
+    std::size_t expected_alerts = 0;
+    for (const auto& p : d["patients"].GetArray()) {
+        std::set<std::string> rules;
+        for (const auto& r : p["expect"].GetArray()) rules.insert(r.GetString());
+        expected_alerts += rules.size();
+        if (!rules.empty()) truth[p["patient"].GetString()] = rules;
+    }
+    CHECK(d["patients"].Size() == 262);
+
+    auto first = poll_once(sandbox.base_url(), state_path);
+    MESSAGE("seeded cohort, first poll: " << first.to_json());
+    CHECK(first.created == expected_alerts);
+    fhir::FhirClient client(client_options(sandbox.base_url()));
+    Truth on_server = open_alerts(client);
+    for (const auto& [patient, rules] : truth) {
+        auto it = on_server.find(patient);
+        CHECK_MESSAGE((it != on_server.end() && it->second == rules), patient << " differs from the ground truth");
+    }
+    CHECK(on_server.size() == truth.size());
+    auto second = poll_once(sandbox.base_url(), state_path);
+    CHECK(second.writes.empty());
+    for (const char* suffix : {"", "-wal", "-shm", ".log", ".expected.json"}) fs::remove(state_path + suffix);
+}
+
 TEST_CASE("poll --dry-run writes nothing and prints what it would write") {
     test::SandboxServer sandbox;
     fhir::FhirClient client(client_options(sandbox.base_url()));
