@@ -162,6 +162,31 @@ FactParameters read_parameters(Obj p) {
     return f;
 }
 
+// The {placeholders} of an order rule's text: {order} (the ordered drug), {present:a,b} and {fact} with
+// known facts only.
+void check_placeholders(const Obj& o, const std::string& at, const std::string& text,
+                        const std::map<std::string, std::string>& titles) {
+    std::size_t i = 0;
+    while ((i = text.find('{', i)) != std::string::npos) {
+        const auto close = text.find('}', i);
+        if (close == std::string::npos) o.fail(at, "'{' without '}'");
+        const std::string key = text.substr(i + 1, close - i - 1);
+        if (key.rfind("present:", 0) == 0) {
+            std::size_t s = 8;
+            while (s <= key.size()) {
+                auto comma = key.find(',', s);
+                if (comma == std::string::npos) comma = key.size();
+                const std::string fact = key.substr(s, comma - s);
+                if (!titles.count(fact)) o.fail(at, "unknown fact '" + fact + "' in {" + key + "}");
+                s = comma + 1;
+            }
+        } else if (key != "order" && !titles.count(key)) {
+            o.fail(at, "unknown placeholder {" + key + "} (use {order}, a fact, or {present:...})");
+        }
+        i = close + 1;
+    }
+}
+
 std::string hex8(std::uint64_t h) {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(h & 0xffffffffULL));
@@ -191,6 +216,15 @@ const std::vector<std::pair<std::string, std::string>>& lab_facts() {
     return facts;
 }
 
+const std::vector<std::pair<std::string, std::string>>& order_classes() {
+    static const std::vector<std::pair<std::string, std::string>> classes{
+        {"iv-calcium", "Draft order for an intravenous calcium salt"},
+        {"iv-phosphate", "Draft order for an intravenous phosphate salt"},
+        {"systemic-corticosteroid", "Draft order for a systemic corticosteroid"},
+    };
+    return classes;
+}
+
 const std::string& RuleCatalog::title_of(const std::string& fact) const {
     auto it = titles_.find(fact);
     return it == titles_.end() ? fact : it->second;
@@ -198,6 +232,8 @@ const std::string& RuleCatalog::title_of(const std::string& fact) const {
 
 const Rule* RuleCatalog::find(std::string_view id) const {
     for (const auto& r : rules_)
+        if (r.id == id) return &r;
+    for (const auto& r : order_rules_)
         if (r.id == id) return &r;
     return nullptr;
 }
@@ -239,11 +275,13 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
     std::sort(files.begin(), files.end());
     if (files.empty()) throw CatalogError(rules_dir.string() + ": no rule files");
 
-    std::vector<Rule> loaded;
-    for (const auto& p : files) {
+    // One rule file. An order rule (order-rules/) has no suppressedBy, needs an order fact, and its texts
+    // may only name known facts and {order}, the ordered drug.
+    auto read_rule = [&](const std::filesystem::path& p, bool order_rule) {
         JsonFile f = read_json(p);
         Obj o(f.doc, f.name, "");
         Rule r;
+        r.order_rule = order_rule;
         r.id = o.str("id");
         r.declared_version = o.str("version");
         r.title = o.str("title");
@@ -263,8 +301,16 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
         for (const auto* list : {&r.all, &r.any, &r.none})
             for (const auto& fact : *list)
                 if (!cat.titles_.count(fact)) o.fail("when", "unknown fact '" + fact + "'");
-        r.suppressed_by = o.strings("suppressedBy");
+        if (order_rule) {
+            auto is_order = [](const std::string& fact) { return fact.rfind("order.", 0) == 0; };
+            if (std::none_of(r.all.begin(), r.all.end(), is_order) &&
+                (r.any.empty() || !std::all_of(r.any.begin(), r.any.end(), is_order)))
+                o.fail("when", "an order rule needs an order fact (order.<class>) in 'all', or only order facts in 'any'");
+        } else {
+            r.suppressed_by = o.strings("suppressedBy");
+        }
         r.summary = o.str("summary");
+        if (order_rule) check_placeholders(o, "summary", r.summary, cat.titles_);
         const Json* notes = o.get("notes");
         if (notes) {
             if (!notes->IsArray()) o.fail("notes", "expected an array");
@@ -274,6 +320,7 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
                 n.finish();
                 for (const auto& fact : line.if_any)
                     if (!cat.titles_.count(fact)) n.fail(n.path() + "ifAny", "unknown fact '" + fact + "'");
+                if (order_rule) check_placeholders(n, n.path() + "text", line.text, cat.titles_);
                 r.notes.push_back(std::move(line));
             }
         }
@@ -287,8 +334,11 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
         o.finish();
         if (r.id + ".json" != p.filename().string()) o.fail("id", "must match the file name");
         r.version = r.declared_version + "+" + hex8(fnv1a(canonical(f.doc), fnv1a(params_canonical)));
-        loaded.push_back(std::move(r));
-    }
+        return r;
+    };
+
+    std::vector<Rule> loaded;
+    for (const auto& p : files) loaded.push_back(read_rule(p, false));
 
     // Order so that every rule comes after the rules that suppress it; reject unknown ids and cycles.
     std::map<std::string, const Rule*> by_id;
@@ -310,6 +360,22 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
     };
     for (const auto& r : loaded) visit(r);
     cat.rules_ = std::move(ordered);
+
+    // The order rules: optional folder; their facts are the order facts and everything above.
+    for (const auto& [id, title] : order_classes()) cat.titles_["order." + id] = title;
+    const auto order_dir = dir / "order-rules";
+    if (std::filesystem::exists(order_dir)) {
+        if (!std::filesystem::is_directory(order_dir)) throw CatalogError(order_dir.string() + ": not a directory");
+        std::vector<std::filesystem::path> order_files;
+        for (const auto& e : std::filesystem::directory_iterator(order_dir))
+            if (e.path().extension() == ".json") order_files.push_back(e.path());
+        std::sort(order_files.begin(), order_files.end());
+        for (const auto& p : order_files) {
+            Rule r = read_rule(p, true);
+            if (cat.find(r.id)) throw CatalogError(p.string() + ": id: '" + r.id + "' is also a patient rule");
+            cat.order_rules_.push_back(std::move(r));
+        }
+    }
     return cat;
 }
 

@@ -63,21 +63,31 @@ struct Rule {
     std::string citation_pmid;
     std::string citation_text;
     std::string citation_url() const { return "https://pubmed.ncbi.nlm.nih.gov/" + citation_pmid + "/"; }
+    bool order_rule = false;  // from order-rules/: evaluated once per draft order by evaluate_orders()
 };
 
 // The facts computed from labs in code; their thresholds and windows come from FactParameters.
 const std::vector<std::pair<std::string, std::string>>& lab_facts();  // id, title
 
+// The order classes a draft MedicationRequest can match (fact order.<id>; OrderFact::order_class): id, title.
+const std::vector<std::pair<std::string, std::string>>& order_classes();
+
 class RuleCatalog {
 public:
-    // `dir` holds facts.json and rules/*.json. `condition_concepts` maps each condition concept_id the
-    // terminology knows (fact dx.<concept_id>) to its title.
+    // `dir` holds facts.json, rules/*.json (patient rules) and, optionally, order-rules/*.json (the order
+    // rules of CDS Hooks order-select / order-sign; a catalog without that folder has none).
+    // `condition_concepts` maps each condition concept_id the terminology knows (fact dx.<concept_id>) to
+    // its title.
     static RuleCatalog load(const std::filesystem::path& dir, const std::map<std::string, std::string>& condition_concepts);
 
-    const std::vector<Rule>& rules() const { return rules_; }  // suppressors before the rules they suppress
+    // The patient rules (evaluate()), suppressors before the rules they suppress.
+    const std::vector<Rule>& rules() const { return rules_; }
+    // The order rules (evaluate_orders()), by id.
+    const std::vector<Rule>& order_rules() const { return order_rules_; }
     const FactParameters& parameters() const { return params_; }
     const std::vector<DerivedFact>& derived() const { return derived_; }
     const std::string& title_of(const std::string& fact) const;
+    // A patient rule or an order rule by id.
     const Rule* find(std::string_view id) const;
     const std::filesystem::path& directory() const { return dir_; }
 
@@ -86,6 +96,7 @@ private:
     FactParameters params_;
     std::vector<DerivedFact> derived_;
     std::vector<Rule> rules_;
+    std::vector<Rule> order_rules_;
     std::map<std::string, std::string> titles_;
 };
 

@@ -83,15 +83,51 @@ public:
     Evaluation run() {
         Evaluation out;
         out.notes = in_.notes;
-        select_labs(out.notes);
-        select_conditions(out.notes);
-        lab_facts_();
-        derived_facts();
+        patient_facts(out.notes);
         fire_rules(out.findings);
         return out;
     }
 
+    Evaluation run_orders(const std::vector<OrderFact>& orders) {
+        Evaluation out;
+        out.notes = in_.notes;
+        patient_facts(out.notes);
+        std::vector<std::string> sources;  // the orders, in order of first appearance
+        for (const auto& o : orders)
+            if (std::find(sources.begin(), sources.end(), o.source) == sources.end()) sources.push_back(o.source);
+        for (const auto& source : sources) {
+            for (const auto& o : orders) {
+                if (o.source != source) continue;
+                auto& f = facts_["order." + o.order_class];
+                std::string text = "\"" + o.display + "\" (" + o.source + "): " + o.basis;
+                append(f, text, {o.source});
+                if (f.brief.empty()) f.brief = o.display;
+                if (order_display_.empty()) order_display_ = o.display;
+            }
+            order_ = source;
+            for (const Rule& r : cat_.order_rules())
+                if (raw_fires(r)) out.findings.push_back(make_finding(r));
+            for (const auto& o : orders)
+                if (o.source == source) facts_.erase("order." + o.order_class);
+            order_.clear();
+            order_display_.clear();
+        }
+        std::stable_sort(out.findings.begin(), out.findings.end(), [](const Finding& a, const Finding& b) {
+            if (a.rule->severity != b.rule->severity) return a.rule->severity < b.rule->severity;
+            return a.rule->id < b.rule->id;
+        });
+        return out;
+    }
+
 private:
+    // The patient's facts: counted labs and conditions, lab facts, derived facts.
+    void patient_facts(std::vector<DataQualityNote>& notes) {
+        select_labs(notes);
+        select_conditions(notes);
+        lab_facts_();
+        derived_facts();
+    }
+
     // Labs that count, per analyte, latest first.
     void select_labs(std::vector<DataQualityNote>& notes) {
         const auto tolerance = static_cast<EpochSeconds>(p_.future_tolerance_hours * kHour);
@@ -376,6 +412,8 @@ private:
                     s = comma + 1;
                 }
                 out += list.empty() ? "none" : list;
+            } else if (key == "order" && !order_.empty()) {
+                out += order_display_;
             } else if (auto it = facts_.find(key); it != facts_.end() && !it->second.brief.empty()) {
                 out += it->second.brief;
             } else {
@@ -400,6 +438,7 @@ private:
         Finding fd;
         fd.patient = in_.patient;
         fd.rule = &r;
+        fd.order = order_;
         std::vector<std::string> leaf_ids;
         for (const auto& f : r.all) leaves(f, leaf_ids);
         for (const auto& f : r.any) leaves(f, leaf_ids);
@@ -476,6 +515,8 @@ private:
     const FactParameters& p_;
     std::vector<const LabResult*> labs_[analyte_count];
     FactMap facts_;
+    std::string order_;          // evaluate_orders: the order being judged
+    std::string order_display_;  // and its drug, for {order}
 };
 
 }  // namespace
@@ -494,6 +535,11 @@ std::string format_number(double v, int decimals) {
 
 Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog) {
     return Evaluator(facts, now, catalog).run();
+}
+
+Evaluation evaluate_orders(const PatientFacts& facts, const std::vector<OrderFact>& orders, EpochSeconds now,
+                           const RuleCatalog& catalog) {
+    return Evaluator(facts, now, catalog).run_orders(orders);
 }
 
 }  // namespace calcalert::rules

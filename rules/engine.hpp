@@ -27,6 +27,7 @@ struct Finding {
     std::vector<std::string> sources;   // every resource used, deduplicated, in evidence order
     std::string detail;                 // the whole explanation as text (markdown-friendly)
     std::string evidence_hash;          // changes exactly when the rule version or evidence changes
+    std::string order;                  // order rules: the draft order it is about ("MedicationRequest/1"); else empty
 };
 
 struct Evaluation {
@@ -35,6 +36,14 @@ struct Evaluation {
 };
 
 Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog);
+
+// The order rules (catalog.order_rules()) for the draft orders of a CDS Hooks order-select / order-sign
+// call. Each order (the OrderFacts sharing a source) is judged on its own: its order facts plus the
+// patient's facts (conditions, labs, derived facts, counted as in evaluate()). One Finding per (rule, order)
+// that fires, with Finding::order set and evidence naming the order and the patient facts behind the rule;
+// findings sorted by severity, rule id, then the orders' first appearance. Pure, like evaluate().
+Evaluation evaluate_orders(const PatientFacts& facts, const std::vector<OrderFact>& orders, EpochSeconds now,
+                           const RuleCatalog& catalog);
 
 // Formats a number for people: up to `decimals` decimals, trailing zeros removed ("7.5", "10", "1.45").
 std::string format_number(double v, int decimals = 2);

@@ -80,4 +80,16 @@ struct PatientFacts {
     std::vector<DataQualityNote> notes;
 };
 
+// One draft order (a MedicationRequest of CDS Hooks draftOrders) that matches an order class: the fact
+// order.<order_class> for that order. The classes are rules::order_classes() (rules/catalog.hpp); an order
+// matching two classes gives two OrderFacts with the same source.
+struct OrderFact {
+    std::string order_class;  // "iv-calcium", "iv-phosphate", "systemic-corticosteroid"
+    std::string code;         // the RxNorm code that matched; empty for a match on the order's text
+    std::string display;      // the drug as the order names it
+    std::string route;        // the route as the order gives it; empty when it gives none
+    std::string basis;        // how the order matched, in words: code, term type, route or dose-form evidence
+    std::string source;       // "MedicationRequest/request-123": one source per order
+};
+
 }  // namespace calcalert::rules
