@@ -17,6 +17,7 @@ Commands:
   sandbox    generate a synthetic cohort with its expected findings, or seed it into a FHIR server
   poll       poll a FHIR server and write the findings back as DetectedIssues
   alerts     list the DetectedIssues calcalert wrote on a FHIR server
+  serve      run the CDS Hooks 2.0 service (patient-view, order-select, order-sign)
   version    print the version
 
 Run 'calcalert <command> --help' for a command's options.
@@ -39,6 +40,7 @@ int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& er
     try {
         if (command == "evaluate") return evaluate_command(rest, out, err);
         if (command == "sandbox") return sandbox_command(rest, out, err);
+        if (command == "serve") return serve_command(rest, out, err);
         if (command == "poll") return poll_command(rest, out, err);
         if (command == "alerts") return alerts_command(rest, out, err);
         if (command == "version" || command == "--version") {

@@ -33,6 +33,8 @@ rules::EpochSeconds now_option(const Options& opts);
 int evaluate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 // The synthetic cohort (adapters/cli/cmd_sandbox.cpp): `sandbox generate` and `sandbox seed`.
 int sandbox_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+// The CDS Hooks service (adapters/cli/cmd_serve.cpp): runs until SIGTERM/SIGINT.
+int serve_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int alerts_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 

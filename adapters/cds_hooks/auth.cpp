@@ -1,0 +1,217 @@
+#include "adapters/cds_hooks/auth.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include <curl/curl.h>
+#include <rapidjson/document.h>
+
+namespace calcalert::cds {
+namespace {
+
+constexpr std::size_t kMaxJwksBytes = 256 * 1024;
+constexpr std::int64_t kUnknownKidRefetchSeconds = 60;
+
+std::size_t write_body(char* data, std::size_t size, std::size_t n, void* user) {
+    auto* out = static_cast<std::string*>(user);
+    if (out->size() + size * n > kMaxJwksBytes) return 0;  // aborts the transfer
+    out->append(data, size * n);
+    return size * n;
+}
+
+std::optional<std::string> string_claim(const rapidjson::Value& o, const char* name) {
+    auto it = o.FindMember(name);
+    if (it == o.MemberEnd() || !it->value.IsString()) return std::nullopt;
+    return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+std::optional<std::int64_t> time_claim(const rapidjson::Value& o, const char* name) {
+    auto it = o.FindMember(name);
+    if (it == o.MemberEnd()) return std::nullopt;
+    if (it->value.IsInt64()) return it->value.GetInt64();
+    if (it->value.IsDouble()) return static_cast<std::int64_t>(it->value.GetDouble());
+    return std::nullopt;
+}
+
+AuthResult fail(std::string reason) {
+    AuthResult r;
+    r.reason = std::move(reason);
+    return r;
+}
+
+}  // namespace
+
+UrlFetcher curl_fetcher(int timeout_ms, std::string ca_file) {
+    return [timeout_ms, ca_file](const std::string& url) -> std::optional<std::string> {
+        CURL* curl = curl_easy_init();
+        if (!curl) return std::nullopt;
+        std::string body;
+        curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+        curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
+        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_ms));
+        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
+        curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+        if (!ca_file.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, ca_file.c_str());
+        const CURLcode rc = curl_easy_perform(curl);
+        long status = 0;
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_cleanup(curl);
+        if (rc != CURLE_OK || status != 200) return std::nullopt;
+        return body;
+    };
+}
+
+JwtVerifier::JwtVerifier(const ServeConfig& config, state::StateStore& store, UrlFetcher fetch)
+    : config_(config), store_(store), fetch_(std::move(fetch)) {
+    for (const auto& ic : config.issuers) {
+        Issuer is{ic, {}};
+        if (!ic.jwks_file.empty()) {
+            std::ifstream in(ic.jwks_file, std::ios::binary);
+            if (!in) throw ConfigError("issuer " + ic.iss + ": jwks_file " + ic.jwks_file + " cannot be read");
+            std::stringstream ss;
+            ss << in.rdbuf();
+            try {
+                is.file_keys = parse_jwks(ss.str());
+            } catch (const JwkError& e) {
+                throw ConfigError("issuer " + ic.iss + ": jwks_file " + ic.jwks_file + ": " + e.what());
+            }
+            if (is.file_keys.empty())
+                throw ConfigError("issuer " + ic.iss + ": jwks_file " + ic.jwks_file + " holds no ES384/RS384 signing key");
+        }
+        issuers_[ic.iss] = std::move(is);
+    }
+}
+
+std::size_t JwtVerifier::jku_fetches() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return fetches_;
+}
+
+std::vector<PublicKey> JwtVerifier::jku_keys(const std::string& url, const std::string& kid, std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    CachedSet& c = cache_[url];
+    auto with_kid = [&kid](const std::vector<PublicKey>& keys) {
+        std::vector<PublicKey> out;
+        for (const auto& k : keys)
+            if (k.kid == kid) out.push_back(k);
+        return out;
+    };
+    const bool fresh = c.ok && now - c.fetched_at < config_.jwks_cache_seconds;
+    if (fresh) {
+        auto found = with_kid(c.keys);
+        if (!found.empty() || now - c.fetched_at < kUnknownKidRefetchSeconds) return found;
+    } else if (c.fetched_at != 0 && !c.ok && now - c.fetched_at < kUnknownKidRefetchSeconds) {
+        return {};  // a failed fetch is not retried more than once a minute
+    }
+    ++fetches_;
+    c.fetched_at = now;
+    c.ok = false;
+    auto body = fetch_(url);
+    if (!body) return {};
+    try {
+        c.keys = parse_jwks(*body);
+        c.ok = true;
+    } catch (const JwkError&) {
+        c.keys.clear();
+        return {};
+    }
+    return with_kid(c.keys);
+}
+
+AuthResult JwtVerifier::verify(std::string_view token, const std::string& audience, std::int64_t now) {
+    const auto dot1 = token.find('.');
+    const auto dot2 = dot1 == std::string_view::npos ? dot1 : token.find('.', dot1 + 1);
+    if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos)
+        return fail("not a compact JWS (three parts)");
+    const auto header_text = base64url_decode(token.substr(0, dot1));
+    const auto payload_text = base64url_decode(token.substr(dot1 + 1, dot2 - dot1 - 1));
+    const auto signature = base64url_decode(token.substr(dot2 + 1));
+    if (!header_text || !payload_text || !signature) return fail("a part is not base64url");
+    if (signature->empty()) return fail("unsigned token");
+
+    rapidjson::Document header, payload;
+    header.Parse(header_text->c_str(), header_text->size());
+    if (header.HasParseError() || !header.IsObject()) return fail("header is not a JSON object");
+    payload.Parse(payload_text->c_str(), payload_text->size());
+    if (payload.HasParseError() || !payload.IsObject()) return fail("payload is not a JSON object");
+
+    const auto alg = string_claim(header, "alg");
+    if (!alg || (*alg != "ES384" && *alg != "RS384")) return fail("alg not allowed: " + alg.value_or("(none)"));
+    const auto kid = string_claim(header, "kid");
+    if (!kid || kid->empty()) return fail("no kid");
+    const auto typ = string_claim(header, "typ");
+    if (!typ || (*typ != "JWT" && *typ != "jwt")) return fail("typ is not JWT");
+    if (header.HasMember("crit")) return fail("crit header not supported");
+    const auto jku = string_claim(header, "jku");
+    if (header.HasMember("jku") && !jku) return fail("jku is not a string");
+
+    const auto iss = string_claim(payload, "iss");
+    if (!iss) return fail("no iss");
+    auto issuer = issuers_.find(*iss);
+    if (issuer == issuers_.end()) return fail("issuer not allowed: " + *iss);
+
+    // The key: the issuer's file first, then an allow-listed jku.
+    std::vector<PublicKey> candidates;
+    for (const auto& k : issuer->second.file_keys)
+        if (k.kid == *kid) candidates.push_back(k);
+    if (candidates.empty()) {
+        const auto& allow = issuer->second.config.jku_allow;
+        if (jku) {
+            if (std::find(allow.begin(), allow.end(), *jku) == allow.end()) return fail("jku not on the issuer's allow-list: " + *jku);
+            candidates = jku_keys(*jku, *kid, now);
+        } else {
+            for (const auto& url : allow) {
+                candidates = jku_keys(url, *kid, now);
+                if (!candidates.empty()) break;
+            }
+        }
+    }
+    if (candidates.empty()) return fail("unknown kid " + *kid + " for issuer " + *iss);
+    const std::string_view signing_input = token.substr(0, dot2);
+    bool verified = false;
+    for (const auto& k : candidates)
+        if (verify_signature(k, *alg, signing_input, *signature)) {
+            verified = true;
+            break;
+        }
+    if (!verified) return fail("signature does not verify (kid " + *kid + ")");
+
+    // Claims.
+    bool aud_ok = false;
+    if (auto it = payload.FindMember("aud"); it != payload.MemberEnd()) {
+        if (it->value.IsString()) aud_ok = audience == it->value.GetString();
+        else if (it->value.IsArray())
+            for (const auto& a : it->value.GetArray())
+                if (a.IsString() && audience == a.GetString()) aud_ok = true;
+    }
+    if (!aud_ok) return fail("aud is not " + audience);
+    const auto exp = time_claim(payload, "exp");
+    const auto iat = time_claim(payload, "iat");
+    if (!exp || !iat) return fail("exp and iat are required");
+    const std::int64_t skew = config_.clock_skew_seconds;
+    if (*exp <= now - skew) return fail("expired");
+    if (*iat > now + skew) return fail("issued in the future");
+    if (*exp < *iat || *exp - *iat > config_.max_token_lifetime_seconds + skew) return fail("lifetime too long");
+    const auto jti = string_claim(payload, "jti");
+    if (!jti || jti->empty()) return fail("no jti");
+    try {
+        if (!store_.remember_jti(*iss, *jti, *exp + skew, now)) return fail("replayed jti");
+    } catch (const std::exception& e) {
+        return fail(std::string("replay check failed: ") + e.what());
+    }
+    AuthResult ok;
+    ok.ok = true;
+    ok.iss = *iss;
+    ok.sub = string_claim(payload, "sub").value_or("");
+    return ok;
+}
+
+}  // namespace calcalert::cds

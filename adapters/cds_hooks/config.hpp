@@ -1,0 +1,70 @@
+// The configuration of `calcalert serve`: one JSON file with flat keys, checked strictly (an
+// unknown key, a wrong type or an out-of-range value is a ConfigError naming the key's path, e.g.
+// "$.issuers[1].jwks_url"). Every key can also be set by an environment variable
+// CALCALERT_SERVE_<KEY IN UPPER CASE> (CALCALERT_SERVE_PORT, CALCALERT_SERVE_FHIR_SERVERS, ...), which
+// wins over the file: lists as comma-separated text, `issuers` as JSON text, booleans as true/false.
+// An unknown CALCALERT_SERVE_* variable is an error too. There are no secrets in this file: keys are
+// public JWK Sets (files or allow-listed jku URLs); relative paths resolve against the file's folder.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace calcalert::cds {
+
+class ConfigError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class OutcomePolicy { fail, omit };
+
+struct IssuerConfig {
+    std::string iss;                     // exact `iss` value
+    std::string jwks_file;               // a JWK Set file ("" when none)
+    std::vector<std::string> jku_allow;  // jku URLs this issuer may name (exact match)
+};
+
+struct ServeConfig {
+    std::string bind_address = "127.0.0.1";
+    int port = 8080;                    // 0: any free port
+    std::string public_base_url;        // e.g. https://cds.example.org; "" -> http://<bind_address>:<port>
+    int request_timeout_ms = 10000;     // socket receive/send timeout for a request
+    int keep_alive_timeout_ms = 15000;  // idle time of a kept-alive connection
+    int max_keep_alive_requests = 100;
+    int max_threads = 16;
+    int max_queued = 64;
+    std::int64_t max_body_bytes = 8 * 1024 * 1024;
+    std::string state_file = "calcalert-state.sqlite";
+    std::vector<IssuerConfig> issuers;
+    std::vector<std::string> fhir_servers;  // allowed fhirServer base URLs (exact, trailing '/' ignored)
+    std::vector<std::string> cors_origins;  // allowed browser origins ("*" allows any)
+    OutcomePolicy prefetch_outcome_policy = OutcomePolicy::fail;
+    std::int64_t override_suppression_hours = 24 * 30;
+    std::int64_t clock_skew_seconds = 60;
+    std::int64_t max_token_lifetime_seconds = 300;  // exp - iat at most this (plus the skew)
+    std::int64_t jwks_cache_seconds = 3600;
+    int fhir_timeout_ms = 5000;             // per fallback request to fhirServer
+    std::string fhir_ca_file;               // extra CA bundle for fhirServer and jku (PEM)
+    std::string identifier_system = "urn:calcalert:detected-issue";
+    std::string rule_system = "urn:calcalert:rule";
+    bool insecure_dev = false;              // no JWT checks; only on a loopback bind address
+};
+
+// Reads `path` (optional: "" uses only defaults and environment) and then `env`.
+ServeConfig load_serve_config(const std::string& path, const std::map<std::string, std::string>& env);
+// The CALCALERT_SERVE_* variables of the process environment.
+std::map<std::string, std::string> serve_environment();
+
+// Checks the combination (issuers unless insecure_dev, loopback for insecure_dev, URLs). Throws ConfigError.
+void validate(const ServeConfig& config);
+
+bool is_loopback_address(const std::string& address);
+// "https://Host:443/fhir/" -> "https://host:443/fhir" (scheme and host lower-cased, trailing '/' removed).
+std::string normalize_base_url(const std::string& url);
+
+}  // namespace calcalert::cds

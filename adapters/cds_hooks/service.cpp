@@ -1,0 +1,526 @@
+#include "adapters/cds_hooks/service.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "fhir/client.hpp"
+#include "fhir/datetime.hpp"
+#include "fhir/resource_reader.hpp"
+#include "mappings/cds_card.hpp"
+#include "mappings/detected_issue.hpp"
+#include "mappings/fact_builder.hpp"
+#include "mappings/order_facts.hpp"
+#include "rules/engine.hpp"
+
+namespace calcalert::cds {
+namespace {
+
+using Json = rapidjson::Value;
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+// A reply that ends the call early.
+struct Refusal {
+    HttpReply reply;
+};
+[[noreturn]] void refuse(int status, const std::string& code, const std::string& diagnostics) {
+    throw Refusal{outcome_reply(status, code, diagnostics)};
+}
+
+const Json* member(const Json& o, const char* name) {
+    auto it = o.FindMember(name);
+    return it == o.MemberEnd() ? nullptr : &it->value;
+}
+
+std::string string_of(const Json& v) { return std::string(v.GetString(), v.GetStringLength()); }
+
+std::string resource_type_of(const Json& v) {
+    const Json* t = v.IsObject() ? member(v, "resourceType") : nullptr;
+    return t && t->IsString() ? string_of(*t) : std::string();
+}
+
+class ClientSource : public FhirSource {
+public:
+    explicit ClientSource(fhir::ClientOptions options) : client_(std::move(options)) {}
+    void fetch(const std::string& query, const std::function<void(const rapidjson::Value&)>& on_page) override {
+        if (query.find('?') == std::string::npos) {
+            const rapidjson::Document d = client_.get_resource(query);
+            on_page(d);
+            return;
+        }
+        client_.search(query, [&on_page](const rapidjson::Document& page) { on_page(page); });
+    }
+
+private:
+    fhir::FhirClient client_;
+};
+
+// Hands every resource of a prefetch value (a resource or a Bundle) to the fact builder; an
+// ElementError in one resource becomes a problem, as the file reader does.
+void feed(mappings::FactBuilder& builder, const Json& value, const std::string& name) {
+    if (!value.IsObject()) return;
+    const std::string type = resource_type_of(value);
+    if (type == "Bundle") {
+        fhir::BundleContext ctx;
+        const Json* entries = member(value, "entry");
+        if (!entries || !entries->IsArray()) return;
+        for (const auto& e : entries->GetArray()) {
+            if (!e.IsObject()) continue;
+            const Json* full = member(e, "fullUrl");
+            const Json* res = member(e, "resource");
+            if (full && full->IsString() && res && res->IsObject()) {
+                const Json* id = member(*res, "id");
+                const std::string t = resource_type_of(*res);
+                if (id && id->IsString() && !t.empty()) ctx.full_urls[string_of(*full)] = t + "/" + string_of(*id);
+            }
+        }
+        long index = 0;
+        for (const auto& e : entries->GetArray()) {
+            const long i = index++;
+            if (!e.IsObject()) continue;
+            const Json* res = member(e, "resource");
+            if (!res || !res->IsObject()) continue;
+            const std::string t = resource_type_of(*res);
+            if (t.empty() || t == "OperationOutcome") continue;  // search warnings
+            fhir::Location where;
+            where.file = name;
+            where.entry = i;
+            const Json* id = member(*res, "id");
+            where.resource = t + (id && id->IsString() ? "/" + string_of(*id) : std::string());
+            try {
+                builder.on_resource(*res, t, where, &ctx);
+            } catch (const fhir::ElementError& err) {
+                builder.on_problem({fhir::Severity::error, where, err.path(), err.what()});
+            }
+        }
+        return;
+    }
+    if (type.empty()) return;
+    fhir::Location where;
+    where.file = name;
+    const Json* id = member(value, "id");
+    where.resource = type + (id && id->IsString() ? "/" + string_of(*id) : std::string());
+    try {
+        builder.on_resource(value, type, where, nullptr);
+    } catch (const fhir::ElementError& err) {
+        builder.on_problem({fhir::Severity::error, where, err.path(), err.what()});
+    }
+}
+
+// The link[relation=next] of a Bundle, or "".
+std::string next_link(const Json& bundle) {
+    const Json* links = member(bundle, "link");
+    if (!links || !links->IsArray()) return {};
+    for (const auto& l : links->GetArray()) {
+        if (!l.IsObject()) continue;
+        const Json* rel = member(l, "relation");
+        const Json* url = member(l, "url");
+        if (rel && rel->IsString() && url && url->IsString() && std::string_view(rel->GetString()) == "next")
+            return string_of(*url);
+    }
+    return {};
+}
+
+std::string lower(std::string s) {
+    for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+}
+
+}  // namespace
+
+const std::vector<ServiceDef>& service_definitions() {
+    static const std::vector<ServiceDef> defs = {
+        {"calcalert-patient-view", "patient-view", "Calciphylaxis and calcinosis alerts",
+         "Checks the patient's calcium, phosphate, PTH, eGFR and albumin results and problem list for "
+         "calciphylaxis and calcinosis risk (seven rules: suspected calciphylaxis, calciphylaxis risk, wound "
+         "sepsis risk, metastatic calcification risk, dystrophic calcinosis watch, calcinosis infection risk, "
+         "metastatic pattern).",
+         false},
+        {"calcalert-order-select", "order-select", "Calcium/phosphate infusion and corticosteroid order checks",
+         "Checks selected draft MedicationRequests (RxNorm) for intravenous calcium or phosphate salts "
+         "(extravasation risk) and systemic corticosteroids in a patient with calciphylaxis; also shows the "
+         "patient's critical calciphylaxis findings.",
+         true},
+        {"calcalert-order-sign", "order-sign", "Calcium/phosphate infusion and corticosteroid order checks at signing",
+         "Checks draft MedicationRequests (RxNorm) about to be signed for intravenous calcium or phosphate "
+         "salts (extravasation risk) and systemic corticosteroids in a patient with calciphylaxis; also shows "
+         "the patient's critical calciphylaxis findings.",
+         true},
+    };
+    return defs;
+}
+
+const ServiceDef* find_service(std::string_view id) {
+    for (const auto& d : service_definitions())
+        if (d.id == id) return &d;
+    return nullptr;
+}
+
+std::vector<std::string> lab_code_tokens(const std::filesystem::path& tsv) {
+    std::ifstream in(tsv);
+    if (!in) throw std::runtime_error(tsv.string() + ": cannot be read");
+    std::vector<std::string> out;
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.empty() || line[0] == '#') continue;
+        std::stringstream ss(line);
+        std::string system, code;
+        if (!std::getline(ss, system, '\t') || !std::getline(ss, code, '\t') || system.empty() || code.empty()) continue;
+        const std::string token = system + "|" + code;
+        if (std::find(out.begin(), out.end(), token) == out.end()) out.push_back(token);
+    }
+    if (out.empty()) throw std::runtime_error(tsv.string() + ": no lab codes");
+    return out;
+}
+
+std::map<std::string, std::string> prefetch_templates(const std::vector<std::string>& lab_tokens) {
+    std::string codes;
+    for (const auto& t : lab_tokens) codes += (codes.empty() ? "" : ",") + t;
+    return {
+        {"observations", "Observation?patient={{context.patientId}}&code=" + codes + "&_sort=-date"},
+        {"conditions", "Condition?patient={{context.patientId}}"},
+    };
+}
+
+std::string render_template(const std::string& tmpl, const std::string& patient_id) {
+    static const std::string token = "{{context.patientId}}";
+    std::string out = tmpl;
+    for (auto pos = out.find(token); pos != std::string::npos; pos = out.find(token, pos + patient_id.size()))
+        out.replace(pos, token.size(), patient_id);
+    return out;
+}
+
+bool is_fhir_id(std::string_view s) {
+    if (s.empty() || s.size() > 64) return false;
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+    });
+}
+
+std::string discovery_json(const std::vector<std::string>& lab_tokens) {
+    const auto templates = prefetch_templates(lab_tokens);
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    w.Key("services");
+    w.StartArray();
+    for (const auto& d : service_definitions()) {
+        w.StartObject();
+        w.Key("hook");
+        w.String(d.hook);
+        w.Key("id");
+        w.String(d.id);
+        w.Key("title");
+        w.String(d.title);
+        w.Key("description");
+        w.String(d.description);
+        w.Key("prefetch");
+        w.StartObject();
+        for (const auto& [k, v] : templates) {
+            w.Key(k.c_str(), static_cast<rapidjson::SizeType>(k.size()));
+            w.String(v);
+        }
+        w.EndObject();
+        w.Key("usageRequirements");
+        w.String("Send a JWT signed with ES384 or RS384 by a registered issuer. Observations and Conditions are read "
+                 "from the prefetch or, when a key is missing, from fhirServer (which must be registered with the "
+                 "service) with fhirAuthorization.");
+        w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+    return sb.GetString();
+}
+
+HttpReply outcome_reply(int status, const std::string& code, const std::string& diagnostics) {
+    rapidjson::StringBuffer sb;
+    mappings::JsonWriter w(sb);
+    mappings::write_operation_outcome(w, {{"error", code, diagnostics, ""}});
+    HttpReply r;
+    r.status = status;
+    r.body = sb.GetString();
+    r.content_type = "application/fhir+json";
+    return r;
+}
+
+FhirSourceFactory fhir_client_sources(const ServeConfig& config) {
+    const int timeout = config.fhir_timeout_ms;
+    const std::string ca = config.fhir_ca_file;
+    return [timeout, ca](const std::string& server, const std::string& token) -> std::unique_ptr<FhirSource> {
+        fhir::ClientOptions o;
+        o.base_url = server;
+        o.bearer_token = token;
+        o.ca_file = ca;
+        o.connect_timeout = std::chrono::milliseconds(timeout);
+        o.request_timeout = std::chrono::milliseconds(timeout);
+        o.max_retries = 1;
+        o.initial_backoff = std::chrono::milliseconds(100);
+        o.max_backoff = std::chrono::milliseconds(500);
+        o.max_pages = 50;
+        o.user_agent = "calcalert-cds-hooks";
+        return std::make_unique<ClientSource>(std::move(o));
+    };
+}
+
+CdsService::CdsService(const ServeConfig& config, const mappings::Terminology& terminology,
+                       const rules::RuleCatalog& catalog, state::StateStore& store, Metrics& metrics,
+                       FhirSourceFactory sources, std::vector<std::string> lab_tokens,
+                       const mappings::Medications* medications)
+    : config_(config), term_(terminology), catalog_(catalog), medications_(medications), store_(store), metrics_(metrics),
+      sources_(std::move(sources)), templates_(prefetch_templates(lab_tokens)), discovery_(discovery_json(lab_tokens)) {
+    card_options_.identifier_system = config.identifier_system;
+    card_options_.rule_system = config.rule_system;
+    for (const auto& s : config.fhir_servers) allowed_servers_.push_back(normalize_base_url(s));
+}
+
+HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std::int64_t now) {
+    try {
+        rapidjson::Document req;
+        req.Parse(body.data(), body.size());
+        if (req.HasParseError()) refuse(400, "structure", "the request body is not JSON");
+        if (!req.IsObject()) refuse(400, "structure", "the request body is not a JSON object");
+        const Json* hook = member(req, "hook");
+        if (!hook || !hook->IsString()) refuse(400, "required", "hook: required string");
+        if (string_of(*hook) != service.hook)
+            refuse(400, "invalid", "hook: this service answers " + service.hook + ", not " + string_of(*hook));
+        const Json* instance = member(req, "hookInstance");
+        if (!instance || !instance->IsString() || instance->GetStringLength() == 0)
+            refuse(400, "required", "hookInstance: required string");
+        const Json* context = member(req, "context");
+        if (!context || !context->IsObject()) refuse(400, "required", "context: required object");
+        const Json* pid = member(*context, "patientId");
+        if (!pid || !pid->IsString()) refuse(400, "required", "context.patientId: required string");
+        const std::string patient_id = string_of(*pid);
+        if (!is_fhir_id(patient_id)) refuse(400, "value", "context.patientId: not a FHIR id");
+        const Json* draft = member(*context, "draftOrders");
+        if (draft && !draft->IsObject() && !draft->IsNull())
+            refuse(400, "structure", "context.draftOrders: expected a Bundle object");
+
+        std::string fhir_server;
+        if (const Json* fs = member(req, "fhirServer"); fs && !fs->IsNull()) {
+            if (!fs->IsString()) refuse(400, "structure", "fhirServer: expected a URL string");
+            fhir_server = string_of(*fs);
+            if (fhir_server.rfind("https://", 0) != 0 && fhir_server.rfind("http://", 0) != 0)
+                refuse(400, "value", "fhirServer: not an http(s) URL");
+            const std::string norm = normalize_base_url(fhir_server);
+            if (std::find(allowed_servers_.begin(), allowed_servers_.end(), norm) == allowed_servers_.end())
+                refuse(403, "forbidden", "fhirServer is not registered with this service: " + fhir_server);
+        }
+        std::string token;
+        if (const Json* fa = member(req, "fhirAuthorization"); fa && !fa->IsNull()) {
+            if (!fa->IsObject()) refuse(400, "structure", "fhirAuthorization: expected an object");
+            if (fhir_server.empty()) refuse(400, "required", "fhirAuthorization needs fhirServer");
+            const Json* at = member(*fa, "access_token");
+            const Json* tt = member(*fa, "token_type");
+            if (!at || !at->IsString() || at->GetStringLength() == 0)
+                refuse(400, "required", "fhirAuthorization.access_token: required string");
+            if (!tt || !tt->IsString() || lower(string_of(*tt)) != "bearer")
+                refuse(400, "value", "fhirAuthorization.token_type: must be Bearer");
+            token = string_of(*at);
+        }
+        const Json* prefetch = member(req, "prefetch");
+        if (prefetch && !prefetch->IsObject() && !prefetch->IsNull())
+            refuse(400, "structure", "prefetch: expected an object");
+
+        // The shape of every prefetch key first (400), before anything is fetched.
+        if (prefetch && prefetch->IsObject())
+            for (const auto& [key, tmpl] : templates_) {
+                const Json* value = member(*prefetch, key.c_str());
+                if (!value || value->IsNull()) continue;
+                if (!value->IsObject()) refuse(400, "structure", "prefetch." + key + ": expected a FHIR resource or null");
+                if (resource_type_of(*value).empty()) refuse(400, "structure", "prefetch." + key + ": no resourceType");
+            }
+
+        // Prefetch resolution.
+        mappings::FactBuilder builder(term_);
+        std::unique_ptr<FhirSource> source;
+        auto fhir = [&]() -> FhirSource& {
+            if (!source) source = sources_(fhir_server, token);
+            return *source;
+        };
+        for (const auto& [key, tmpl] : templates_) {
+            const Json* value = prefetch && prefetch->IsObject() ? member(*prefetch, key.c_str()) : nullptr;
+            const std::string name = "prefetch." + key;
+            bool fetch = value == nullptr;
+            if (value && value->IsNull()) {
+                metrics_.prefetch(key, "null");
+                continue;
+            }
+            if (value && !value->IsObject()) refuse(400, "structure", name + ": expected a FHIR resource or null");
+            if (value && resource_type_of(*value).empty()) refuse(400, "structure", name + ": no resourceType");
+            if (value && resource_type_of(*value) == "OperationOutcome") {
+                metrics_.prefetch(key, "outcome");
+                if (config_.prefetch_outcome_policy == OutcomePolicy::fail)
+                    refuse(412, "incomplete", name + ": the client could not supply it (an OperationOutcome)");
+                fetch = true;
+            }
+            if (!fetch) {
+                metrics_.prefetch(key, "hit");
+                feed(builder, *value, name);
+                // A prefetched first page of a search: the rest comes from fhirServer.
+                const std::string next = resource_type_of(*value) == "Bundle" ? next_link(*value) : std::string();
+                if (!next.empty()) {
+                    if (fhir_server.empty())
+                        refuse(412, "incomplete", name + ": a paged Bundle and no fhirServer to read the other pages");
+                    metrics_.prefetch(key, "fallback");
+                    try {
+                        fhir().fetch(next, [&](const Json& page) { feed(builder, page, name); });
+                    } catch (const std::exception& e) {
+                        refuse(412, "incomplete", name + ": the next pages could not be read from fhirServer: " + e.what());
+                    }
+                }
+                continue;
+            }
+            if (fhir_server.empty())
+                refuse(412, "incomplete", name + ": not in the prefetch and no fhirServer to read it from");
+            metrics_.prefetch(key, "fallback");
+            std::string query;
+            for (char c : render_template(tmpl, patient_id)) query += c == '|' ? std::string("%7C") : std::string(1, c);
+            try {
+                fhir().fetch(query, [&](const Json& page) {
+                    if (resource_type_of(page) == "OperationOutcome")
+                        throw std::runtime_error("the server answered with an OperationOutcome");
+                    feed(builder, page, name);
+                });
+            } catch (const Refusal&) {
+                throw;
+            } catch (const std::exception& e) {
+                refuse(412, "incomplete", name + ": could not be read from fhirServer: " + e.what());
+            }
+        }
+
+        // Facts -> findings -> cards.
+        const std::string patient = "Patient/" + patient_id;
+        rules::PatientFacts empty;
+        empty.patient = patient;
+        auto it = builder.patients().find(patient);
+        const rules::PatientFacts& facts = it == builder.patients().end() ? empty : it->second;
+        const rules::Evaluation eval = rules::evaluate(facts, now, catalog_);
+
+        std::vector<const rules::Finding*> shown;
+        for (const auto& f : eval.findings) {
+            if (service.order_hook && f.rule->severity != rules::RuleSeverity::high) continue;
+            if (store_.suppressed_until(patient, f.rule->id, now)) continue;
+            shown.push_back(&f);
+        }
+        // Order rules over the draft orders (order-select: only the selected ones, when `selections` names any).
+        rules::Evaluation order_eval;
+        if (service.order_hook && draft && draft->IsObject() && medications_) {
+            const mappings::OrderReading reading = mappings::read_draft_orders(*draft, *medications_);
+            std::vector<std::string> selections;
+            if (const Json* sel = member(*context, "selections"); sel && sel->IsArray())
+                for (const auto& s : sel->GetArray())
+                    if (s.IsString()) selections.push_back(string_of(s));
+            order_eval = rules::evaluate_orders(facts, reading.facts, now, catalog_);
+            for (const auto& f : order_eval.findings) {
+                if (!selections.empty() && std::find(selections.begin(), selections.end(), f.order) == selections.end())
+                    continue;
+                if (store_.suppressed_until(patient, f.rule->id, now)) continue;
+                shown.push_back(&f);
+            }
+        }
+
+        rapidjson::StringBuffer sb;
+        mappings::JsonWriter w(sb);
+        w.StartObject();
+        w.Key("cards");
+        w.StartArray();
+        for (const auto* f : shown) {
+            mappings::write_card(w, *f, card_options_);
+            metrics_.card(f->rule->id);
+        }
+        w.EndArray();
+        w.EndObject();
+
+        // Remember which card is which alert, for feedback.
+        for (const auto* f : shown) {
+            const std::string uuid = mappings::card_uuid(*f);
+            auto known = store_.alert(kCardLedger, uuid);
+            if (known && known->evidence_hash == f->evidence_hash) continue;
+            state::AlertRecord rec;
+            rec.server = kCardLedger;
+            rec.identifier = uuid;
+            rec.patient = patient;
+            rec.rule_id = f->rule->id;
+            rec.evidence_hash = f->evidence_hash;
+            rec.status = known ? "amended" : "final";
+            rec.updated_at = now;
+            store_.put_alert(rec);
+        }
+        HttpReply r;
+        r.body = sb.GetString();
+        return r;
+    } catch (const Refusal& refusal) {
+        return refusal.reply;
+    }
+}
+
+HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body, std::int64_t now) {
+    try {
+        rapidjson::Document req;
+        req.Parse(body.data(), body.size());
+        if (req.HasParseError() || !req.IsObject()) refuse(400, "structure", "the feedback body is not a JSON object");
+        const Json* list = member(req, "feedback");
+        if (!list || !list->IsArray() || list->Empty()) refuse(400, "required", "feedback: required non-empty list");
+        std::vector<state::FeedbackRecord> records;
+        rapidjson::SizeType index = 0;
+        for (const auto& item : list->GetArray()) {
+            const std::string p = "feedback[" + std::to_string(index++) + "]";
+            if (!item.IsObject()) refuse(400, "structure", p + ": expected an object");
+            const Json* card = member(item, "card");
+            const Json* outcome = member(item, "outcome");
+            const Json* when = member(item, "outcomeTimestamp");
+            if (!card || !card->IsString() || card->GetStringLength() == 0) refuse(400, "required", p + ".card: required string");
+            if (!outcome || !outcome->IsString()) refuse(400, "required", p + ".outcome: required string");
+            const std::string oc = string_of(*outcome);
+            if (oc != "accepted" && oc != "overridden") refuse(400, "value", p + ".outcome: must be accepted or overridden");
+            if (!when || !when->IsString()) refuse(400, "required", p + ".outcomeTimestamp: required string");
+            const auto at = fhir::parse_datetime(string_of(*when));
+            if (!at) refuse(400, "value", p + ".outcomeTimestamp: not a date-time");
+            state::FeedbackRecord rec;
+            rec.service_id = service.id;
+            rec.card_uuid = string_of(*card);
+            rec.outcome = oc;
+            rec.outcome_at = *at;
+            rec.received_at = now;
+            if (const Json* reason = member(item, "overrideReason"); reason && !reason->IsNull()) {
+                if (!reason->IsObject()) refuse(400, "structure", p + ".overrideReason: expected an object");
+                if (const Json* coding = member(*reason, "reason"); coding && !coding->IsNull()) {
+                    if (!coding->IsObject()) refuse(400, "structure", p + ".overrideReason.reason: expected a Coding");
+                    const Json* code = member(*coding, "code");
+                    if (code && !code->IsString()) refuse(400, "structure", p + ".overrideReason.reason.code: expected a string");
+                    if (code) rec.override_reason = string_of(*code);
+                }
+            }
+            if (auto alert = store_.alert(kCardLedger, rec.card_uuid)) {
+                rec.patient = alert->patient;
+                rec.rule_id = alert->rule_id;
+            }
+            records.push_back(std::move(rec));
+        }
+        store_.transaction([&] {
+            for (const auto& rec : records) {
+                store_.record_feedback(rec);
+                if (rec.outcome == "overridden" && !rec.patient.empty() && config_.override_suppression_hours > 0)
+                    store_.suppress(rec.patient, rec.rule_id, now + config_.override_suppression_hours * 3600);
+            }
+        });
+        for (const auto& rec : records) {
+            metrics_.feedback(rec.outcome);
+            if (rec.outcome == "overridden")
+                metrics_.override_reason(rec.rule_id.empty() ? "unknown" : rec.rule_id,
+                                         rec.override_reason.empty() ? "none" : rec.override_reason);
+        }
+        HttpReply r;
+        r.body = "{}";
+        return r;
+    } catch (const Refusal& refusal) {
+        return refusal.reply;
+    }
+}
+
+}  // namespace calcalert::cds

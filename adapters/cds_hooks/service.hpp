@@ -1,0 +1,105 @@
+// The CDS Hooks services as pure-ish functions over request bodies: the discovery document, a
+// service call (request -> prefetch resolution -> facts -> findings -> cards) and feedback. The
+// HTTP layer (server.hpp) only adds authentication, CORS, metrics and sockets.
+//
+// Services: calcalert-patient-view (the seven patient rules), calcalert-order-select and
+// calcalert-order-sign (the order rules of clinical-rules.md §3 over context.draftOrders, plus the
+// patient rules' critical findings). Prefetch keys: `observations` (the patient's Observations with
+// the analytes' LOINC codes, newest first) and `conditions` (the patient's Conditions). A key that
+// is present is used as sent (null = no data); a missing key is fetched from fhirServer with the
+// fhirAuthorization token, following link[next]; an OperationOutcome in a key fails the call (412)
+// or is dropped and fetched like a missing key, by configuration.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <rapidjson/document.h>
+
+#include "adapters/cds_hooks/config.hpp"
+#include "adapters/cds_hooks/metrics.hpp"
+#include "adapters/state/state_store.hpp"
+#include "mappings/cds_card.hpp"
+#include "mappings/medications.hpp"
+#include "mappings/terminology.hpp"
+#include "rules/catalog.hpp"
+
+namespace calcalert::cds {
+
+struct ServiceDef {
+    std::string id;
+    std::string hook;
+    std::string title;
+    std::string description;
+    bool order_hook = false;
+};
+const std::vector<ServiceDef>& service_definitions();
+const ServiceDef* find_service(std::string_view id);
+
+// The issued cards are recorded in the alert ledger under this server name, so that feedback (which
+// names only the card uuid) finds the patient and rule of the card.
+inline constexpr const char* kCardLedger = "urn:calcalert:cds-hooks";
+
+// "http://loinc.org|17861-6" for every lab code of the terminology data (mappings/data/lab-codes.tsv).
+std::vector<std::string> lab_code_tokens(const std::filesystem::path& lab_codes_tsv);
+// Prefetch key -> template, within the CDS Hooks 2.0 prefetch restrictions (type-level searches on
+// the patient reference and token equality, _sort).
+std::map<std::string, std::string> prefetch_templates(const std::vector<std::string>& lab_tokens);
+std::string discovery_json(const std::vector<std::string>& lab_tokens);
+// Replaces {{context.patientId}} (the only token the templates use).
+std::string render_template(const std::string& tmpl, const std::string& patient_id);
+// A FHIR id: [A-Za-z0-9-.]{1,64}.
+bool is_fhir_id(std::string_view s);
+
+struct HttpReply {
+    int status = 200;
+    std::string body;
+    std::string content_type = "application/json";
+};
+// An OperationOutcome reply with one issue.
+HttpReply outcome_reply(int status, const std::string& code, const std::string& diagnostics);
+
+// Where missing prefetch data comes from: the request's fhirServer with its token.
+class FhirSource {
+public:
+    virtual ~FhirSource() = default;
+    // A search (following link[next]; on_page gets each searchset Bundle) or a read (on_page gets the
+    // resource). Throws on failure.
+    virtual void fetch(const std::string& query, const std::function<void(const rapidjson::Value&)>& on_page) = 0;
+};
+using FhirSourceFactory =
+    std::function<std::unique_ptr<FhirSource>(const std::string& fhir_server, const std::string& access_token)>;
+// FhirClient (libcurl) based sources: one client per call, timeouts from the config.
+FhirSourceFactory fhir_client_sources(const ServeConfig& config);
+
+class CdsService {
+public:
+    CdsService(const ServeConfig& config, const mappings::Terminology& terminology, const rules::RuleCatalog& catalog,
+               state::StateStore& store, Metrics& metrics, FhirSourceFactory sources,
+               std::vector<std::string> lab_tokens, const mappings::Medications* medications);
+
+    const std::string& discovery() const { return discovery_; }
+    HttpReply call(const ServiceDef& service, std::string_view body, std::int64_t now);
+    HttpReply feedback(const ServiceDef& service, std::string_view body, std::int64_t now);
+
+private:
+    ServeConfig config_;
+    const mappings::Terminology& term_;
+    const rules::RuleCatalog& catalog_;
+    const mappings::Medications* medications_;  // null: no order rules
+    state::StateStore& store_;
+    Metrics& metrics_;
+    FhirSourceFactory sources_;
+    std::map<std::string, std::string> templates_;
+    std::string discovery_;
+    mappings::CardOptions card_options_;
+    std::vector<std::string> allowed_servers_;
+};
+
+}  // namespace calcalert::cds

@@ -1,0 +1,513 @@
+// The CDS Hooks service end to end: the real server (CdsServer, Poco HTTP) on a free loopback port,
+// called over HTTP by a client that signs real ES384 and RS384 JWTs; missing prefetch read from the
+// local sandbox FHIR server (deploy/sandbox); a jku JWK Set served on loopback; the poller writing
+// DetectedIssues to the sandbox for comparison with the cards; `calcalert serve` stopped by SIGTERM.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPRequestHandler.h>
+#include <Poco/Net/HTTPRequestHandlerFactory.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/StreamCopier.h>
+#include <rapidjson/document.h>
+
+#include "../support/sandbox_server.hpp"
+#include "../unit/cds_test_support.hpp"
+#include "adapters/cds_hooks/server.hpp"
+#include "adapters/poll/poller.hpp"
+#include "fhir/client.hpp"
+#include "fhir/datetime.hpp"
+#include "mappings/medications.hpp"
+
+using namespace calcalert;
+using namespace calcalert::cds;
+
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kSrc = CALCALERT_SOURCE_ROOT;
+const std::string kCohort = kSrc + "/examples/cohort/cohort.json";
+const std::int64_t kNow = *fhir::parse_datetime("2026-11-25T12:00:00Z");
+const std::string kIss = "https://ehr.example.org";
+const std::string kVendorIss = "https://vendor.example.org";
+const std::string kEhrToken = "ehr-access-token-5f2b9c";
+std::atomic<std::int64_t> g_now{kNow};
+std::atomic<int> g_jwks_hits{0};
+
+// Serves one JWK Set at /jwks.json on loopback (the jku of the vendor issuer).
+class JwksHandler : public Poco::Net::HTTPRequestHandler {
+public:
+    explicit JwksHandler(std::string body) : body_(std::move(body)) {}
+    void handleRequest(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) override {
+        if (req.getURI() != "/jwks.json") {
+            resp.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_NOT_FOUND);
+            resp.send();
+            return;
+        }
+        ++g_jwks_hits;
+        resp.setContentType("application/json");
+        resp.setContentLength(static_cast<std::streamsize>(body_.size()));
+        resp.send() << body_;
+    }
+
+private:
+    std::string body_;
+};
+class JwksFactory : public Poco::Net::HTTPRequestHandlerFactory {
+public:
+    explicit JwksFactory(std::string body) : body_(std::move(body)) {}
+    Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
+        return new JwksHandler(body_);
+    }
+
+private:
+    std::string body_;
+};
+
+struct Env {
+    mappings::Terminology term = mappings::Terminology::load(kSrc + "/mappings/data");
+    rules::RuleCatalog catalog = rules::RuleCatalog::load(kSrc + "/rules/catalog", term.concepts());
+    mappings::Medications meds = mappings::Medications::load(kSrc + "/mappings/data");
+    std::vector<std::string> lab_tokens = lab_code_tokens(kSrc + "/mappings/data/lab-codes.tsv");
+    PrivateKey ec = generate_es384_key("ehr-ec-1");
+    PrivateKey rsa = generate_rs384_key("ehr-rsa-1");
+    PrivateKey vendor = generate_es384_key("vendor-ec-1");
+    fs::path dir = fs::temp_directory_path() / ("calcalert-cds-it-" + std::to_string(::getpid()));
+    std::unique_ptr<Poco::Net::HTTPServer> jwks_http;
+    std::string jku;
+    test::SandboxServer fhir{[] {
+        test::SandboxOptions o;
+        o.extra_args = {"--no-validate"};
+        return o;
+    }()};
+
+    Env() {
+        fs::create_directories(dir);
+        std::ofstream(dir / "ehr-jwks.json") << cdstest::jwks_of({&ec, &rsa});
+        Poco::Net::ServerSocket socket(Poco::Net::SocketAddress("127.0.0.1", 0));
+        jku = "http://127.0.0.1:" + std::to_string(socket.address().port()) + "/jwks.json";
+        jwks_http = std::make_unique<Poco::Net::HTTPServer>(new JwksFactory(cdstest::jwks_of({&vendor})), socket,
+                                                            new Poco::Net::HTTPServerParams);
+        jwks_http->start();
+        // The cohort on the sandbox FHIR server, plus copies for the pagination and poller cases.
+        fhir::ClientOptions copts;
+        copts.base_url = fhir.base_url();
+        fhir::FhirClient client(copts);
+        seed(client, cdstest::cohort_patient(kCohort, "harold-kim").resources);
+        seed(client, cdstest::cohort_patient(kCohort, "margaret-okafor").resources);
+        auto paged = cdstest::cohort_patient(kCohort, "harold-kim", "paged-harold");
+        // 25 newer albumin results (normal, so they change nothing) push calcium and phosphate to page 2.
+        for (int i = 0; i < 25; ++i)
+            paged.resources.push_back(
+                R"({"resourceType":"Observation","id":"paged-harold-alb-)" + std::to_string(i) +
+                R"(","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"1751-7"}]},"subject":{"reference":"Patient/paged-harold"},"effectiveDateTime":"2026-11-2)" +
+                std::to_string(i % 4) + "T" + (i < 10 ? "0" : "") + std::to_string(i) +
+                R"(:00:00Z","valueQuantity":{"value":4.2,"unit":"g/dL","system":"http://unitsofmeasure.org","code":"g/dL"}})");
+        seed(client, paged.resources);
+    }
+    ~Env() {
+        jwks_http->stopAll(true);
+        std::error_code ignored;
+        fs::remove_all(dir, ignored);
+    }
+    static void seed(fhir::FhirClient& client, const std::vector<std::string>& resources) {
+        std::string entries;
+        for (const auto& r : resources) {
+            rapidjson::Document d;
+            d.Parse(r.c_str());
+            const std::string url = std::string(d["resourceType"].GetString()) + "/" + d["id"].GetString();
+            entries += (entries.empty() ? "" : ",") + std::string("{\"resource\":") + r +
+                       ",\"request\":{\"method\":\"PUT\",\"url\":\"" + url + "\"}}";
+        }
+        client.transaction("{\"resourceType\":\"Bundle\",\"type\":\"transaction\",\"entry\":[" + entries + "]}");
+    }
+};
+
+Env& env() {
+    static Env e;
+    return e;
+}
+
+struct Running {
+    std::ostringstream log;
+    std::unique_ptr<state::StateStore> store;
+    std::unique_ptr<CdsServer> server;
+    ServeConfig config;
+    ~Running() {
+        if (server) server->stop(1000);
+    }
+};
+
+std::unique_ptr<Running> start(const std::function<void(ServeConfig&)>& tweak = {}) {
+    Env& e = env();
+    auto r = std::make_unique<Running>();
+    ServeConfig& c = r->config;
+    c.port = 0;
+    c.request_timeout_ms = 5000;
+    c.keep_alive_timeout_ms = 2000;
+    c.state_file = ":memory:";
+    c.issuers = {{kIss, (e.dir / "ehr-jwks.json").string(), {}}, {kVendorIss, "", {e.jku}}};
+    c.fhir_servers = {e.fhir.base_url()};
+    c.cors_origins = {"https://sandbox.cds-hooks.org"};
+    c.clock_skew_seconds = 30;
+    if (tweak) tweak(c);
+    r->store = state::open_sqlite_store(c.state_file);
+    ServerDeps deps;
+    deps.terminology = &e.term;
+    deps.catalog = &e.catalog;
+    deps.medications = &e.meds;
+    deps.store = r->store.get();
+    deps.lab_tokens = e.lab_tokens;
+    deps.clock = [] { return g_now.load(); };
+    deps.log = &r->log;
+    r->server = std::make_unique<CdsServer>(c, std::move(deps));
+    r->server->start();
+    return r;
+}
+
+struct Resp {
+    int status = 0;
+    std::string body;
+    Poco::Net::HTTPResponse meta;
+};
+
+Resp http(const Running& r, const std::string& method, const std::string& path, const std::string& body = "",
+          const std::string& token = "", const std::map<std::string, std::string>& headers = {}) {
+    Poco::Net::HTTPClientSession s("127.0.0.1", static_cast<Poco::UInt16>(r.server->port()));
+    s.setTimeout(Poco::Timespan(20, 0));
+    Poco::Net::HTTPRequest req(method, path, Poco::Net::HTTPMessage::HTTP_1_1);
+    if (!token.empty()) req.set("Authorization", "Bearer " + token);
+    for (const auto& [k, v] : headers) req.set(k, v);
+    if (!body.empty() || method == "POST") {
+        req.setContentType("application/json");
+        req.setContentLength(static_cast<std::streamsize>(body.size()));
+    }
+    s.sendRequest(req) << body;
+    Resp out;
+    std::istream& in = s.receiveResponse(out.meta);
+    Poco::StreamCopier::copyToString(in, out.body);
+    out.status = static_cast<int>(out.meta.getStatus());
+    return out;
+}
+
+int g_jti = 0;
+std::string token(const Running& r, const std::string& path, const PrivateKey* key = nullptr,
+                  const std::function<void(cdstest::Claims&)>& tweak = {}) {
+    cdstest::Claims c;
+    c.iss = kIss;
+    c.aud = r.server->base_url() + path;
+    c.iat = g_now.load();
+    c.exp = c.iat + 300;
+    c.jti = "jti-" + std::to_string(::getpid()) + "-" + std::to_string(++g_jti);
+    if (tweak) tweak(c);
+    return cdstest::sign(key ? *key : env().ec, c);
+}
+
+const std::string kPV = "/cds-services/calcalert-patient-view";
+
+std::string prefetch_of(const cdstest::PatientData& p) {
+    return "{\"observations\":" + p.observations + ",\"conditions\":" + p.conditions + "}";
+}
+
+rapidjson::Document json(const std::string& s) {
+    rapidjson::Document d;
+    d.Parse(s.c_str());
+    return d;
+}
+
+std::vector<std::string> rules_of(const Resp& r) {
+    std::vector<std::string> out;
+    auto d = json(r.body);
+    if (!d.IsObject() || !d.HasMember("cards")) return out;
+    for (const auto& c : d["cards"].GetArray()) out.push_back(c["source"]["topic"]["code"].GetString());
+    return out;
+}
+
+bool is_outcome(const Resp& r) {
+    auto d = json(r.body);
+    return d.IsObject() && d.HasMember("resourceType") && std::string(d["resourceType"].GetString()) == "OperationOutcome";
+}
+
+}  // namespace
+
+TEST_CASE("discovery, health and metrics; CORS per origin") {
+    auto r = start();
+    const Resp d = http(*r, "GET", "/cds-services", "", token(*r, "/cds-services"));
+    REQUIRE(d.status == 200);
+    auto doc = json(d.body);
+    REQUIRE(doc["services"].Size() == 3);
+    CHECK(d.body.find("_sort=-date") != std::string::npos);
+    CHECK(d.body.find("sort:desc") == std::string::npos);
+    CHECK(http(*r, "GET", "/healthz").status == 200);
+    const Resp pre = http(*r, "OPTIONS", kPV, "", "",
+                          {{"Origin", "https://sandbox.cds-hooks.org"}, {"Access-Control-Request-Method", "POST"}});
+    CHECK(pre.status == 204);
+    CHECK(pre.meta.get("Access-Control-Allow-Origin", "") == "https://sandbox.cds-hooks.org");
+    const Resp other = http(*r, "OPTIONS", kPV, "", "", {{"Origin", "https://evil.example.net"}});
+    CHECK_FALSE(other.meta.has("Access-Control-Allow-Origin"));
+    CHECK(http(*r, "GET", "/nope").status == 404);
+    const Resp m = http(*r, "GET", "/metrics");
+    CHECK(m.status == 200);
+    CHECK(m.body.find("calcalert_cds_requests_total{service=\"discovery\",status=\"200\"} 1") != std::string::npos);
+    CHECK(m.body.find("calcalert_cds_request_duration_seconds_bucket{service=\"discovery\",le=\"+Inf\"} 1") != std::string::npos);
+}
+
+TEST_CASE("service calls: full prefetch, null keys, fallback to the sandbox FHIR server, paging, OperationOutcome, 412, 400, 403") {
+    auto r = start();
+    const std::string fhir = env().fhir.base_url();
+    const auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
+
+    SUBCASE("full prefetch (ES384 and RS384 clients)") {
+        for (const PrivateKey* key : {&env().ec, &env().rsa}) {
+            const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)),
+                                token(*r, kPV, key));
+            REQUIRE_MESSAGE(c.status == 200, c.body);
+            CHECK(rules_of(c) == std::vector<std::string>{"metastatic-calcification-risk"});
+            auto d = json(c.body);
+            const auto& card = d["cards"][0];
+            CHECK(std::string(card["indicator"].GetString()) == "warning");
+            CHECK(std::string(card["uuid"].GetString()) == mappings::alert_identifier("Patient/harold-kim", "metastatic-calcification-risk"));
+            CHECK(std::string(card["detail"].GetString()).find("72.4") != std::string::npos);
+            CHECK(std::string(card["detail"].GetString()).find("2026-11-14") != std::string::npos);
+        }
+    }
+    SUBCASE("null keys: no data, nothing fetched") {
+        const Resp c = http(*r, "POST", kPV,
+                            cdstest::call_body("patient-view", "harold-kim", R"({"observations":null,"conditions":null})", fhir, kEhrToken),
+                            token(*r, kPV));
+        CHECK(c.status == 200);
+        CHECK(rules_of(c).empty());
+        CHECK(r->server->metrics().render().find("result=\"fallback\"") == std::string::npos);
+    }
+    SUBCASE("missing keys are read from fhirServer with the fhirAuthorization token") {
+        const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", "", fhir, kEhrToken), token(*r, kPV));
+        REQUIRE_MESSAGE(c.status == 200, c.body);
+        CHECK(rules_of(c) == std::vector<std::string>{"metastatic-calcification-risk"});
+        const std::string m = r->server->metrics().render();
+        CHECK(m.find("calcalert_cds_prefetch_total{key=\"observations\",result=\"fallback\"} 1") != std::string::npos);
+        CHECK(m.find("calcalert_cds_prefetch_total{key=\"conditions\",result=\"fallback\"} 1") != std::string::npos);
+    }
+    SUBCASE("paginated fallback: calcium and phosphate are on the second page") {
+        const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "paged-harold", "{\"conditions\":null}", fhir, kEhrToken),
+                            token(*r, kPV));
+        REQUIRE_MESSAGE(c.status == 200, c.body);
+        CHECK(rules_of(c) == std::vector<std::string>{"metastatic-calcification-risk"});
+    }
+    SUBCASE("an OperationOutcome in a key: policy fail is 412") {
+        const std::string p = R"({"observations":{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"timeout"}]},"conditions":null})";
+        const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", p, fhir, kEhrToken), token(*r, kPV));
+        CHECK(c.status == 412);
+        CHECK(is_outcome(c));
+    }
+    SUBCASE("missing data and no fhirServer: 412") {
+        const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", "{}"), token(*r, kPV));
+        CHECK(c.status == 412);
+        CHECK(is_outcome(c));
+    }
+    SUBCASE("malformed: 400 with an OperationOutcome") {
+        for (const std::string& body : std::vector<std::string>{std::string("{not json"), std::string(R"({"hook":"patient-view"})"),
+                                       cdstest::call_body("order-sign", "harold-kim", "{}"),
+                                       cdstest::call_body("patient-view", "../../etc", "{}")}) {
+            const Resp c = http(*r, "POST", kPV, body, token(*r, kPV));
+            CHECK_MESSAGE(c.status == 400, body);
+            CHECK(is_outcome(c));
+        }
+    }
+    SUBCASE("fhirServer off the allow-list is refused and never called") {
+        const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", "", "http://127.0.0.1:9/fhir", kEhrToken),
+                            token(*r, kPV));
+        CHECK(c.status == 403);
+        CHECK(is_outcome(c));
+    }
+    r->server->stop(1000);
+    CHECK(r->log.str().find(kEhrToken) == std::string::npos);
+    CHECK(r->log.str().find("eyJ") == std::string::npos);  // no JWT in the logs
+}
+
+TEST_CASE("an OperationOutcome key with policy omit is read from fhirServer") {
+    auto r = start([](ServeConfig& c) { c.prefetch_outcome_policy = OutcomePolicy::omit; });
+    const std::string p = R"({"observations":{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"timeout"}]}})";
+    const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", p, env().fhir.base_url(), kEhrToken),
+                        token(*r, kPV));
+    REQUIRE_MESSAGE(c.status == 200, c.body);
+    CHECK(rules_of(c) == std::vector<std::string>{"metastatic-calcification-risk"});
+}
+
+TEST_CASE("JWT negative cases are all 401 with no details") {
+    auto r = start();
+    const auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
+    const std::string body = cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold));
+    auto expect_401 = [&](const std::string& tok, const char* what) {
+        const Resp c = http(*r, "POST", kPV, body, tok);
+        CHECK_MESSAGE(c.status == 401, what);
+        CHECK_MESSAGE(c.body.empty(), what);
+    };
+    expect_401("", "no token");
+    {
+        cdstest::Claims c;
+        c.iss = kIss;
+        c.aud = r->server->base_url() + kPV;
+        c.iat = g_now.load();
+        c.exp = c.iat + 300;
+        c.jti = "none-1";
+        expect_401(cdstest::unsigned_token("ehr-ec-1", c), "alg none");
+        const std::string hs = base64url_encode(cdstest::header_json("HS256", "ehr-ec-1", c)) + "." +
+                               base64url_encode(cdstest::payload_json(c)) + "." + base64url_encode(std::string(32, 'k'));
+        expect_401(hs, "HS256");
+    }
+    expect_401(token(*r, kPV, nullptr, [](cdstest::Claims& c) { c.iat -= 1000; c.exp = c.iat + 300; }), "expired");
+    expect_401(token(*r, kPV, nullptr, [](cdstest::Claims& c) { c.aud += "-other"; }), "wrong aud");
+    expect_401(token(*r, "/cds-services"), "aud of another endpoint");
+    {
+        const PrivateKey stranger = generate_es384_key("stranger-kid");
+        expect_401(token(*r, kPV, &stranger), "unknown kid");
+    }
+    {
+        const std::string once = token(*r, kPV);
+        CHECK(http(*r, "POST", kPV, body, once).status == 200);
+        expect_401(once, "replayed jti");
+    }
+    expect_401(token(*r, kPV, &env().vendor,
+                     [](cdstest::Claims& c) {
+                         c.iss = kVendorIss;
+                         c.jku = "http://127.0.0.1:9/jwks.json";
+                     }),
+               "jku not allowed");
+    expect_401(cdstest::tamper_signature(token(*r, kPV)), "tampered signature");
+    expect_401(token(*r, kPV, nullptr, [](cdstest::Claims& c) { c.iss = "https://unknown.example.org"; }), "unknown issuer");
+
+    // The allow-listed jku works and is fetched once (cached).
+    const int hits = g_jwks_hits.load();
+    for (int i = 0; i < 2; ++i) {
+        const Resp ok = http(*r, "POST", kPV, body, token(*r, kPV, &env().vendor, [](cdstest::Claims& cl) {
+                                 cl.iss = kVendorIss;
+                                 cl.jku = env().jku;
+                             }));
+        CHECK(ok.status == 200);
+    }
+    CHECK(g_jwks_hits.load() - hits == 1);
+    // Feedback needs a JWT too.
+    CHECK(http(*r, "POST", kPV + "/feedback", R"({"feedback":[]})").status == 401);
+    CHECK(r->server->metrics().render().find("calcalert_cds_auth_failures_total 0") == std::string::npos);
+}
+
+TEST_CASE("feedback: overridden suppresses the card for that patient; /metrics counts overrides by rule and reason") {
+    auto r = start([](ServeConfig& c) { c.override_suppression_hours = 24; });
+    const auto m = cdstest::cohort_patient(kCohort, "margaret-okafor");
+    const std::string body = cdstest::call_body("patient-view", "margaret-okafor", prefetch_of(m));
+    const Resp first = http(*r, "POST", kPV, body, token(*r, kPV));
+    REQUIRE(rules_of(first) == std::vector<std::string>{"calciphylaxis-suspected"});
+    const std::string uuid = json(first.body)["cards"][0]["uuid"].GetString();
+    const std::string fb = R"({"feedback":[{"card":")" + uuid +
+                           R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"already-addressed"}},"outcomeTimestamp":"2026-11-25T12:00:00Z"}]})";
+    CHECK(http(*r, "POST", kPV + "/feedback", fb, token(*r, kPV + "/feedback")).status == 200);
+    CHECK(rules_of(http(*r, "POST", kPV, body, token(*r, kPV))).empty());
+    CHECK(r->server->metrics().render().find(
+              "calcalert_cds_overrides_total{rule=\"calciphylaxis-suspected\",reason=\"already-addressed\"} 1") != std::string::npos);
+    // Another patient is not affected; after the period the card returns.
+    const auto h = cdstest::cohort_patient(kCohort, "harold-kim");
+    CHECK(rules_of(http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", prefetch_of(h)), token(*r, kPV))).size() == 1);
+    g_now += 25 * 3600;
+    CHECK(rules_of(http(*r, "POST", kPV, body, token(*r, kPV))) == std::vector<std::string>{"calciphylaxis-suspected"});
+    g_now = kNow;
+}
+
+TEST_CASE("a card and the DetectedIssue the poller writes for the same patient agree") {
+    Env& e = env();
+    // A FHIR server of its own, holding only this patient, for the poller.
+    test::SandboxOptions so;
+    so.extra_args = {"--no-validate"};
+    test::SandboxServer own(so);
+    fhir::ClientOptions copts;
+    copts.base_url = own.base_url();
+    fhir::FhirClient client(copts);
+    Env::seed(client, cdstest::cohort_patient(kCohort, "margaret-okafor").resources);
+    auto poll_store = state::open_sqlite_store(":memory:");
+    poll::Poller poller(client, *poll_store, e.term, e.catalog, poll::PollOptions{});
+    poller.run_once(kNow);
+
+    auto r = start([&own](ServeConfig& c) { c.fhir_servers = {own.base_url()}; });
+    const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "margaret-okafor", "", own.base_url(), kEhrToken),
+                        token(*r, kPV));
+    REQUIRE_MESSAGE(c.status == 200, c.body);
+    auto cards = json(c.body);
+    REQUIRE(cards["cards"].Size() == 1);
+    const auto& card = cards["cards"][0];
+    const std::string uuid = card["uuid"].GetString();
+    const auto page = client.get_resource("DetectedIssue?identifier=urn:calcalert:detected-issue%7C" + uuid);
+    REQUIRE(page["entry"].Size() == 1);
+    const auto& issue = page["entry"][0]["resource"];
+    const auto& ext = card["extension"][mappings::kCardExtension];
+    CHECK(std::string(issue["identifier"][0]["value"].GetString()) == uuid);
+    CHECK(std::string(ext["identifier"]["value"].GetString()) == uuid);
+    CHECK(std::string(issue["code"]["coding"][0]["code"].GetString()) == card["source"]["topic"]["code"].GetString());
+    CHECK(std::string(issue["severity"].GetString()) == ext["severity"].GetString());
+    CHECK(std::string(card["indicator"].GetString()) == "critical");
+    REQUIRE(issue["evidence"].Size() == ext["evidence"].Size());
+    for (rapidjson::SizeType i = 0; i < ext["evidence"].Size(); ++i)
+        CHECK(std::string(ext["evidence"][i]["label"].GetString()) + ": " + ext["evidence"][i]["text"].GetString() ==
+              issue["evidence"][i]["code"][0]["text"].GetString());
+}
+
+TEST_CASE("calcalert serve: stops gracefully on SIGTERM; --insecure-dev only on loopback") {
+    const fs::path bin = fs::path(CALCALERT_BINARY);
+    const fs::path cfg = env().dir / "serve.json";
+    std::ofstream(cfg) << R"({"state_file": ":memory:", "insecure_dev": true})";
+    {
+        const std::string cmd = bin.string() + " serve --config " + cfg.string() + " --bind 0.0.0.0 --port 0 2>&1";
+        FILE* p = ::popen(cmd.c_str(), "r");
+        REQUIRE(p);
+        std::string out;
+        char buf[512];
+        while (std::fgets(buf, sizeof buf, p)) out += buf;
+        const int status = ::pclose(p);
+        CHECK(WEXITSTATUS(status) == 4);
+        CHECK(out.find("loopback") != std::string::npos);
+    }
+    int out_pipe[2];
+    REQUIRE(::pipe(out_pipe) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::dup2(out_pipe[1], 1);
+        ::close(out_pipe[0]);
+        const int devnull = ::open("/dev/null", O_WRONLY);
+        ::dup2(devnull, 2);
+        ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    std::string line;
+    char ch = 0;
+    while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') line += ch;
+    ::close(out_pipe[0]);
+    REQUIRE_MESSAGE(line.rfind("listening http://127.0.0.1:", 0) == 0, line);
+    const int port = std::stoi(line.substr(line.rfind(':') + 1));
+    Poco::Net::HTTPClientSession s("127.0.0.1", static_cast<Poco::UInt16>(port));
+    Poco::Net::HTTPRequest req("GET", "/healthz", Poco::Net::HTTPMessage::HTTP_1_1);
+    s.sendRequest(req);
+    Poco::Net::HTTPResponse resp;
+    std::string body;
+    Poco::StreamCopier::copyToString(s.receiveResponse(resp), body);
+    CHECK(resp.getStatus() == Poco::Net::HTTPResponse::HTTP_OK);
+    CHECK(resp.get("X-Calcalert-Insecure-Dev", "").size() > 0);
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}

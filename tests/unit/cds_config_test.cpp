@@ -1,0 +1,79 @@
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "adapters/cds_hooks/config.hpp"
+
+using namespace calcalert::cds;
+
+namespace {
+
+std::string write_temp(const std::string& name, const std::string& text) {
+    const auto dir = std::filesystem::temp_directory_path() / ("cds-config-test-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto p = dir / name;
+    std::ofstream(p) << text;
+    return p.string();
+}
+
+}  // namespace
+
+TEST_CASE("the example configuration loads and validates") {
+    const auto c = load_serve_config(std::string(CALCALERT_TEST_DIR) + "/../deploy/serve.example.json", {});
+    CHECK_NOTHROW(validate(c));
+    CHECK(c.port == 8080);
+    CHECK(!c.issuers.empty());
+    CHECK(std::filesystem::path(c.state_file).is_absolute());
+}
+
+TEST_CASE("unknown keys and wrong types are rejected with their path") {
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("a.json", R"({"prot": 80})"), {}), doctest::Contains("$.prot: unknown key"),
+                         ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("b.json", R"({"port": "80"})"), {}), doctest::Contains("$.port: expected an integer"),
+                         ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("c.json", R"({"port": 70000})"), {}), doctest::Contains("out of range"),
+                         ConfigError);
+    CHECK_THROWS_WITH_AS(
+        load_serve_config(write_temp("d.json", R"({"issuers": [{"iss": "x", "jwks_file": "k.json", "jwks_url": "u"}]})"), {}),
+        doctest::Contains("$.issuers[0].jwks_url: unknown key"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("e.json", R"({"issuers": [{"iss": "x"}]})"), {}),
+                         doctest::Contains("jwks_file or jku_allow"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("f.json", R"({"prefetch_outcome_policy": "ignore"})"), {}),
+                         doctest::Contains("fail"), ConfigError);
+    CHECK_THROWS_AS(load_serve_config(write_temp("g.json", "{"), {}), ConfigError);
+}
+
+TEST_CASE("environment variables override the file, and unknown ones are errors") {
+    const std::string file = write_temp("h.json", R"({"port": 9000, "issuers": [{"iss": "https://ehr", "jwks_file": "/k.json"}]})");
+    const auto c = load_serve_config(file, {{"CALCALERT_SERVE_PORT", "9100"},
+                                            {"CALCALERT_SERVE_FHIR_SERVERS", "https://a.example/fhir, https://b.example/fhir"},
+                                            {"CALCALERT_SERVE_PREFETCH_OUTCOME_POLICY", "omit"},
+                                            {"CALCALERT_SERVE_INSECURE_DEV", "false"},
+                                            {"OTHER", "x"}});
+    CHECK(c.port == 9100);
+    CHECK(c.fhir_servers == std::vector<std::string>{"https://a.example/fhir", "https://b.example/fhir"});
+    CHECK(c.prefetch_outcome_policy == OutcomePolicy::omit);
+    CHECK_THROWS_WITH_AS(load_serve_config(file, {{"CALCALERT_SERVE_PROT", "1"}}), doctest::Contains("CALCALERT_SERVE_PROT"),
+                         ConfigError);
+    CHECK_THROWS_AS(load_serve_config(file, {{"CALCALERT_SERVE_PORT", "80x"}}), ConfigError);
+    const auto env_issuers =
+        load_serve_config("", {{"CALCALERT_SERVE_ISSUERS", R"([{"iss":"https://e","jku_allow":["https://e/jwks.json"]}])"}});
+    REQUIRE(env_issuers.issuers.size() == 1);
+    CHECK(env_issuers.issuers[0].jku_allow.size() == 1);
+}
+
+TEST_CASE("validation: insecure_dev only on loopback, issuers needed otherwise") {
+    ServeConfig c;
+    CHECK_THROWS_WITH_AS(validate(c), doctest::Contains("issuers"), ConfigError);
+    c.insecure_dev = true;
+    CHECK_NOTHROW(validate(c));
+    c.bind_address = "0.0.0.0";
+    CHECK_THROWS_WITH_AS(validate(c), doctest::Contains("loopback"), ConfigError);
+    CHECK(is_loopback_address("127.0.0.1"));
+    CHECK(is_loopback_address("::1"));
+    CHECK_FALSE(is_loopback_address("10.0.0.1"));
+    CHECK(normalize_base_url("HTTPS://EHR.example.org/FHIR/") == "https://ehr.example.org/FHIR");
+}
