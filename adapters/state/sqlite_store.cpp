@@ -1,6 +1,8 @@
 // The StateStore on an embedded SQLite file (Poco::Data::SQLite). The SQL sticks to what SQLite
 // and PostgreSQL both run (INSERT ... ON CONFLICT ... DO UPDATE, no SQLite-only types), so a
 // PostgreSQL implementation can reuse it with its own session.
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 
 #include <Poco/Data/RecordSet.h>
@@ -280,6 +282,19 @@ public:
 
 private:
     static Session open(const std::string& path) {
+        // A file that is there but is not SQLite: say so at once (SQLite itself only notices at the
+        // first statement, after Poco's busy retries).
+        if (path != ":memory:") {
+            const auto dir = std::filesystem::absolute(path).parent_path();
+            std::error_code ec;
+            if (!std::filesystem::is_directory(dir, ec))
+                throw StateError(path + ": cannot open the state file: directory " + dir.string() + " does not exist");
+            std::ifstream in(path, std::ios::binary);
+            char header[16] = {};
+            if (in && in.read(header, sizeof header).gcount() > 0 &&
+                std::string(header, static_cast<std::size_t>(in.gcount())) != std::string("SQLite format 3\0", 16))
+                throw StateError(path + ": not a calcalert state file (not an SQLite database)");
+        }
         static std::once_flag registered;
         std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
         try {
