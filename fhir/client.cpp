@@ -230,7 +230,7 @@ std::optional<milliseconds> parse_retry_after(std::string_view value, std::chron
 
 // ---- responses ---------------------------------------------------------------------------------
 
-const char* json_type_name(const rapidjson::Value& v) {
+const char* json_kind(const rapidjson::Value& v) {
     switch (v.GetType()) {
         case rapidjson::kNullType: return "null";
         case rapidjson::kFalseType:
@@ -668,7 +668,7 @@ rapidjson::Document FhirClient::parse_resource(const Response& r) const {
                  "): " + quoted_snippet(r.body),
              r.status);
     if (!d.IsObject())
-        fail(describe(r) + ": " + status + " but the body is a JSON " + json_type_name(d) + ", not a FHIR resource", r.status);
+        fail(describe(r) + ": " + status + " but the body is a JSON " + json_kind(d) + ", not a FHIR resource", r.status);
     const auto rt = d.FindMember("resourceType");
     if (rt == d.MemberEnd() || !rt->value.IsString() || rt->value.GetStringLength() == 0)
         fail(describe(r) + ": " + status + " but the body is not a FHIR resource (no resourceType): " + quoted_snippet(r.body),
@@ -683,7 +683,7 @@ rapidjson::Document FhirClient::expect_bundle(const Response& r, const std::stri
     const auto t = d.FindMember("type");
     const std::string got = t == d.MemberEnd() ? "no type"
                             : t->value.IsString() ? "type " + escaped(t->value.GetString(), 64)
-                                                  : std::string("a ") + json_type_name(t->value) + " as Bundle.type";
+                                                  : std::string("a ") + json_kind(t->value) + " as Bundle.type";
     if (t == d.MemberEnd() || !t->value.IsString() || t->value.GetString() != type)
         fail(describe(r) + ": expected a " + type + " Bundle, got a Bundle with " + got, r.status);
     return d;
@@ -725,11 +725,11 @@ std::size_t FhirClient::search(const std::string& target, const std::function<vo
         std::optional<std::string> next;
         if (const auto links = page.FindMember("link"); links != page.MemberEnd()) {
             if (!links->value.IsArray())
-                fail(describe(r) + ": Bundle.link is a JSON " + json_type_name(links->value) + ", not an array", r.status);
+                fail(describe(r) + ": Bundle.link is a JSON " + json_kind(links->value) + ", not an array", r.status);
             for (rapidjson::SizeType i = 0; i < links->value.Size(); ++i) {
                 const auto& l = links->value[i];
                 const std::string where = "Bundle.link[" + std::to_string(i) + "]";
-                if (!l.IsObject()) fail(describe(r) + ": " + where + " is a JSON " + json_type_name(l) + ", not an object", r.status);
+                if (!l.IsObject()) fail(describe(r) + ": " + where + " is a JSON " + json_kind(l) + ", not an object", r.status);
                 const auto rel = l.FindMember("relation");
                 if (rel == l.MemberEnd() || !rel->value.IsString() || std::string_view(rel->value.GetString()) != "next") continue;
                 const auto u = l.FindMember("url");

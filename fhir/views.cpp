@@ -1,8 +1,6 @@
 #include "fhir/views.hpp"
 
 namespace calcalert::fhir {
-namespace {
-
 const char* json_type_name(const Json& v) {
     if (v.IsNull()) return "null";
     if (v.IsBool()) return "a boolean";
@@ -11,6 +9,8 @@ const char* json_type_name(const Json& v) {
     if (v.IsArray()) return "an array";
     return "an object";
 }
+
+namespace {
 
 std::string child(const std::string& path, std::string_view name) {
     std::string out = path;

@@ -16,6 +16,9 @@ namespace calcalert::fhir {
 
 using Json = rapidjson::Value;
 
+// "a string", "an object", ...: for error messages.
+const char* json_type_name(const Json& v);
+
 // Typed member access; `path` is the FHIR path of `obj`, used in errors.
 const Json* member(const Json& obj, std::string_view name);
 std::optional<std::string_view> string_member(const Json& obj, std::string_view name, const std::string& path);

@@ -5,44 +5,23 @@
 #include <fstream>
 #include <set>
 
+#include "mappings/tsv.hpp"
 #include "rules/catalog.hpp"
 
 namespace calcalert::mappings {
 namespace {
 
-struct Row {
-    std::string where;  // "file:line"
-    std::vector<std::string> cells;
-};
-
-// Tab-separated rows; '#' lines are comments. Every row must have `columns` cells, or one less when the
-// last (a note) is left out; no cell but the note may be empty.
-std::vector<Row> read_rows(const std::filesystem::path& p, std::size_t columns) {
-    std::ifstream in(p);
-    if (!in) throw TerminologyError(p.string() + ": cannot open");
-    std::vector<Row> rows;
-    std::string line;
-    std::size_t n = 0;
-    while (std::getline(in, line)) {
-        ++n;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.empty() || line[0] == '#') continue;
-        Row r{p.string() + ":" + std::to_string(n), {}};
-        std::size_t start = 0;
-        while (true) {
-            const auto tab = line.find('\t', start);
-            r.cells.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
-            if (tab == std::string::npos) break;
-            start = tab + 1;
-        }
+// Rows of exactly `columns` cells, or one less when the last (a note) is left out; no cell but the
+// note may be empty; at least one row.
+std::vector<TsvRow> read_rows(const std::filesystem::path& p, std::size_t columns) {
+    std::vector<TsvRow> rows = read_tsv(p, 1);
+    for (auto& r : rows) {
         if (r.cells.size() == columns - 1) r.cells.emplace_back();
         if (r.cells.size() != columns)
             throw TerminologyError(r.where + ": expected " + std::to_string(columns) + " tab-separated columns, found " +
                                    std::to_string(r.cells.size()));
         for (std::size_t i = 0; i + 1 < columns; ++i)
-            if (r.cells[i].empty())
-                throw TerminologyError(r.where + ": column " + std::to_string(i + 1) + " is empty");
-        rows.push_back(std::move(r));
+            if (r.cells[i].empty()) throw TerminologyError(r.where + ": column " + std::to_string(i + 1) + " is empty");
     }
     if (rows.empty()) throw TerminologyError(p.string() + ": no rows");
     return rows;
@@ -77,7 +56,7 @@ bool phrase_in(const std::string& normalized_text, std::string_view phrase) {
     return normalized_text.find(p) != std::string::npos;
 }
 
-MatchAction action_from(const Row& r, const std::string& s) {
+MatchAction action_from(const TsvRow& r, const std::string& s) {
     if (s == "fire") return MatchAction::fire;
     if (s == "route-check") return MatchAction::route_check;
     if (s == "route-required") return MatchAction::route_required;
@@ -87,7 +66,7 @@ MatchAction action_from(const Row& r, const std::string& s) {
                            "' is not one of fire, route-check, route-required, route-or-injectable, exclude");
 }
 
-void check_verification(const Row& r, bool text, const std::string& v) {
+void check_verification(const TsvRow& r, bool text, const std::string& v) {
     if (text) {
         if (v != "keyword") throw TerminologyError(r.where + ": a text row's verification must be 'keyword'");
     } else if (v != "VERIFIED" && v != "VERIFIED-2") {

@@ -11,15 +11,6 @@ namespace {
 using fhir::ElementError;
 using fhir::Json;
 
-const char* json_type(const Json& v) {
-    if (v.IsNull()) return "null";
-    if (v.IsBool()) return "a boolean";
-    if (v.IsNumber()) return "a number";
-    if (v.IsString()) return "a string";
-    if (v.IsArray()) return "an array";
-    return "an object";
-}
-
 // The objects of an element that FHIR makes a list but senders also write as one object (CDS Hooks
 // sandbox: category, reasonCode): each with its path. Anything else present is an ElementError.
 std::vector<std::pair<const Json*, std::string>> objects(const Json& obj, const char* name, const std::string& path) {
@@ -31,10 +22,10 @@ std::vector<std::pair<const Json*, std::string>> objects(const Json& obj, const 
         out.emplace_back(v, at);
         return out;
     }
-    if (!v->IsArray()) throw ElementError(at, std::string("expected an array of objects, found ") + json_type(*v));
+    if (!v->IsArray()) throw ElementError(at, std::string("expected an array of objects, found ") + fhir::json_type_name(*v));
     for (rapidjson::SizeType i = 0; i < v->Size(); ++i) {
         const std::string ipath = at + "[" + std::to_string(i) + "]";
-        if (!(*v)[i].IsObject()) throw ElementError(ipath, std::string("expected an object, found ") + json_type((*v)[i]));
+        if (!(*v)[i].IsObject()) throw ElementError(ipath, std::string("expected an object, found ") + fhir::json_type_name((*v)[i]));
         out.emplace_back(&(*v)[i], ipath);
     }
     return out;
@@ -86,7 +77,7 @@ public:
         }
         if (const Json* dnp = fhir::member(mr, "doNotPerform")) {
             if (!dnp->IsBool())
-                throw ElementError("MedicationRequest.doNotPerform", std::string("expected a boolean, found ") + json_type(*dnp));
+                throw ElementError("MedicationRequest.doNotPerform", std::string("expected a boolean, found ") + fhir::json_type_name(*dnp));
             if (dnp->GetBool()) {
                 note("MedicationRequest.doNotPerform", "an order not to give the drug: not evaluated");
                 return;
@@ -446,7 +437,7 @@ OrderReading read_draft_orders(const rapidjson::Value& draft_orders, const Medic
     } else if (entries->IsArray()) {
         for (const auto& e : entries->GetArray()) list.push_back(&e);
     } else {
-        problem(where, "Bundle.entry", std::string("expected an array of entries, found ") + json_type(*entries));
+        problem(where, "Bundle.entry", std::string("expected an array of entries, found ") + fhir::json_type_name(*entries));
         return out;
     }
     for (std::size_t i = 0; i < list.size(); ++i) {
@@ -455,7 +446,7 @@ OrderReading read_draft_orders(const rapidjson::Value& draft_orders, const Medic
         const std::string epath = "Bundle.entry[" + std::to_string(i) + "]";
         const Json& e = *list[i];
         if (!e.IsObject()) {
-            problem(at, epath, std::string("expected an object, found ") + json_type(e));
+            problem(at, epath, std::string("expected an object, found ") + fhir::json_type_name(e));
             continue;
         }
         const Json* res = fhir::member(e, "resource");

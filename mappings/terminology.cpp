@@ -1,5 +1,7 @@
 #include "mappings/terminology.hpp"
 
+#include "mappings/tsv.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -8,37 +10,6 @@
 
 namespace calcalert::mappings {
 namespace {
-
-struct Row {
-    std::size_t line;
-    std::vector<std::string> cells;
-};
-
-std::vector<Row> read_tsv(const std::filesystem::path& p, std::size_t min_cells) {
-    std::ifstream in(p);
-    if (!in) throw TerminologyError(p.string() + ": cannot open");
-    std::vector<Row> rows;
-    std::string line;
-    std::size_t n = 0;
-    while (std::getline(in, line)) {
-        ++n;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.empty() || line[0] == '#') continue;
-        Row r{n, {}};
-        std::size_t start = 0;
-        while (true) {
-            auto tab = line.find('\t', start);
-            r.cells.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
-            if (tab == std::string::npos) break;
-            start = tab + 1;
-        }
-        if (r.cells.size() < min_cells)
-            throw TerminologyError(p.string() + ":" + std::to_string(n) + ": expected at least " +
-                                   std::to_string(min_cells) + " tab-separated columns");
-        rows.push_back(std::move(r));
-    }
-    return rows;
-}
 
 std::string lower(std::string_view s) {
     std::string out(s);
@@ -88,14 +59,14 @@ Terminology Terminology::load(const std::filesystem::path& dir) {
         auto sys = t.canonical_system(r.cells[0]);
         auto analyte = rules::analyte_from_name(r.cells[2]);
         if (!sys || !analyte)
-            throw TerminologyError(labs_file.string() + ":" + std::to_string(r.line) + ": unknown system or analyte");
+            throw TerminologyError(r.where + ": unknown system or analyte");
         t.labs_[t.key(*sys, r.cells[1])] = LabCode{*analyte, r.cells[3], r.cells[4]};
     }
 
     const auto cond_file = dir / "condition-codes.tsv";
     for (const auto& r : read_tsv(cond_file, 6)) {
         auto sys = t.canonical_system(r.cells[1]);
-        const std::string where = cond_file.string() + ":" + std::to_string(r.line);
+        const std::string& where = r.where;
         if (!sys) throw TerminologyError(where + ": unknown system '" + r.cells[1] + "'");
         if (!t.concept_titles_.count(r.cells[0]))
             throw TerminologyError(where + ": concept_id '" + r.cells[0] + "' is not in concepts.tsv");
@@ -111,7 +82,7 @@ Terminology Terminology::load(const std::filesystem::path& dir) {
     const auto units_file = dir / "units.tsv";
     for (const auto& r : read_tsv(units_file, 4)) {
         auto analyte = rules::analyte_from_name(r.cells[0]);
-        const std::string where = units_file.string() + ":" + std::to_string(r.line);
+        const std::string& where = r.where;
         if (!analyte) throw TerminologyError(where + ": unknown analyte '" + r.cells[0] + "'");
         char* end = nullptr;
         const double factor = std::strtod(r.cells[2].c_str(), &end);
