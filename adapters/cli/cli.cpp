@@ -51,6 +51,9 @@ int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& er
     } catch (const UsageError& e) {
         err << "calcalert: usage error: " << e.what() << "\n";
         return usage_error;
+    } catch (const ConfigError& e) {
+        err << "calcalert: configuration error: " << e.what() << "\n";
+        return config_error;
     }
 }
 

@@ -59,19 +59,10 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
     if (format != "bundle" && format != "ndjson" && format != "text")
         throw UsageError("--format must be bundle, ndjson or text, not '" + format + "'");
     const rules::EpochSeconds now = now_option(opts);
-    mappings::IssueOptions issue_options;
-    issue_options.author_display = std::string("calcalert ") + CALCALERT_VERSION;
-    if (auto s = opts.value("identifier-system")) issue_options.identifier_system = *s;
+    const mappings::IssueOptions di_options = issue_options(opts);
+    const Engine engine = load_engine(opts);
 
-    std::optional<Engine> engine;
-    try {
-        engine.emplace(load_engine(opts));
-    } catch (const std::exception& e) {
-        err << "calcalert: configuration error: " << e.what() << "\n";
-        return config_error;
-    }
-
-    mappings::FactBuilder builder(engine->terminology);
+    mappings::FactBuilder builder(engine.terminology);
     bool input_failed = false;
     for (const auto& path : opts.positional()) {
         if (path != "-" && fs::is_directory(path)) {
@@ -88,13 +79,13 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
     std::vector<PatientResult> results;
     results.reserve(builder.patients().size());
     for (const auto& [ref, facts] : builder.patients())
-        results.push_back({ref, rules::evaluate(facts, now, engine->catalog)});
+        results.push_back({ref, rules::evaluate(facts, now, engine.catalog)});
 
     if (format == "text") {
         write_text_report(out, results, now);
     } else if (format == "ndjson") {
         for (const auto& r : results)
-            for (const auto& f : r.evaluation.findings) out << mappings::detected_issue_json(f, now, issue_options) << "\n";
+            for (const auto& f : r.evaluation.findings) out << mappings::detected_issue_json(f, now, di_options) << "\n";
     } else {
         rapidjson::StringBuffer sb;
         mappings::JsonWriter w(sb);
@@ -114,7 +105,7 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
                 w.Key("fullUrl");
                 w.String(("urn:uuid:" + mappings::alert_identifier(f.patient, f.rule->id)).c_str());
                 w.Key("resource");
-                mappings::write_detected_issue(w, f, now, issue_options);
+                mappings::write_detected_issue(w, f, now, di_options);
                 w.EndObject();
             }
             for (const auto& n : r.evaluation.notes)

@@ -144,8 +144,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     if (auto v = opts.value("page-size")) popts.page_size = parse_count(*v, "page-size");
     if (auto v = opts.value("batch")) popts.write_batch = parse_count(*v, "batch");
     if (auto v = opts.value("overlap")) popts.overlap = parse_duration(*v, "overlap");
-    popts.issue.author_display = std::string("calcalert ") + CALCALERT_VERSION;
-    if (auto s = opts.value("identifier-system")) popts.issue.identifier_system = *s;
+    popts.issue = issue_options(opts);
     if (const char* k = std::getenv("CALCALERT_TEST_KILL_AFTER_BATCHES"); k && *k)
         popts.kill_after_batches = static_cast<std::size_t>(std::strtoul(k, nullptr, 10));
     const bool fixed_now = opts.value("now").has_value();
@@ -155,13 +154,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
             err << "\rpatients evaluated " << done << "/" << total << (done == total ? "\n" : "") << std::flush;
         };
 
-    std::optional<Engine> engine;
-    try {
-        engine.emplace(load_engine(opts));
-    } catch (const std::exception& e) {
-        err << "calcalert: configuration error: " << e.what() << "\n";
-        return config_error;
-    }
+    const Engine engine = load_engine(opts);
     const std::string state_path = opts.value("state").value_or("calcalert-state.sqlite");
     std::unique_ptr<state::StateStore> store;
     try {
@@ -171,7 +164,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         return input_error;
     }
     fhir::FhirClient client(copts);
-    poll::Poller poller(client, *store, engine->terminology, engine->catalog, popts);
+    poll::Poller poller(client, *store, engine.terminology, engine.catalog, popts);
 
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);

@@ -27,9 +27,22 @@ Engine load_engine(const Options& opts) {
     const fs::path root = data_root();
     const fs::path term_dir = opts.value("terminology").value_or((root / "mappings" / "data").string());
     const fs::path cat_dir = opts.value("catalog").value_or((root / "rules" / "catalog").string());
-    auto term = mappings::Terminology::load(term_dir);
-    auto cat = rules::RuleCatalog::load(cat_dir, term.concepts());
-    return Engine{std::move(term), std::move(cat)};
+    try {
+        auto term = mappings::Terminology::load(term_dir);
+        auto cat = rules::RuleCatalog::load(cat_dir, term.concepts());
+        return Engine{std::move(term), std::move(cat)};
+    } catch (const ConfigError&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw ConfigError(e.what());
+    }
+}
+
+mappings::IssueOptions issue_options(const Options& opts) {
+    mappings::IssueOptions o;
+    o.author_display = std::string("calcalert ") + CALCALERT_VERSION;
+    if (auto s = opts.value("identifier-system")) o.identifier_system = *s;
+    return o;
 }
 
 rules::EpochSeconds now_option(const Options& opts) {

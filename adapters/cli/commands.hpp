@@ -3,10 +3,12 @@
 
 #include <filesystem>
 #include <iosfwd>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "adapters/cli/options.hpp"
+#include "mappings/detected_issue.hpp"
 #include "mappings/terminology.hpp"
 #include "rules/catalog.hpp"
 
@@ -19,12 +21,22 @@ namespace calcalert::cli {
 // $CALCALERT_DATA_DIR, else <prefix>/share/calcalert of an installed program, else the source tree.
 std::filesystem::path data_root();
 
+// Invalid rule catalog or terminology data: run() reports it and exits with config_error.
+class ConfigError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
 struct Engine {
     mappings::Terminology terminology;
     rules::RuleCatalog catalog;
 };
-// Loads the terminology (--terminology DIR) and the rule catalog (--catalog DIR); throws on invalid data.
+// Loads the terminology (--terminology DIR) and the rule catalog (--catalog DIR); throws ConfigError
+// naming the file and key on invalid data.
 Engine load_engine(const Options& opts);
+
+// The DetectedIssue options of the command line: author "calcalert <version>", --identifier-system.
+mappings::IssueOptions issue_options(const Options& opts);
 
 // --now RFC3339, else the current time. Throws UsageError for a malformed value.
 rules::EpochSeconds now_option(const Options& opts);
