@@ -3,12 +3,6 @@
 namespace calcalert::mappings {
 namespace {
 
-void str(JsonWriter& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-void kv(JsonWriter& w, const char* k, std::string_view v) {
-    w.Key(k);
-    str(w, v);
-}
-
 // The summary must stay under 140 characters; cut at a character boundary (UTF-8) with an ellipsis.
 std::string short_summary(const std::string& s) {
     constexpr std::size_t limit = 139;

@@ -10,11 +10,6 @@ namespace calcalert::mappings {
 namespace {
 
 void key(JsonWriter& w, const char* k) { w.Key(k); }
-void str(JsonWriter& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-void kv(JsonWriter& w, const char* k, std::string_view v) {
-    key(w, k);
-    str(w, v);
-}
 void reference(JsonWriter& w, std::string_view ref) {
     w.StartObject();
     kv(w, "reference", ref);

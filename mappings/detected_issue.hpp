@@ -5,10 +5,8 @@
 #include <string_view>
 #include <vector>
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 #include "fhir/problem.hpp"
+#include "mappings/json_writer.hpp"
 #include "rules/engine.hpp"
 
 namespace calcalert::mappings {
@@ -22,8 +20,6 @@ struct IssueOptions {
 // The alert's identity: a name-based (version 5) UUID of (patient, rule id), the same in every run,
 // in the poller and in CDS Hooks cards.
 std::string alert_identifier(std::string_view patient, std::string_view rule_id);
-
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 // status: final (new), amended (evidence changed) or cancelled (no longer holds).
 // `with_id`: set DetectedIssue.id to the identifier (for files); a FHIR server write omits it.

@@ -15,6 +15,7 @@
 #include <rapidjson/writer.h>
 
 #include "fhir/datetime.hpp"
+#include "mappings/json_writer.hpp"
 
 namespace calcalert::sandbox {
 namespace {
@@ -409,15 +410,10 @@ enum class Renal { normal, ckd3, ckd4, esrd };
 // ---------------------------------------------------------------------------------------------
 // JSON helpers.
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Writer = mappings::JsonWriter;
 
-void str(Writer& w, std::string_view s) {
-    w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void kv(Writer& w, const char* k, std::string_view v) {
-    w.Key(k);
-    str(w, v);
-}
+using mappings::kv;
+using mappings::str;
 void coding(Writer& w, std::string_view system, std::string_view code, std::string_view display) {
     w.StartObject();
     kv(w, "system", system);
