@@ -4,6 +4,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "../unit/test_support.hpp"
+
 #include <algorithm>
 #include <fstream>
 #include <iterator>
@@ -25,14 +27,8 @@ namespace {
 
 const std::string kRoot = CALCALERT_SOURCE_ROOT;
 
-const mappings::Terminology& terminology() {
-    static const auto t = mappings::Terminology::load(kRoot + "/mappings/data");
-    return t;
-}
-const rules::RuleCatalog& catalog() {
-    static const auto c = rules::RuleCatalog::load(kRoot + "/rules/catalog", terminology().concepts());
-    return c;
-}
+using test::catalog;
+using test::terminology;
 
 struct PatientOutcome {
     std::set<std::string> rules;

@@ -4,6 +4,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "../unit/test_support.hpp"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,16 +42,10 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kRoot = CALCALERT_SOURCE_ROOT;
-const rules::EpochSeconds kNow = *fhir::parse_datetime("2026-11-25T12:00:00Z");
+using test::kNow;
 
-const mappings::Terminology& terminology() {
-    static const auto t = mappings::Terminology::load(kRoot + "/mappings/data");
-    return t;
-}
-const rules::RuleCatalog& catalog() {
-    static const auto c = rules::RuleCatalog::load(kRoot + "/rules/catalog", terminology().concepts());
-    return c;
-}
+using test::catalog;
+using test::terminology;
 
 std::string read_file(const std::string& path) {
     std::ifstream in(path);
