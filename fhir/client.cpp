@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <string_view>
 #include <thread>
@@ -26,6 +29,7 @@ namespace {
 using std::chrono::milliseconds;
 
 constexpr int kMaxRedirects = 5;
+constexpr std::chrono::milliseconds kTimerSlack{10};
 constexpr std::size_t kSnippetChars = 80;
 constexpr std::size_t kMaxIssues = 10;
 constexpr std::size_t kMaxIssueChars = 500;
@@ -288,12 +292,27 @@ std::string error_body_summary(const Response& r) {
 
 // ---- libcurl ------------------------------------------------------------------------------------
 
+// Where the body goes, counted as it arrives: libcurl calls the write callback with the decoded
+// bytes (after gzip / deflate), so a small compressed body that inflates to gigabytes is stopped
+// here after `max` bytes.
+struct BodySink {
+    std::string* body = nullptr;
+    std::size_t max = 0;  // 0: no limit
+    bool over = false;    // the transfer was aborted because the body passed `max`
+};
+
 std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
-    try {
-        static_cast<std::string*>(user)->append(data, size * count);
-        return size * count;
-    } catch (...) {
+    auto& sink = *static_cast<BodySink*>(user);
+    const std::size_t n = size * count;
+    if (sink.max != 0 && n > sink.max - sink.body->size()) {  // body->size() <= max always
+        sink.over = true;
         return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+    }
+    try {
+        sink.body->append(data, n);
+        return n;
+    } catch (...) {
+        return 0;
     }
 }
 
@@ -335,6 +354,10 @@ bool nothing_sent(CURLcode rc) {
     return rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY || rc == CURLE_COULDNT_CONNECT;
 }
 
+std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
+
+std::string attempts_text(int n) { return std::to_string(n) + (n == 1 ? " attempt" : " attempts"); }
+
 std::string transport_message(CURLcode rc, const char* errbuf) {
     std::string what;
     switch (rc) {
@@ -348,6 +371,10 @@ std::string transport_message(CURLcode rc, const char* errbuf) {
         case CURLE_SSL_CIPHER:
         case CURLE_SSL_CACERT_BADFILE: what = "TLS error"; break;
         case CURLE_BAD_CONTENT_ENCODING: what = "cannot decode the response"; break;
+        case CURLE_SEND_ERROR:
+        case CURLE_RECV_ERROR: what = "connection broken"; break;
+        case CURLE_PARTIAL_FILE: what = "the body was cut short"; break;
+        case CURLE_GOT_NOTHING: what = "no answer"; break;
         default: what = "transport error"; break;
     }
     const std::string_view reason = curl_easy_strerror(rc);
@@ -403,12 +430,16 @@ struct FhirClient::Curl {
     struct Failure {
         CURLcode code = CURLE_OK;
         std::string message;
+        bool too_large = false;  // the body passed max_response_bytes (received or announced)
     };
 
-    // One request on the reused handle. curl_easy_reset keeps the connection cache, so every
-    // request sets all of its options again without losing keep-alive connections.
+    // One request on the reused handle, at most `timeout` long (0: no limit). curl_easy_reset keeps
+    // the connection cache, so every request sets all of its options again without losing
+    // keep-alive connections.
     std::optional<Failure> perform(const ClientOptions& o, const std::string& method, const std::string& url,
-                                   const std::string* body, const HeaderList& headers, Response& out, std::uint64_t& connections) {
+                                   const std::string* body, const HeaderList& headers, std::chrono::milliseconds timeout,
+                                   Response& out, std::uint64_t& connections) {
+        BodySink sink{&out.body, o.max_response_bytes, false};
         curl_easy_reset(handle);
         errbuf[0] = '\0';
         CURLcode rc = CURLE_OK;
@@ -427,7 +458,7 @@ struct FhirClient::Curl {
         set(CURLOPT_FOLLOWLOCATION, 0L);
         set(CURLOPT_ACCEPT_ENCODING, "");  // every encoding libcurl decodes (gzip, deflate, ...)
         set(CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o.connect_timeout.count()));
-        set(CURLOPT_TIMEOUT_MS, static_cast<long>(o.request_timeout.count()));
+        set(CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
         set(CURLOPT_SSL_VERIFYPEER, o.verify_tls ? 1L : 0L);
         set(CURLOPT_SSL_VERIFYHOST, o.verify_tls ? 2L : 0L);
         set(CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
@@ -436,7 +467,12 @@ struct FhirClient::Curl {
         set(CURLOPT_TCP_KEEPALIVE, 1L);
         set(CURLOPT_HTTPHEADER, headers.get());
         set(CURLOPT_WRITEFUNCTION, &on_body);
-        set(CURLOPT_WRITEDATA, static_cast<void*>(&out.body));
+        set(CURLOPT_WRITEDATA, static_cast<void*>(&sink));
+        // A Content-Length above the cap fails before the body is read (CURLE_FILESIZE_EXCEEDED);
+        // for a compressed body that is the compressed size, hence also the count in on_body.
+        if (o.max_response_bytes != 0)
+            set(CURLOPT_MAXFILESIZE_LARGE,
+                static_cast<curl_off_t>(std::min<std::uint64_t>(o.max_response_bytes, std::numeric_limits<curl_off_t>::max())));
         set(CURLOPT_HEADERFUNCTION, &on_header);
         set(CURLOPT_HEADERDATA, static_cast<void*>(&out.headers));
         if (method == "GET") {
@@ -447,12 +483,21 @@ struct FhirClient::Curl {
             set(CURLOPT_POSTFIELDS, body ? body->data() : "");
             if (method != "POST") set(CURLOPT_CUSTOMREQUEST, method.c_str());
         }
-        if (rc != CURLE_OK) return Failure{rc, std::string("libcurl rejected an option: ") + curl_easy_strerror(rc)};
+        if (rc != CURLE_OK) return Failure{rc, std::string("libcurl rejected an option: ") + curl_easy_strerror(rc), false};
 
         rc = curl_easy_perform(handle);
         long n = 0;
         if (curl_easy_getinfo(handle, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0) connections += static_cast<std::uint64_t>(n);
-        if (rc != CURLE_OK) return Failure{rc, transport_message(rc, errbuf)};
+        const std::string cap = std::to_string(o.max_response_bytes) + " bytes";
+        if (rc == CURLE_WRITE_ERROR && sink.over)
+            return Failure{rc, "the response body is larger than max_response_bytes (" + cap + ", counted after decoding); transfer aborted",
+                           true};
+        if (rc == CURLE_FILESIZE_EXCEEDED) {
+            const auto length = out.headers.find("content-length");
+            const std::string announced = length != out.headers.end() ? escaped(length->second, 32) + " bytes" : "unknown size";
+            return Failure{rc, "the server announced a body of " + announced + ", more than max_response_bytes (" + cap + "); not read", true};
+        }
+        if (rc != CURLE_OK) return Failure{rc, transport_message(rc, errbuf), false};
         long status = 0;
         curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &status);
         out.status = status;
@@ -488,34 +533,42 @@ FhirClient::FhirClient(ClientOptions options) : options_(std::move(options)) {
         bad("the user agent contains a line break or control character");
     if (options_.max_retries < 0) bad("max_retries is negative");
     if (options_.connect_timeout.count() < 0 || options_.request_timeout.count() < 0) bad("a timeout is negative");
+    if (options_.request_deadline.count() < 0) bad("request_deadline is negative");
     if (options_.initial_backoff.count() < 0 || options_.max_backoff.count() < 0) bad("a backoff is negative");
     if (options_.max_pages == 0) bad("max_pages is 0");
     if (!options_.ca_file.empty() && !std::ifstream(options_.ca_file).good())
         bad("the CA file " + options_.ca_file + " cannot be read");
+    if (!options_.random) {
+        std::random_device device;
+        std::seed_seq seed{device(), device(), device(), device()};
+        auto engine = std::make_shared<std::mt19937_64>(seed);
+        options_.random = [engine] { return std::uniform_real_distribution<double>(0.0, 1.0)(*engine); };
+    }
     curl_ = std::make_unique<Curl>();
 }
 
 FhirClient::~FhirClient() = default;
 
-void FhirClient::fail(const std::string& message, long status) const {
+void FhirClient::fail(const std::string& message, long status, FhirErrorKind kind) const {
     std::string m = message;
     // Never let the token into a message, even when a server echoes it back.
     if (const std::string& token = options_.bearer_token; !token.empty())
         for (std::size_t p = m.find(token); p != std::string::npos; p = m.find(token, p + 10)) m.replace(p, token.size(), "[redacted]");
-    throw FhirError(m, status);
+    throw FhirError(m, status, kind);
 }
 
 std::string FhirClient::resolve(const std::string& method, const std::string& target) const {
     std::string url;
     if (const auto bad = encode_url(target, url); bad != std::string_view::npos)
-        fail(method + " " + escaped(target, 200) + ": the URL has a control character at offset " + std::to_string(bad), 0);
+        fail(method + " " + escaped(target, 200) + ": the URL has a control character at offset " + std::to_string(bad), 0,
+             FhirErrorKind::refused);
     if (has_scheme(url)) {
         const auto origin = origin_of(url);
-        if (!origin) fail(method + " " + url + ": refused: not an http(s) URL", 0);
+        if (!origin) fail(method + " " + url + ": refused: not an http(s) URL", 0, FhirErrorKind::refused);
         if (*origin != origin_)
             fail(method + " " + url + ": refused: not on the FHIR server's origin " + origin_ +
                      " (the request would carry the bearer token to another server)",
-                 0);
+                 0, FhirErrorKind::refused);
         return url;
     }
     std::string_view rel = url;
@@ -528,13 +581,14 @@ std::string FhirClient::resolve(const std::string& method, const std::string& ta
 std::string FhirClient::resolve_link(const Response& page, const std::string& what, const std::string& link) const {
     std::string encoded;
     if (const auto bad = encode_url(link, encoded); bad != std::string_view::npos)
-        fail(describe(page) + ": " + what + " " + quoted_snippet(link) + " has a control character", 0);
-    if (trim(encoded).empty()) fail(describe(page) + ": " + what + " is empty", 0);
+        fail(describe(page) + ": " + what + " " + quoted_snippet(link) + " has a control character", 0, FhirErrorKind::bad_body);
+    if (trim(encoded).empty()) fail(describe(page) + ": " + what + " is empty", 0, FhirErrorKind::bad_body);
     std::string absolute;
     if (has_scheme(encoded) || encoded.front() == '/' || encoded.front() == '?') {
         // Absolute, scheme-relative, origin-relative or query-only: RFC 3986 against the page's URL.
         UrlParser u;
-        if (!u.set(page.url) || !u.set(encoded)) fail(describe(page) + ": " + what + " " + quoted_snippet(link) + " is not a URL", 0);
+        if (!u.set(page.url) || !u.set(encoded))
+            fail(describe(page) + ": " + what + " " + quoted_snippet(link) + " is not a URL", 0, FhirErrorKind::bad_body);
         absolute = u.get(CURLUPART_URL).value_or(encoded);
     } else {
         // A bare relative path ("Observation?..."): relative to the FHIR base URL, as FHIR defines.
@@ -544,7 +598,7 @@ std::string FhirClient::resolve_link(const Response& page, const std::string& wh
     if (!origin || *origin != origin_)
         fail(describe(page) + ": " + what + " " + absolute + " refused: not on the FHIR server's origin " + origin_ +
                  " (following it would carry the bearer token to another server)",
-             0);
+             0, FhirErrorKind::refused);
     return absolute;
 }
 
@@ -557,7 +611,15 @@ std::chrono::milliseconds FhirClient::retry_wait(int retry, const Response* resp
     }
     milliseconds d = options_.initial_backoff;
     for (int i = 0; i < retry && d < options_.max_backoff; ++i) d *= 2;
-    return std::min(d, options_.max_backoff);
+    d = std::min(d, options_.max_backoff);
+    if (options_.jitter == Jitter::none || d.count() == 0) return d;
+    double r = options_.random();
+    if (!(r >= 0.0)) r = 0.0;  // NaN too
+    if (r >= 1.0) r = std::nextafter(1.0, 0.0);
+    const auto part = [r](milliseconds x) { return milliseconds(static_cast<milliseconds::rep>(r * static_cast<double>(x.count()))); };
+    if (options_.jitter == Jitter::full) return part(d);
+    const milliseconds half = d / 2;
+    return half + part(d - half);
 }
 
 void FhirClient::wait(std::chrono::milliseconds d) const {
@@ -565,8 +627,17 @@ void FhirClient::wait(std::chrono::milliseconds d) const {
     else std::this_thread::sleep_for(d);
 }
 
+std::chrono::steady_clock::time_point FhirClient::monotonic_now() const {
+    return options_.monotonic_now ? options_.monotonic_now() : std::chrono::steady_clock::now();
+}
+
+std::uint64_t FhirClient::faults_left() const {
+    if (options_.fault_budget == 0) return std::numeric_limits<std::uint64_t>::max();
+    return faults_used_ >= options_.fault_budget ? 0 : options_.fault_budget - faults_used_;
+}
+
 Response FhirClient::perform(const std::string& method, const std::string& target, const std::string* body,
-                             const std::map<std::string, std::string>& headers) {
+                             const std::map<std::string, std::string>& headers, Retry retry, const BodyCheck& check) {
     std::string url = resolve(method, target);
 
     std::vector<std::pair<std::string, std::string>> fields = {{"Accept", "application/fhir+json"}};
@@ -575,9 +646,10 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
     fields.emplace_back("Expect", "");  // no "Expect: 100-continue" round trip before large bodies
     for (const auto& [name, value] : headers) {
         if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return is_token_char(static_cast<unsigned char>(c)); }))
-            fail(method + " " + url + ": the request header name \"" + escaped(name, 64) + "\" is not a valid HTTP field name", 0);
+            fail(method + " " + url + ": the request header name \"" + escaped(name, 64) + "\" is not a valid HTTP field name", 0,
+                 FhirErrorKind::refused);
         if (std::any_of(value.begin(), value.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; }))
-            fail(method + " " + url + ": the request header " + name + " has a line break in its value", 0);
+            fail(method + " " + url + ": the request header " + name + " has a line break in its value", 0, FhirErrorKind::refused);
         const auto same = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return iequals(f.first, name); });
         if (same != fields.end()) same->second = value;
         else fields.emplace_back(name, value);
@@ -589,41 +661,87 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
         else list.add(name + ";");                                // sends the header with an empty value
     }
 
-    int retry = 0;
+    const bool replayable = retry == Retry::replayable;
+    const milliseconds deadline = options_.request_deadline;
+    const auto started = monotonic_now();
+    const auto elapsed = [&] { return std::chrono::duration_cast<milliseconds>(monotonic_now() - started); };
+    int retries = 0;
     int redirects = 0;
+
+    // Called when an attempt failed in a way that is retried: waits, or throws FhirError when the
+    // fault budget is spent or the wait would pass the deadline. `what` is the attempt's failure
+    // without the request, `answer` the response (for Retry-After) or nullptr.
+    const auto before_retry = [&](const std::string& what, const Response* answer) {
+        const long status = answer != nullptr ? answer->status : 0;
+        if (options_.fault_budget != 0 && faults_used_ >= options_.fault_budget)
+            fail(method + " " + url + ": " + what + "; not retried: fault budget of " + std::to_string(options_.fault_budget) +
+                     " retries spent",
+                 status, FhirErrorKind::budget_spent);
+        const milliseconds d = retry_wait(retries, answer);
+        if (deadline.count() > 0) {
+            const milliseconds spent = elapsed();
+            if (spent + d >= deadline)
+                fail(method + " " + url + ": " + what + "; not retried: waiting " + ms(d) + " would pass the request_deadline of " +
+                         ms(deadline) + " (" + ms(spent) + " spent in " + attempts_text(retries + 1) + ")",
+                     status, FhirErrorKind::deadline);
+        }
+        wait(d);
+        ++retries;
+        ++stats_.retries;
+        ++faults_used_;
+    };
+
     for (;;) {
+        // Each attempt gets request_timeout, or what is left of the deadline when that is less.
+        milliseconds timeout = options_.request_timeout;
+        bool deadline_bounds = false;
+        if (deadline.count() > 0) {
+            const milliseconds left = deadline - elapsed();
+            if (left.count() <= 0)
+                fail(method + " " + url + ": the request_deadline of " + ms(deadline) + " passed before attempt " +
+                         std::to_string(retries + 1),
+                     0, FhirErrorKind::deadline);
+            if (timeout.count() == 0 || left < timeout) {
+                timeout = left;
+                deadline_bounds = true;
+            }
+        }
         Response r;
         r.method = method;
         r.url = url;
-        r.attempts = retry + 1;
-        const auto failure = curl_->perform(options_, method, url, body, list, r, stats_.connections);
+        r.attempts = retries + 1;
+        const auto failure = curl_->perform(options_, method, url, body, list, timeout, r, stats_.connections);
         ++stats_.requests;
-        const bool more = retry < options_.max_retries;
+        const bool more = retries < options_.max_retries;
         if (failure) {
-            // Transport failures are retried for idempotent requests only: GET and PUT (a PUT of the
-            // same resource twice leaves the same state). A POST is retried only when it cannot have
-            // reached the server (cannot resolve / connect); after a timeout or a broken connection
-            // the server may have processed it, and a repeated create would duplicate data.
-            const bool may = retryable_transport_error(failure->code) && (method != "POST" || nothing_sent(failure->code));
+            if (failure->too_large) fail(method + " " + url + ": " + failure->message, 0, FhirErrorKind::too_large);
+            // Timed out because the deadline cut the attempt short, not by an earlier connect_timeout
+            // (libcurl's timer may fire a millisecond before the time it was given: kTimerSlack).
+            if (failure->code == CURLE_OPERATION_TIMEDOUT && deadline_bounds && elapsed() + kTimerSlack >= deadline)
+                fail(method + " " + url + ": " + failure->message + "; the request_deadline of " + ms(deadline) + " passed after " +
+                         attempts_text(retries + 1),
+                     0, FhirErrorKind::deadline);
+            // A replayable request is retried on every transport failure that may be transient. A
+            // POST that is not is retried only when it cannot have reached the server (cannot
+            // resolve / connect); after a timeout, a broken connection or a lost answer the server
+            // may have processed it, and a repeated create would duplicate data.
+            const bool may = retryable_transport_error(failure->code) && (replayable || nothing_sent(failure->code));
             if (may && more) {
-                wait(retry_wait(retry, nullptr));
-                ++retry;
-                ++stats_.retries;
+                before_retry(failure->message, nullptr);
                 continue;
             }
             fail(method + " " + url + ": " + failure->message +
-                     (retry > 0 ? "; gave up after " + std::to_string(retry + 1) + " attempts" : std::string()),
-                 0);
+                     (retries > 0 ? "; gave up after " + attempts_text(retries + 1) : std::string()),
+                 0, FhirErrorKind::transport);
         }
-        // Retried statuses: 429 and 503 mean the server did not process the request, so every
-        // method is retried on them. 502 and 504 come from a gateway that may have forwarded the
-        // request: only the idempotent GET and PUT are retried on those, never a POST.
-        const bool retry_status = r.status == 429 || r.status == 503 ||
-                                  (method != "POST" && (r.status == 502 || r.status == 504));
+        // Retried statuses: a replayable request on every 5xx, 429 and 408. A POST that is not
+        // replayable only on 429 and 503, which mean the server did not process it; a 502 or 504
+        // comes from a gateway that may have forwarded it, a 500 from a server that may have
+        // applied part of it.
+        const bool retry_status = replayable ? (r.status >= 500 && r.status <= 599) || r.status == 429 || r.status == 408
+                                             : r.status == 429 || r.status == 503;
         if (retry_status && more) {
-            wait(retry_wait(retry, &r));
-            ++retry;
-            ++stats_.retries;
+            before_retry("HTTP " + std::to_string(r.status) + error_body_summary(r), &r);
             continue;
         }
         const bool redirect = r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 || r.status == 308;
@@ -632,8 +750,20 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
                 if (++redirects > kMaxRedirects)
                     fail(describe(r) + ": HTTP " + std::to_string(r.status) + ": more than " + std::to_string(kMaxRedirects) +
                              " redirects",
-                         r.status);
+                         r.status, FhirErrorKind::http_status);
                 url = resolve_link(r, "redirect to", std::string(trim(loc->second)));
+                continue;
+            }
+        }
+        if (check && r.status >= 200 && r.status <= 299) {
+            try {
+                check(r);
+            } catch (const FhirError& e) {
+                if (e.kind() != FhirErrorKind::bad_body || !replayable || !more) throw;
+                std::string_view what = e.what();  // without the request, which before_retry puts first
+                if (const std::string prefix = describe(r) + ": "; what.substr(0, prefix.size()) == prefix)
+                    what.remove_prefix(prefix.size());
+                before_retry(std::string(what), &r);
                 continue;
             }
         }
@@ -642,63 +772,75 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
 }
 
 Response FhirClient::get(const std::string& target, const std::map<std::string, std::string>& headers) {
-    return perform("GET", target, nullptr, headers);
+    return perform("GET", target, nullptr, headers, Retry::replayable);
 }
 
 Response FhirClient::post(const std::string& target, const std::string& body, const std::map<std::string, std::string>& headers) {
-    return perform("POST", target, &body, headers);
+    return perform("POST", target, &body, headers, Retry::unsafe);
 }
 
 Response FhirClient::put(const std::string& target, const std::string& body, const std::map<std::string, std::string>& headers) {
-    return perform("PUT", target, &body, headers);
+    return perform("PUT", target, &body, headers, Retry::replayable);
 }
 
 rapidjson::Document FhirClient::parse_resource(const Response& r) const {
     const std::string status =
         "HTTP " + std::to_string(r.status) + (r.attempts > 1 ? " after " + std::to_string(r.attempts) + " attempts" : "");
-    if (r.status < 200 || r.status > 299) fail(describe(r) + ": " + status + error_body_summary(r), r.status);
+    if (r.status < 200 || r.status > 299) fail(describe(r) + ": " + status + error_body_summary(r), r.status, FhirErrorKind::http_status);
     if (const char* kind = markup_kind(r))
-        fail(describe(r) + ": " + status + " but the body is " + kind + ", not FHIR JSON: " + quoted_snippet(r.body), r.status);
-    if (trim(r.body).empty()) fail(describe(r) + ": " + status + " but the body is empty, not a FHIR resource", r.status);
+        fail(describe(r) + ": " + status + " but the body is " + kind + ", not FHIR JSON: " + quoted_snippet(r.body), r.status,
+             FhirErrorKind::bad_body);
+    if (trim(r.body).empty())
+        fail(describe(r) + ": " + status + " but the body is empty, not a FHIR resource", r.status, FhirErrorKind::bad_body);
     rapidjson::Document d;
     d.Parse(r.body.data(), r.body.size());
     if (d.HasParseError())
         fail(describe(r) + ": " + status + " but the body is not JSON (JSON parse error at offset " +
                  std::to_string(d.GetErrorOffset()) + ": " + rapidjson::GetParseError_En(d.GetParseError()) +
                  "): " + quoted_snippet(r.body),
-             r.status);
+             r.status, FhirErrorKind::bad_body);
     if (!d.IsObject())
-        fail(describe(r) + ": " + status + " but the body is a JSON " + json_kind(d) + ", not a FHIR resource", r.status);
+        fail(describe(r) + ": " + status + " but the body is a JSON " + json_kind(d) + ", not a FHIR resource", r.status,
+             FhirErrorKind::bad_body);
     const auto rt = d.FindMember("resourceType");
     if (rt == d.MemberEnd() || !rt->value.IsString() || rt->value.GetStringLength() == 0)
         fail(describe(r) + ": " + status + " but the body is not a FHIR resource (no resourceType): " + quoted_snippet(r.body),
-             r.status);
+             r.status, FhirErrorKind::bad_body);
     return d;
 }
 
 rapidjson::Document FhirClient::expect_bundle(const Response& r, const std::string& type) const {
     rapidjson::Document d = parse_resource(r);
     const std::string rt = d["resourceType"].GetString();
-    if (rt != "Bundle") fail(describe(r) + ": expected a Bundle, got " + escaped(rt, 64), r.status);
+    if (rt != "Bundle") fail(describe(r) + ": expected a Bundle, got " + escaped(rt, 64), r.status, FhirErrorKind::bad_body);
     const auto t = d.FindMember("type");
     const std::string got = t == d.MemberEnd() ? "no type"
                             : t->value.IsString() ? "type " + escaped(t->value.GetString(), 64)
                                                   : std::string("a ") + json_kind(t->value) + " as Bundle.type";
     if (t == d.MemberEnd() || !t->value.IsString() || t->value.GetString() != type)
-        fail(describe(r) + ": expected a " + type + " Bundle, got a Bundle with " + got, r.status);
+        fail(describe(r) + ": expected a " + type + " Bundle, got a Bundle with " + got, r.status, FhirErrorKind::bad_body);
     return d;
 }
 
-rapidjson::Document FhirClient::get_resource(const std::string& target) { return parse_resource(get(target)); }
+rapidjson::Document FhirClient::get_resource(const std::string& target) {
+    rapidjson::Document d;
+    bool parsed = false;
+    const Response r = perform("GET", target, nullptr, {}, Retry::replayable, [&](const Response& answer) {
+        d = parse_resource(answer);
+        parsed = true;
+    });
+    if (!parsed) parse_resource(r);  // not a 2xx: throws
+    return d;
+}
 
-rapidjson::Document FhirClient::transaction(const std::string& bundle_json) {
+rapidjson::Document FhirClient::transaction(const std::string& bundle_json, Replay replay) {
     // Checked here first, so that a caller's mistake reads as such rather than as a server's 400.
     rapidjson::Document in;
     in.Parse(bundle_json.data(), bundle_json.size());
     if (in.HasParseError())
         fail("POST " + base_ + ": the Bundle to send is not JSON (JSON parse error at offset " +
                  std::to_string(in.GetErrorOffset()) + ": " + rapidjson::GetParseError_En(in.GetParseError()) + ")",
-             0);
+             0, FhirErrorKind::refused);
     std::string type;
     if (in.IsObject()) {
         const auto rt = in.FindMember("resourceType");
@@ -708,8 +850,40 @@ rapidjson::Document FhirClient::transaction(const std::string& bundle_json) {
             type = t->value.GetString();
     }
     if (type != "transaction" && type != "batch")
-        fail("POST " + base_ + ": the Bundle to send must be a Bundle of type transaction or batch", 0);
-    return expect_bundle(post("", bundle_json), type + "-response");
+        fail("POST " + base_ + ": the Bundle to send must be a Bundle of type transaction or batch", 0, FhirErrorKind::refused);
+    if (replay == Replay::safe) {
+        // The entries that certainly break the caller's promise; the rest is the caller's word.
+        if (const auto entries = in.FindMember("entry"); entries != in.MemberEnd() && entries->value.IsArray()) {
+            for (rapidjson::SizeType i = 0; i < entries->value.Size(); ++i) {
+                const auto& e = entries->value[i];
+                if (!e.IsObject()) continue;
+                const auto req = e.FindMember("request");
+                if (req == e.MemberEnd() || !req->value.IsObject()) continue;
+                const auto m = req->value.FindMember("method");
+                if (m == req->value.MemberEnd() || !m->value.IsString()) continue;
+                const std::string_view method = m->value.GetString();
+                const auto ine = req->value.FindMember("ifNoneExist");
+                const bool conditional = ine != req->value.MemberEnd() && ine->value.IsString() && ine->value.GetStringLength() > 0;
+                const std::string where = "POST " + base_ + ": Bundle.entry[" + std::to_string(i) + "]";
+                if (method == "POST" && !conditional)
+                    fail(where + " is a POST without ifNoneExist: sent twice it would create twice, so the Bundle is not Replay::safe", 0,
+                         FhirErrorKind::refused);
+                if (method == "PATCH")
+                    fail(where + " is a PATCH: sent twice it may apply twice, so the Bundle is not Replay::safe", 0,
+                         FhirErrorKind::refused);
+            }
+        }
+    }
+    const std::string expected = type + "-response";
+    rapidjson::Document d;
+    bool parsed = false;
+    const Response r = perform("POST", "", &bundle_json, {}, replay == Replay::safe ? Retry::replayable : Retry::unsafe,
+                               [&](const Response& answer) {
+                                   d = expect_bundle(answer, expected);
+                                   parsed = true;
+                               });
+    if (!parsed) expect_bundle(r, expected);  // not a 2xx: throws
+    return d;
 }
 
 std::size_t FhirClient::search(const std::string& target, const std::function<void(const rapidjson::Document&)>& on_page) {
@@ -717,35 +891,45 @@ std::size_t FhirClient::search(const std::string& target, const std::function<vo
     std::set<std::string> visited{url};
     std::size_t pages = 0;
     for (;;) {
-        const Response r = get(url);
-        const rapidjson::Document page = expect_bundle(r, "searchset");
+        rapidjson::Document page;
+        bool parsed = false;
+        const Response r = perform("GET", url, nullptr, {}, Retry::replayable, [&](const Response& answer) {
+            page = expect_bundle(answer, "searchset");
+            parsed = true;
+        });
+        if (!parsed) expect_bundle(r, "searchset");  // not a 2xx: throws
         ++pages;
         on_page(page);
 
         std::optional<std::string> next;
         if (const auto links = page.FindMember("link"); links != page.MemberEnd()) {
             if (!links->value.IsArray())
-                fail(describe(r) + ": Bundle.link is a JSON " + json_kind(links->value) + ", not an array", r.status);
+                fail(describe(r) + ": Bundle.link is a JSON " + json_kind(links->value) + ", not an array", r.status,
+                     FhirErrorKind::bad_body);
             for (rapidjson::SizeType i = 0; i < links->value.Size(); ++i) {
                 const auto& l = links->value[i];
                 const std::string where = "Bundle.link[" + std::to_string(i) + "]";
-                if (!l.IsObject()) fail(describe(r) + ": " + where + " is a JSON " + json_kind(l) + ", not an object", r.status);
+                if (!l.IsObject())
+                    fail(describe(r) + ": " + where + " is a JSON " + json_kind(l) + ", not an object", r.status, FhirErrorKind::bad_body);
                 const auto rel = l.FindMember("relation");
                 if (rel == l.MemberEnd() || !rel->value.IsString() || std::string_view(rel->value.GetString()) != "next") continue;
                 const auto u = l.FindMember("url");
                 if (u == l.MemberEnd() || !u->value.IsString())
-                    fail(describe(r) + ": " + where + ".url of the next link is missing or not a string", r.status);
-                if (next) fail(describe(r) + ": the Bundle has more than one link with relation next", r.status);
+                    fail(describe(r) + ": " + where + ".url of the next link is missing or not a string", r.status,
+                         FhirErrorKind::bad_body);
+                if (next)
+                    fail(describe(r) + ": the Bundle has more than one link with relation next", r.status, FhirErrorKind::bad_body);
                 next = std::string(u->value.GetString(), u->value.GetStringLength());
             }
         }
         if (!next) return pages;
         std::string next_url = resolve_link(r, "link[next]", *next);
         if (!visited.insert(next_url).second)
-            fail(describe(r) + ": link[next] " + next_url + " was already visited; the server's paging loops", r.status);
+            fail(describe(r) + ": link[next] " + next_url + " was already visited; the server's paging loops", r.status,
+                 FhirErrorKind::refused);
         if (pages >= options_.max_pages)
             fail(describe(r) + ": stopped after " + std::to_string(pages) + " pages (max_pages); the server still sends link[next]",
-                 r.status);
+                 r.status, FhirErrorKind::refused);
         url = std::move(next_url);
     }
 }

@@ -3,7 +3,9 @@
 //   _lastUpdated, conditional create and update, errors as OperationOutcome;
 // - a small scripted HTTP server in this process (Poco, 127.0.0.1, port 0) for what a real FHIR
 //   server does not do on demand: 429/503 with Retry-After, HTML instead of JSON, next links to
-//   another origin or in a loop, gzip, timeouts, redirects, and the bearer token on the wire.
+//   another origin or in a loop, gzip, timeouts, redirects, and the bearer token on the wire; and
+//   the faults of request-level resilience: a connection reset mid-body, a body shorter than its
+//   Content-Length, an answer that never comes, a gzip bomb, a body over the size cap.
 // Only 127.0.0.1 is contacted; 127.0.0.2 appears in URLs the client must refuse before connecting.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
@@ -11,7 +13,11 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
+#include <cstdint>
+#include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,11 +33,14 @@
 #include <Poco/Net/HTTPServer.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/StreamCopier.h>
 #include <rapidjson/document.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "fhir/client.hpp"
 #include "fhir/views.hpp"
@@ -40,6 +49,9 @@
 using calcalert::fhir::ClientOptions;
 using calcalert::fhir::FhirClient;
 using calcalert::fhir::FhirError;
+using calcalert::fhir::FhirErrorKind;
+using calcalert::fhir::Jitter;
+using calcalert::fhir::Replay;
 using calcalert::fhir::Response;
 using std::chrono::milliseconds;
 
@@ -56,6 +68,22 @@ struct Seen {
 
 using HeaderPairs = std::vector<std::pair<std::string, std::string>>;
 
+// Writing to a connection the client has closed (a body cut off by the size cap) must not kill
+// the test process.
+const bool kSigpipeIgnored = [] {
+    std::signal(SIGPIPE, SIG_IGN);
+    return true;
+}();
+
+// What a scripted reply does instead of answering normally: it gets the request and the response
+// and may write anything, or nothing, and close the connection.
+using RawReply = std::function<void(Poco::Net::HTTPServerRequest&, Poco::Net::HTTPServerResponse&)>;
+
+// The connection of a request, to close it or reset it after the handler returns.
+Poco::Net::StreamSocket& socket_of(Poco::Net::HTTPServerRequest& request) {
+    return static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket();
+}
+
 struct Reply {
     Reply() = default;
     Reply(int s, std::string b = "", HeaderPairs h = {}, std::string type = "application/fhir+json")
@@ -71,12 +99,47 @@ struct Reply {
         return r;
     }
 
+    // Announces the whole body in Content-Length, sends its first `sent` bytes, closes the
+    // connection: the client sees the body cut short (CURLE_PARTIAL_FILE).
+    static Reply cut_short(int s, std::string b, std::size_t sent) {
+        Reply r(s, std::move(b));
+        r.raw = [r, sent](Poco::Net::HTTPServerRequest&, Poco::Net::HTTPServerResponse& response) {
+            response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(r.status));
+            response.setContentType(r.content_type);
+            response.setContentLength(static_cast<std::streamsize>(r.body.size()));
+            response.setKeepAlive(false);
+            response.send().write(r.body.data(), static_cast<std::streamsize>(std::min(sent, r.body.size()))).flush();
+        };
+        return r;
+    }
+    // The same, but the connection is reset (RST) after the first `sent` bytes of the body.
+    static Reply reset_after(int s, std::string b, std::size_t sent) {
+        Reply r(s, std::move(b));
+        r.raw = [r, sent](Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) {
+            response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(r.status));
+            response.setContentType(r.content_type);
+            response.setContentLength(static_cast<std::streamsize>(r.body.size()));
+            response.setKeepAlive(false);
+            response.send().write(r.body.data(), static_cast<std::streamsize>(std::min(sent, r.body.size()))).flush();
+            // The part sent reaches the client before the reset: loopback delivers on send.
+            socket_of(request).setLinger(true, 0);  // close() then sends RST instead of FIN
+        };
+        return r;
+    }
+    // Reads the request, then closes the connection without answering: a lost answer.
+    static Reply no_answer() {
+        Reply r;
+        r.raw = [](Poco::Net::HTTPServerRequest&, Poco::Net::HTTPServerResponse& response) { response.setKeepAlive(false); };
+        return r;
+    }
+
     int status = 200;
     std::string body;
     HeaderPairs headers;
     std::string content_type = "application/fhir+json";
     bool gzip = false;
     milliseconds delay{0};
+    RawReply raw;  // when set, does everything itself
 };
 
 std::string lower(std::string s) {
@@ -156,6 +219,14 @@ private:
                 lock.lock();
                 if (reply.delay.count() > 0) state_->cv.wait_for(lock, reply.delay, [&] { return state_->stopping; });
                 if (state_->stopping) return;
+            }
+            if (reply.raw) {
+                try {
+                    reply.raw(request, response);
+                } catch (...) {
+                    response.setKeepAlive(false);  // the client went away: nothing more to do
+                }
+                return;
             }
             std::string body = reply.body;
             if (reply.gzip) {
@@ -289,6 +360,7 @@ TEST_CASE("without Retry-After the wait doubles from initial_backoff up to max_b
     auto server = ScriptServer::sequence({{502}, {504}, {503}, {429, "", {{"Retry-After", "soon"}}}, {200, kPatient}});
     Sleeps sleeps;
     auto o = options_for(server->base_url(), sleeps);
+    o.jitter = Jitter::none;  // the jitter has its own test
     o.initial_backoff = milliseconds(100);
     o.max_backoff = milliseconds(250);
     FhirClient client(o);
@@ -343,13 +415,14 @@ TEST_CASE("connection refused: FhirError with status 0 after the retries") {
     auto o = options_for("http://127.0.0.1:" + std::to_string(port) + "/fhir/", sleeps);
     o.max_retries = 2;
     o.initial_backoff = milliseconds(10);
+    o.jitter = Jitter::none;
     FhirClient client(o);
     CHECK(client.base_url() == "http://127.0.0.1:" + std::to_string(port) + "/fhir");
     const auto e = error_of([&] { client.get("metadata"); });
     CHECK(e.status() == 0);
     const std::string prefix = "GET http://127.0.0.1:" + std::to_string(port) + "/fhir/metadata: cannot connect: Couldn't connect to server";
-    CHECK_MESSAGE(std::string(e.what()).rfind(prefix, 0) == 0, e.what());
-    CHECK_MESSAGE(contains(e.what(), "; gave up after 3 attempts"), e.what());
+    CHECK_MESSAGE(std::string(e.what()).rfind(prefix, 0) == 0, std::string(e.what()));
+    CHECK_MESSAGE(contains(e.what(), "; gave up after 3 attempts"), std::string(e.what()));
     CHECK(client.stats().requests == 3);
     CHECK(sleeps.waits == std::vector<milliseconds>{milliseconds(10), milliseconds(20)});
 
@@ -368,11 +441,628 @@ TEST_CASE("a timeout is retried for GET but not for POST (the server may have pr
     FhirClient client(o);
     const auto g = error_of([&] { client.get("Patient/p1"); });
     CHECK(g.status() == 0);
-    CHECK_MESSAGE(contains(g.what(), "GET " + server->base_url() + "/Patient/p1: timed out: "), g.what());
+    CHECK_MESSAGE(contains(g.what(), "GET " + server->base_url() + "/Patient/p1: timed out: "), std::string(g.what()));
     CHECK(client.stats().requests == 2);
     const auto p = error_of([&] { client.post("Patient", kPatient); });
-    CHECK_MESSAGE(contains(p.what(), "POST " + server->base_url() + "/Patient: timed out: "), p.what());
+    CHECK_MESSAGE(contains(p.what(), "POST " + server->base_url() + "/Patient: timed out: "), std::string(p.what()));
     CHECK(client.stats().requests == 3);
+}
+
+// ---- request-level resilience ----------------------------------------------------------------------
+
+namespace {
+
+// A clock that moves only when the client waits: request_deadline without real waiting.
+struct FakeTime {
+    std::chrono::steady_clock::time_point t{};
+    std::vector<milliseconds> waits;
+    void install(ClientOptions& o) {
+        o.sleep = [this](milliseconds d) {
+            waits.push_back(d);
+            t += d;
+        };
+        o.monotonic_now = [this] { return t; };
+    }
+};
+
+// Random values for the jitter, in this order, then 0.
+std::function<double()> random_values(std::vector<double> values) {
+    auto next = std::make_shared<std::size_t>(0);
+    return [values = std::move(values), next] { return *next < values.size() ? values[(*next)++] : 0.0; };
+}
+
+// The resident set size of this process now, and its peak so far, in bytes.
+std::uint64_t rss_bytes() {
+    std::ifstream statm("/proc/self/statm");
+    std::uint64_t size = 0, resident = 0;
+    statm >> size >> resident;
+    return resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+std::uint64_t peak_rss_bytes() {
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // "VmHWM:   123456 kB"
+    return 0;
+}
+
+// A gzip body that inflates to `mib` MiB of zeros, made without compressing all of it: 1 MiB of
+// zeros deflated and then fully flushed (which resets the compressor) comes out as the same bytes
+// every time, so that block is repeated; the trailer's CRC-32 is combined, not computed.
+std::string gzip_of_zeros(std::size_t mib) {
+    const std::string zeros(std::size_t{1} << 20, '\0');
+    z_stream z{};
+    REQUIRE(deflateInit2(&z, 9, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+    auto deflate_all = [&z](const std::string& in, int flush) {
+        std::string out;
+        char buf[1 << 16];
+        z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+        z.avail_in = static_cast<uInt>(in.size());
+        int rc = Z_OK;
+        do {
+            z.next_out = reinterpret_cast<Bytef*>(buf);
+            z.avail_out = sizeof buf;
+            rc = deflate(&z, flush);
+            REQUIRE(rc != Z_STREAM_ERROR);
+            out.append(buf, sizeof buf - z.avail_out);
+        } while (z.avail_out == 0 || (flush == Z_FINISH && rc != Z_STREAM_END));
+        return out;
+    };
+    const std::string block = deflate_all(zeros, Z_FULL_FLUSH);
+    const std::string again = deflate_all(zeros, Z_FULL_FLUSH);
+    REQUIRE(block == again);
+    const std::string end = deflate_all("", Z_FINISH);
+    deflateEnd(&z);
+    const uLong one = crc32(0L, reinterpret_cast<const Bytef*>(zeros.data()), static_cast<uInt>(zeros.size()));
+    uLong crc = one;
+    for (std::size_t i = 1; i < mib; ++i) crc = crc32_combine(crc, one, static_cast<z_off_t>(zeros.size()));
+    std::string gz = {'\x1f', '\x8b', '\x08', '\0', '\0', '\0', '\0', '\0', '\x02', '\x03'};  // gzip, deflate, no name, OS Unix
+    gz.reserve(gz.size() + block.size() * mib + end.size() + 8);
+    for (std::size_t i = 0; i < mib; ++i) gz += block;
+    gz += end;
+    const std::uint64_t isize = (std::uint64_t{mib} << 20) & 0xffffffffu;
+    for (const std::uint64_t v : {static_cast<std::uint64_t>(crc), isize})
+        for (int b = 0; b < 4; ++b) gz += static_cast<char>((v >> (8 * b)) & 0xff);
+    return gz;
+}
+
+// Sends `body` with Transfer-Encoding: chunked, so that no Content-Length announces its size.
+Reply chunked(std::string body) {
+    Reply r(200, std::move(body));
+    r.raw = [r](Poco::Net::HTTPServerRequest&, Poco::Net::HTTPServerResponse& response) {
+        response.setContentType(r.content_type);
+        response.setChunkedTransferEncoding(true);
+        response.setKeepAlive(false);
+        std::ostream& out = response.send();
+        for (std::size_t i = 0; i < r.body.size() && out; i += 1 << 16)
+            out.write(r.body.data() + i, static_cast<std::streamsize>(std::min<std::size_t>(1 << 16, r.body.size() - i)));
+        out.flush();
+    };
+    return r;
+}
+
+const std::string kSafeTransaction =
+    R"({"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"DetectedIssue","status":"final"},)"
+    R"("request":{"method":"POST","url":"DetectedIssue","ifNoneExist":"identifier=urn:test|di-1"}},)"
+    R"({"resource":{"resourceType":"DetectedIssue","id":"d2","status":"cancelled"},)"
+    R"("request":{"method":"PUT","url":"DetectedIssue/d2","ifMatch":"W/\"3\""}}]})";
+const std::string kTransactionResponse =
+    R"({"resourceType":"Bundle","type":"transaction-response","entry":[{"response":{"status":"201 Created"}},{"response":{"status":"200 OK"}}]})";
+
+// A server that answers 503 to everything.
+std::unique_ptr<ScriptServer> always_503() {
+    return std::make_unique<ScriptServer>([](const Seen&, std::size_t) { return Reply{503}; });
+}
+
+}  // namespace
+
+TEST_CASE("every transient fault of a read is retried, then the read succeeds; with no retries left each has its kind") {
+    using namespace std::chrono;
+    const auto now = sys_days(year(2026) / March / 2) + hours(10);
+    const std::string patient = R"({"resourceType":"Patient","id":"p1","name":[{"family":")" + std::string(200, 'x') + R"("}]})";
+    struct Fault {
+        std::string name;
+        Reply reply;
+        milliseconds wait;  // before the retry
+        FhirErrorKind kind;  // of the error when it is not retried
+        long status;
+    };
+    const milliseconds backoff(100);
+    const std::vector<Fault> faults = {
+        {"503", {503, outcome("transient", "busy")}, backoff, FhirErrorKind::http_status, 503},
+        {"500", {500, outcome("exception", "boom")}, backoff, FhirErrorKind::http_status, 500},
+        {"502 with HTML", {502, "<html><body>bad gateway</body></html>", {}, "text/html"}, backoff, FhirErrorKind::http_status, 502},
+        {"504", {504}, backoff, FhirErrorKind::http_status, 504},
+        {"408", {408}, backoff, FhirErrorKind::http_status, 408},
+        {"429 with Retry-After seconds", {429, "", {{"Retry-After", "7"}}}, milliseconds(7000), FhirErrorKind::http_status, 429},
+        {"429 with Retry-After HTTP-date", {429, "", {{"Retry-After", "Mon, 02 Mar 2026 10:00:03 GMT"}}}, milliseconds(3000),
+         FhirErrorKind::http_status, 429},
+        {"503 with Retry-After over max_backoff", {503, "", {{"Retry-After", "120"}}}, milliseconds(60000), FhirErrorKind::http_status, 503},
+        {"connection reset mid-body", Reply::reset_after(200, patient, 40), backoff, FhirErrorKind::transport, 0},
+        {"Content-Length longer than the body sent", Reply::cut_short(200, patient, 40), backoff, FhirErrorKind::transport, 0},
+        {"no answer at all", Reply::no_answer(), backoff, FhirErrorKind::transport, 0},
+        {"truncated JSON with 200", {200, patient.substr(0, 40)}, backoff, FhirErrorKind::bad_body, 200},
+        {"malformed JSON with 200", {200, R"({"resourceType":"Patient",,"id":"p1"})"}, backoff, FhirErrorKind::bad_body, 200},
+        {"HTML with 200", {200, "<html><body>Service Unavailable</body></html>", {}, "text/html"}, backoff, FhirErrorKind::bad_body, 200},
+        {"HTML with 200 labelled FHIR JSON", {200, "<!DOCTYPE html><html></html>"}, backoff, FhirErrorKind::bad_body, 200},
+        {"JSON that is not a resource with 200", {200, R"({"error":"busy"})"}, backoff, FhirErrorKind::bad_body, 200},
+        {"empty body with 200", {200, ""}, backoff, FhirErrorKind::bad_body, 200},
+    };
+    // One server for all: Patient/f<i> gets fault i first and then the patient; Patient/once<i> gets
+    // fault i always. Each client is new, so each starts on a new connection.
+    auto counts = std::make_shared<std::map<std::string, int>>();
+    auto server = std::make_unique<ScriptServer>([&faults, counts, patient](const Seen& s, std::size_t) {
+        for (std::size_t i = 0; i < faults.size(); ++i) {
+            if (s.uri == "/fhir/Patient/once" + std::to_string(i)) return faults[i].reply;
+            if (s.uri == "/fhir/Patient/f" + std::to_string(i)) return (*counts)[s.uri]++ == 0 ? faults[i].reply : Reply{200, patient};
+        }
+        return Reply{404, outcome("not-found", s.uri)};
+    });
+    for (std::size_t i = 0; i < faults.size(); ++i) {
+        const Fault& f = faults[i];
+        CAPTURE(f.name);
+        Sleeps sleeps;
+        auto o = options_for(server->base_url(), sleeps);
+        o.jitter = Jitter::none;
+        o.initial_backoff = backoff;
+        o.max_backoff = milliseconds(60000);
+        o.now = [now] { return now; };
+        FhirClient client(o);
+        const std::string target = "Patient/f" + std::to_string(i);
+        const auto d = client.get_resource(target);
+        CHECK(std::string(d["id"].GetString()) == "p1");
+        CHECK(client.stats().requests == 2);
+        CHECK(client.stats().retries == 1);
+        CHECK(sleeps.waits == std::vector<milliseconds>{f.wait});
+        CHECK((*counts)["/fhir/" + target] == 2);
+
+        // The same fault with max_retries = 0: an error of the fault's kind, transient.
+        o.max_retries = 0;
+        FhirClient no_retry(o);
+        const std::string once = "Patient/once" + std::to_string(i);
+        const auto e = error_of([&] { no_retry.get_resource(once); });
+        CHECK(e.kind() == f.kind);
+        CHECK(e.status() == f.status);
+        CHECK(e.transient());
+        CHECK_MESSAGE(std::string(e.what()).rfind("GET " + server->base_url() + "/" + once + ": ", 0) == 0, std::string(e.what()));
+        CHECK(no_retry.stats().requests == 1);
+        if (f.name == "connection reset mid-body") CHECK_MESSAGE(contains(e.what(), ": connection broken: "), std::string(e.what()));
+    }
+    const auto seen = server->seen();
+    CHECK(seen.size() == 3 * faults.size());
+    CHECK(std::all_of(seen.begin(), seen.end(), [](const Seen& s) { return s.method == "GET"; }));
+}
+
+TEST_CASE("a bad body is retried until max_retries, then fails with the message naming the request") {
+    auto server = ScriptServer::sequence({{200, "<html><body>maintenance</body></html>", {}, "text/html"},
+                                          {200, R"({"resourceType":"Patient")"},
+                                          {200, "<html><body>maintenance</body></html>", {}, "text/html"},
+                                          {200, kPatient}});
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_retries = 2;
+    FhirClient client(o);
+    const auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    CHECK(std::string(e.what()) == "GET " + server->base_url() +
+                                       "/Patient/p1: HTTP 200 after 3 attempts but the body is HTML, not FHIR JSON: "
+                                       "\"<html><body>maintenance</body></html>\"");
+    CHECK(e.kind() == FhirErrorKind::bad_body);
+    CHECK(e.status() == 200);
+    CHECK(server->seen().size() == 3);
+    CHECK(client.stats().retries == 2);
+    // get() itself does not look at the body: a 200 is a 200.
+    CHECK(client.get("Patient/p1").status == 200);
+}
+
+TEST_CASE("search retries a page that is cut short or not a searchset; on_page sees only good pages") {
+    auto server = ScriptServer::sequence({
+        {200, searchset("Observation?page=2", {"a"})},
+        Reply::cut_short(200, searchset("", {"b"}), 30),
+        {200, R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":)"},
+        {200, kPatient},
+        {200, R"({"resourceType":"Bundle","type":"collection"})"},
+        {200, searchset("", {"b"})},
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.jitter = Jitter::none;
+    o.initial_backoff = milliseconds(100);
+    FhirClient client(o);
+    std::vector<std::string> ids;
+    const auto pages = client.search("Observation", [&](const rapidjson::Document& page) {
+        for (const auto& entry : page["entry"].GetArray()) ids.emplace_back(entry["resource"]["id"].GetString());
+    });
+    CHECK(pages == 2);
+    CHECK(ids == std::vector<std::string>{"a", "b"});
+    CHECK(sleeps.waits == std::vector<milliseconds>{milliseconds(100), milliseconds(200), milliseconds(400), milliseconds(800)});
+    const auto seen = server->seen();
+    REQUIRE(seen.size() == 6);
+    CHECK(seen[0].uri == "/fhir/Observation");
+    for (std::size_t i = 1; i < seen.size(); ++i) CHECK(seen[i].uri == "/fhir/Observation?page=2");
+}
+
+TEST_CASE("a 4xx other than 429 and 408 is not retried") {
+    auto four = std::make_unique<ScriptServer>([](const Seen& s, std::size_t) {
+        if (s.method == "GET") return Reply{std::stoi(s.uri.substr(s.uri.rfind('/') + 1)), outcome("invalid", "no")};
+        return Reply{200, kPatient};
+    });
+    for (const int status : {400, 401, 403, 404, 405, 409, 410, 412, 422}) {
+        CAPTURE(status);
+        Sleeps sleeps;
+        FhirClient client(options_for(four->base_url(), sleeps));
+        const std::size_t before = four->seen().size();
+        const std::string target = "Patient/" + std::to_string(status);
+        const auto e = error_of([&] { client.get_resource(target); });
+        CHECK(e.status() == status);
+        CHECK(e.kind() == FhirErrorKind::http_status);
+        CHECK_FALSE(e.transient());
+        CHECK(contains(e.what(), "GET " + four->base_url() + "/" + target + ": HTTP " + std::to_string(status) + ": OperationOutcome"));
+        CHECK(client.get(target).status == status);  // get() returns it as it is, also without a retry
+        CHECK(client.put("Patient/p1", kPatient).status == 200);
+        CHECK(four->seen().size() == before + 3);
+        CHECK(client.stats().retries == 0);
+        CHECK(sleeps.waits.empty());
+    }
+    // Nor for a transaction sent as Replay::safe.
+    auto server = ScriptServer::sequence({{412, outcome("conflict", "version mismatch")}, {200, kTransactionResponse}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));
+    const auto e = error_of([&] { client.transaction(kSafeTransaction, Replay::safe); });
+    CHECK(e.status() == 412);
+    CHECK(e.kind() == FhirErrorKind::http_status);
+    CHECK(server->seen().size() == 1);
+}
+
+TEST_CASE("jitter: full in [0, d), equal in [d/2, d), none exactly d, from the injected random; Retry-After is not jittered") {
+    // d: 1000, 2000, 4000, 8000, 8000 (initial 1000, max 8000); r: 0, 0.5, 0.999999, 0.25, and 7 clamped below 1.
+    const std::vector<double> r = {0.0, 0.5, 0.999999, 0.25, 7.0};
+    struct Case {
+        Jitter jitter;
+        std::vector<milliseconds> waits;
+    };
+    const std::vector<Case> cases = {
+        {Jitter::full, {milliseconds(0), milliseconds(1000), milliseconds(3999), milliseconds(2000), milliseconds(7999)}},
+        {Jitter::equal, {milliseconds(500), milliseconds(1500), milliseconds(3999), milliseconds(5000), milliseconds(7999)}},
+        {Jitter::none, {milliseconds(1000), milliseconds(2000), milliseconds(4000), milliseconds(8000), milliseconds(8000)}},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(static_cast<int>(c.jitter));
+        auto server = always_503();
+        Sleeps sleeps;
+        auto o = options_for(server->base_url(), sleeps);
+        o.max_retries = 5;
+        o.initial_backoff = milliseconds(1000);
+        o.max_backoff = milliseconds(8000);
+        o.jitter = c.jitter;
+        o.random = random_values(r);
+        FhirClient client(o);
+        const Response resp = client.get("Patient/p1");
+        CHECK(resp.status == 503);
+        CHECK(resp.attempts == 6);
+        CHECK(sleeps.waits == c.waits);
+    }
+
+    // The default randomness (a seeded generator per client) stays in the bounds too.
+    auto server = always_503();
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_retries = 6;
+    o.initial_backoff = milliseconds(1000);
+    o.max_backoff = milliseconds(16000);
+    FhirClient client(o);  // Jitter::equal by default
+    CHECK(client.get("Patient/p1").status == 503);
+    REQUIRE(sleeps.waits.size() == 6);
+    for (std::size_t i = 0; i < sleeps.waits.size(); ++i) {
+        const long long d = std::min<long long>(1000LL << i, 16000);
+        CAPTURE(i);
+        CHECK(sleeps.waits[i].count() >= d / 2);
+        CHECK(sleeps.waits[i].count() < d);
+    }
+
+    // What the server asked for is waited as asked.
+    auto asked = ScriptServer::sequence({{503, "", {{"Retry-After", "3"}}}, {200, kPatient}});
+    Sleeps exact;
+    auto a = options_for(asked->base_url(), exact);
+    a.jitter = Jitter::full;
+    a.random = [] { return 0.0; };
+    FhirClient honest(a);
+    CHECK(honest.get("Patient/p1").status == 200);
+    CHECK(exact.waits == std::vector<milliseconds>{milliseconds(3000)});
+}
+
+TEST_CASE("fault budget: the retries of all requests together; when spent, kind budget_spent at once; reset_fault_budget") {
+    auto counts = std::make_shared<std::map<std::string, int>>();
+    auto server = std::make_unique<ScriptServer>([counts](const Seen& s, std::size_t) {
+        const int n = (*counts)[s.uri]++;
+        if (s.uri == "/fhir/Patient/down" || (contains(s.uri, "flaky") && n == 0)) return Reply{503, outcome("transient", "busy")};
+        return Reply{200, kPatient};
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.fault_budget = 3;
+    FhirClient client(o);
+    CHECK(client.faults_left() == 3);
+
+    client.get_resource("Patient/flaky-1");  // one retry
+    CHECK(client.faults_left() == 2);
+
+    // Two more retries spend the budget; the third would-be retry is refused at once.
+    auto e = error_of([&] { client.get_resource("Patient/down"); });
+    CHECK(e.kind() == FhirErrorKind::budget_spent);
+    CHECK(e.transient());
+    CHECK(e.status() == 503);
+    CHECK(std::string(e.what()) == "GET " + server->base_url() +
+                                       "/Patient/down: HTTP 503: OperationOutcome: error (transient): busy; not retried: fault budget of "
+                                       "3 retries spent");
+    CHECK((*counts)["/fhir/Patient/down"] == 3);
+    CHECK(client.faults_left() == 0);
+    CHECK(sleeps.waits.size() == 3);
+
+    // Spent: a request that needs no retry still works, one that does fails at its first fault.
+    CHECK(std::string(client.get_resource("Patient/ok")["id"].GetString()) == "p1");
+    e = error_of([&] { client.get_resource("Patient/flaky-2"); });
+    CHECK(e.kind() == FhirErrorKind::budget_spent);
+    CHECK(contains(e.what(), "/Patient/flaky-2: HTTP 503"));
+    CHECK(contains(e.what(), "fault budget of 3 retries spent"));
+    CHECK((*counts)["/fhir/Patient/flaky-2"] == 1);
+    // get() too: the retry it would make is refused rather than the 503 returned.
+    CHECK(error_of([&] { client.get("Patient/down"); }).kind() == FhirErrorKind::budget_spent);
+    CHECK(sleeps.waits.size() == 3);
+
+    // A new pass.
+    client.reset_fault_budget();
+    CHECK(client.faults_left() == 3);
+    CHECK(std::string(client.get_resource("Patient/flaky-3")["id"].GetString()) == "p1");
+    CHECK(client.faults_left() == 2);
+    CHECK(client.stats().retries == 4);
+
+    // 0: unlimited.
+    auto u = options_for(server->base_url(), sleeps);
+    FhirClient unlimited(u);
+    CHECK(unlimited.faults_left() == std::numeric_limits<std::uint64_t>::max());
+    unlimited.get_resource("Patient/flaky-4");
+    CHECK(unlimited.faults_left() == std::numeric_limits<std::uint64_t>::max());
+}
+
+TEST_CASE("request_deadline bounds one request with its retries and waits") {
+    auto server = always_503();
+    FakeTime time;
+    Sleeps unused;
+    auto o = options_for(server->base_url(), unused);
+    time.install(o);
+    o.jitter = Jitter::none;
+    o.initial_backoff = milliseconds(1000);
+    o.max_backoff = milliseconds(60000);
+    o.max_retries = 10;
+    o.request_deadline = milliseconds(5000);
+    FhirClient client(o);
+    auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    CHECK(e.kind() == FhirErrorKind::deadline);
+    CHECK(e.transient());
+    CHECK(e.status() == 503);
+    // 1000 + 2000 waited; 4000 more would end after 5000.
+    CHECK(time.waits == std::vector<milliseconds>{milliseconds(1000), milliseconds(2000)});
+    CHECK(std::string(e.what()) == "GET " + server->base_url() +
+                                       "/Patient/p1: HTTP 503; not retried: waiting 4000 ms would pass the request_deadline of 5000 ms "
+                                       "(3000 ms spent in 3 attempts)");
+    CHECK(server->seen().size() == 3);
+
+    // Each request has its own deadline.
+    e = error_of([&] { client.get("Patient/p2"); });
+    CHECK(e.kind() == FhirErrorKind::deadline);
+    CHECK(time.waits.size() == 4);
+    CHECK(server->seen().size() == 6);
+
+    // A Retry-After that would pass the deadline is not waited for.
+    auto later = ScriptServer::sequence({{429, "", {{"Retry-After", "30"}}}, {200, kPatient}});
+    o.base_url = later->base_url();
+    FhirClient patient(o);
+    e = error_of([&] { patient.get_resource("Patient/p1"); });
+    CHECK(e.kind() == FhirErrorKind::deadline);
+    CHECK(contains(e.what(), "HTTP 429; not retried: waiting 30000 ms would pass the request_deadline of 5000 ms (0 ms spent in 1 attempt)"));
+    CHECK(later->seen().size() == 1);
+}
+
+TEST_CASE("request_deadline cuts the attempt's timeout (real time: the server waits)") {
+    auto server = std::make_unique<ScriptServer>([](const Seen&, std::size_t) { return Reply(200, kPatient).delayed(milliseconds(5000)); });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.request_timeout = milliseconds(10000);
+    o.request_deadline = milliseconds(300);
+    FhirClient client(o);
+    const auto started = std::chrono::steady_clock::now();
+    const auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    const auto took = std::chrono::steady_clock::now() - started;
+    CHECK(e.kind() == FhirErrorKind::deadline);
+    CHECK(e.status() == 0);
+    CHECK_MESSAGE(contains(e.what(), "GET " + server->base_url() + "/Patient/p1: timed out: "), std::string(e.what()));
+    CHECK_MESSAGE(contains(e.what(), "; the request_deadline of 300 ms passed after 1 attempt"), std::string(e.what()));
+    CHECK(took < std::chrono::milliseconds(3000));
+    CHECK(server->seen().size() == 1);
+    CHECK(sleeps.waits.empty());
+}
+
+TEST_CASE("transaction: Replay::safe is retried after a lost answer; Replay::unsafe is not, with kind transport or bad_body") {
+    {
+        auto server = ScriptServer::sequence({
+            Reply::no_answer(),                                      // sent, no answer
+            {502},                                                   // a gateway that may have forwarded it
+            Reply::cut_short(200, kTransactionResponse, 20),         // the answer cut short
+            {200, kTransactionResponse.substr(0, 40)},               // truncated JSON
+            {500, outcome("exception", "deadlock")},
+            {200, kTransactionResponse},
+        });
+        Sleeps sleeps;
+        auto o = options_for(server->base_url(), sleeps);
+        o.max_retries = 5;
+        FhirClient client(o);
+        const auto result = client.transaction(kSafeTransaction, Replay::safe);
+        CHECK(std::string(result["type"].GetString()) == "transaction-response");
+        CHECK(result["entry"].Size() == 2);
+        CHECK(client.stats().retries == 5);
+        const auto seen = server->seen();
+        REQUIRE(seen.size() == 6);
+        for (const auto& s : seen) {
+            CHECK(s.method == "POST");
+            CHECK(s.uri == "/fhir");
+            CHECK(s.body == kSafeTransaction);
+        }
+    }
+    {
+        auto server = ScriptServer::sequence({
+            Reply::no_answer(),
+            Reply::cut_short(200, kTransactionResponse, 20),
+            {200, "<html><body>proxy error</body></html>", {}, "text/html"},
+            {502},
+            {503},  // not processed: retried even so
+            {200, kTransactionResponse},
+        });
+        Sleeps sleeps;
+        FhirClient client(options_for(server->base_url(), sleeps));
+        const std::string request = "POST " + server->base_url() + ": ";
+        auto e = error_of([&] { client.transaction(kSafeTransaction); });  // Replay::unsafe by default
+        CHECK(e.kind() == FhirErrorKind::transport);
+        CHECK(e.status() == 0);
+        CHECK(std::string(e.what()) == request + "no answer: Server returned nothing (no headers, no data) (Empty reply from server)");
+        CHECK(server->seen().size() == 1);
+
+        e = error_of([&] { client.transaction(kSafeTransaction, Replay::unsafe); });
+        CHECK(e.kind() == FhirErrorKind::transport);
+        CHECK_MESSAGE(std::string(e.what()).rfind(request + "the body was cut short: Transferred a partial file", 0) == 0, std::string(e.what()));
+        CHECK(server->seen().size() == 2);
+
+        e = error_of([&] { client.transaction(kSafeTransaction, Replay::unsafe); });
+        CHECK(e.kind() == FhirErrorKind::bad_body);
+        CHECK(e.status() == 200);
+        CHECK(contains(e.what(), request + "HTTP 200 but the body is HTML"));
+        CHECK(server->seen().size() == 3);
+
+        e = error_of([&] { client.transaction(kSafeTransaction, Replay::unsafe); });
+        CHECK(e.kind() == FhirErrorKind::http_status);
+        CHECK(e.status() == 502);
+        CHECK(e.transient());
+        CHECK(server->seen().size() == 4);
+
+        CHECK(std::string(client.transaction(kSafeTransaction, Replay::unsafe)["type"].GetString()) == "transaction-response");
+        CHECK(server->seen().size() == 6);
+        CHECK(client.stats().retries == 1);
+    }
+    {
+        // A batch may be safe too; a Bundle that cannot be replayed is refused as Replay::safe before sending.
+        auto server = ScriptServer::sequence({Reply::no_answer(), {200, R"({"resourceType":"Bundle","type":"batch-response"})"}});
+        Sleeps sleeps;
+        FhirClient client(options_for(server->base_url(), sleeps));
+        std::string batch = kSafeTransaction;
+        batch.replace(batch.find("\"transaction\""), 13, "\"batch\"");
+        CHECK(std::string(client.transaction(batch, Replay::safe)["type"].GetString()) == "batch-response");
+        CHECK(server->seen().size() == 2);
+
+        auto e = error_of([&] {
+            client.transaction(R"({"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"},)"
+                               R"("request":{"method":"POST","url":"Patient"}}]})",
+                               Replay::safe);
+        });
+        CHECK(e.kind() == FhirErrorKind::refused);
+        CHECK_FALSE(e.transient());
+        CHECK(std::string(e.what()) == "POST " + server->base_url() +
+                                           ": Bundle.entry[0] is a POST without ifNoneExist: sent twice it would create twice, so the "
+                                           "Bundle is not Replay::safe");
+        e = error_of([&] {
+            client.transaction(R"({"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"PATCH","url":"Patient/1"}}]})",
+                               Replay::safe);
+        });
+        CHECK(e.kind() == FhirErrorKind::refused);
+        CHECK(contains(e.what(), "Bundle.entry[0] is a PATCH"));
+        CHECK(server->seen().size() == 2);
+    }
+}
+
+TEST_CASE("a gzip bomb is stopped at max_response_bytes counted after decoding: kind too_large, memory bounded") {
+    const auto bomb = std::make_shared<const std::string>(gzip_of_zeros(1024));  // inflates to 1 GiB
+    CHECK(bomb->size() < 2 * 1024 * 1024);
+    Reply reply(200);
+    reply.raw = [bomb](Poco::Net::HTTPServerRequest&, Poco::Net::HTTPServerResponse& response) {
+        response.setContentType("application/fhir+json");
+        response.set("Content-Encoding", "gzip");
+        response.setContentLength(static_cast<std::streamsize>(bomb->size()));  // well under the cap: only decoding tells
+        response.setKeepAlive(false);
+        std::ostream& out = response.send();
+        for (std::size_t i = 0; i < bomb->size() && out; i += 1 << 16)
+            out.write(bomb->data() + i, static_cast<std::streamsize>(std::min<std::size_t>(1 << 16, bomb->size() - i)));
+        out.flush();
+    };
+    auto server = ScriptServer::sequence({reply, {200, kPatient}});
+    Sleeps sleeps;
+    FhirClient client(options_for(server->base_url(), sleeps));  // default max_response_bytes: 64 MiB
+    const std::uint64_t before = rss_bytes();
+    const auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    const std::uint64_t peak = peak_rss_bytes();
+    CHECK(e.kind() == FhirErrorKind::too_large);
+    CHECK_FALSE(e.transient());
+    CHECK(std::string(e.what()) == "GET " + server->base_url() +
+                                       "/Patient/p1: the response body is larger than max_response_bytes (67108864 bytes, counted after "
+                                       "decoding); transfer aborted");
+    CHECK(server->seen().size() == 1);  // not retried
+    CHECK(client.stats().retries == 0);
+    MESSAGE("RSS before " << before / (1024 * 1024) << " MiB, peak " << peak / (1024 * 1024) << " MiB");
+    CHECK(peak > 0);
+    CHECK(peak < before + std::uint64_t{300} * 1024 * 1024);
+    // The client goes on.
+    CHECK(std::string(client.get_resource("Patient/p1")["id"].GetString()) == "p1");
+}
+
+TEST_CASE("a body over max_response_bytes is refused: announced by Content-Length, or counted as it arrives") {
+    const std::size_t cap = std::size_t{1} << 20;
+    auto server = ScriptServer::sequence({
+        {200, std::string(cap + 1, 'x')},      // Content-Length says too much
+        chunked(std::string(cap + 1, 'x')),    // no Content-Length
+        Reply(200, std::string(cap + 1, ' ') + kPatient).gzipped(),  // small compressed, too large decoded
+        {200, std::string(cap, 'y')},          // exactly the cap
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_response_bytes = cap;
+    FhirClient client(o);
+    const std::string base = server->base_url();
+
+    auto e = error_of([&] { client.get("Patient/announced"); });
+    CHECK(e.kind() == FhirErrorKind::too_large);
+    CHECK(std::string(e.what()) == "GET " + base +
+                                       "/Patient/announced: the server announced a body of 1048577 bytes, more than max_response_bytes "
+                                       "(1048576 bytes); not read");
+    e = error_of([&] { client.get("Patient/chunked"); });
+    CHECK(e.kind() == FhirErrorKind::too_large);
+    CHECK(std::string(e.what()) == "GET " + base +
+                                       "/Patient/chunked: the response body is larger than max_response_bytes (1048576 bytes, counted "
+                                       "after decoding); transfer aborted");
+    e = error_of([&] { client.get_resource("Patient/gzip"); });
+    CHECK(e.kind() == FhirErrorKind::too_large);
+    CHECK(contains(e.what(), "/Patient/gzip: the response body is larger than max_response_bytes (1048576 bytes"));
+
+    const Response exact = client.get("Patient/exact");
+    CHECK(exact.status == 200);
+    CHECK(exact.body.size() == cap);
+    CHECK(server->seen().size() == 4);
+    CHECK(client.stats().retries == 0);
+}
+
+TEST_CASE("FhirError: the kind follows from the status unless given; transient()") {
+    CHECK(FhirError("m", 0).kind() == FhirErrorKind::transport);
+    CHECK(FhirError("m", 200).kind() == FhirErrorKind::bad_body);
+    CHECK(FhirError("m", 404).kind() == FhirErrorKind::http_status);
+    CHECK(FhirError("m", 503).transient());
+    CHECK(FhirError("m", 500).transient());
+    CHECK(FhirError("m", 429).transient());
+    CHECK(FhirError("m", 408).transient());
+    CHECK_FALSE(FhirError("m", 404).transient());
+    CHECK_FALSE(FhirError("m", 412).transient());
+    CHECK(FhirError("m", 0).transient());
+    CHECK(FhirError("m", 200).transient());
+    CHECK(FhirError("m", 0, FhirErrorKind::deadline).transient());
+    CHECK(FhirError("m", 503, FhirErrorKind::budget_spent).transient());
+    CHECK_FALSE(FhirError("m", 0, FhirErrorKind::refused).transient());
+    CHECK_FALSE(FhirError("m", 0, FhirErrorKind::too_large).transient());
+    CHECK(FhirError("m", 0, FhirErrorKind::too_large).status() == 0);
 }
 
 // ---- what came back ----------------------------------------------------------------------------
@@ -437,7 +1127,9 @@ TEST_CASE("search and transaction insist on the Bundle type") {
         {200, R"({"resourceType":"Bundle","type":"searchset"})"},
     });
     Sleeps sleeps;
-    FhirClient client(options_for(server->base_url(), sleeps));
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_retries = 0;  // a wrong Bundle is retried (see "a bad body is retried ..."): here only the message
+    FhirClient client(o);
     int pages = 0;
     auto e = error_of([&] { client.search("Patient?_id=p1", [&](const rapidjson::Document&) { ++pages; }); });
     CHECK(std::string(e.what()) == "GET " + server->base_url() + "/Patient?_id=p1: expected a Bundle, got Patient");
@@ -453,7 +1145,7 @@ TEST_CASE("search and transaction insist on the Bundle type") {
     // The Bundle to send is checked before anything is sent.
     e = error_of([&] { client.transaction("not json"); });
     CHECK(e.status() == 0);
-    CHECK_MESSAGE(contains(e.what(), "POST " + server->base_url() + ": the Bundle to send is not JSON (JSON parse error at offset "), e.what());
+    CHECK_MESSAGE(contains(e.what(), "POST " + server->base_url() + ": the Bundle to send is not JSON (JSON parse error at offset "), std::string(e.what()));
     e = error_of([&] { client.transaction(R"({"resourceType":"Bundle","type":"collection"})"); });
     CHECK(contains(e.what(), "must be a Bundle of type transaction or batch"));
     CHECK(server->seen().size() == 3);
@@ -486,6 +1178,7 @@ TEST_CASE("request headers; the bearer token reaches the server and never an err
     auto o = options_for(server->base_url(), sleeps);
     o.bearer_token = token;
     o.user_agent = "calcalert-test/1";
+    o.max_retries = 0;  // the HTML page with status 200 would be retried
     FhirClient client(o);
 
     const Response r = client.get("/Patient/p1");
@@ -699,6 +1392,9 @@ TEST_CASE("options are checked") {
     o.ca_file = "/nonexistent/ca.pem";
     CHECK(contains(message(o), "the CA file /nonexistent/ca.pem cannot be read"));
     o.ca_file = "";
+    o.request_deadline = milliseconds(-1);
+    CHECK(contains(message(o), "request_deadline is negative"));
+    o.request_deadline = milliseconds(0);
     CHECK(message(o).empty());
 }
 
@@ -857,7 +1553,7 @@ TEST_CASE("sandbox: an invalid resource, an unknown one and a bad search give Fh
     REQUIRE_FALSE(issues.empty());
     auto e = error_of([&] { client.parse_resource(bad); });
     CHECK(e.status() == 400);
-    CHECK_MESSAGE(std::string(e.what()).rfind("POST " + base + "/Observation: HTTP 400: OperationOutcome: " + issues[0], 0) == 0, e.what());
+    CHECK_MESSAGE(std::string(e.what()).rfind("POST " + base + "/Observation: HTTP 400: OperationOutcome: " + issues[0], 0) == 0, std::string(e.what()));
     MESSAGE(std::string(e.what()));
 
     // The same resource in a transaction: all or nothing, and the error names the transaction POST.
@@ -868,7 +1564,7 @@ TEST_CASE("sandbox: an invalid resource, an unknown one and a bad search give Fh
     });
     CHECK(e.status() >= 400);
     CHECK(e.status() < 500);
-    CHECK_MESSAGE(std::string(e.what()).rfind("POST " + base + ": HTTP 4", 0) == 0, e.what());
+    CHECK_MESSAGE(std::string(e.what()).rfind("POST " + base + ": HTTP 4", 0) == 0, std::string(e.what()));
     CHECK(contains(e.what(), "OperationOutcome: error"));
 
     e = error_of([&] { client.get_resource("Patient/does-not-exist"); });
