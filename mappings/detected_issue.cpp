@@ -33,6 +33,13 @@ void write_detected_issue(JsonWriter& w, const rules::Finding& f, rules::EpochSe
     w.StartObject();
     kv(w, "resourceType", "DetectedIssue");
     if (with_id) kv(w, "id", id);
+    key(w, "extension");
+    w.StartArray();
+    w.StartObject();
+    kv(w, "url", o.evidence_hash_extension);
+    kv(w, "valueString", f.evidence_hash);
+    w.EndObject();
+    w.EndArray();
     key(w, "identifier");
     w.StartArray();
     w.StartObject();

@@ -15,6 +15,10 @@ struct IssueOptions {
     std::string identifier_system = "urn:calcalert:detected-issue";
     std::string rule_system = "urn:calcalert:rule";
     std::string author_display = "calcalert";
+    // An extension (valueString) carrying Finding::evidence_hash, so that the poller decides an
+    // amend from what the server holds (the hash changes with the evidence or the rule logic, never
+    // with a rule's wording), not from rendered text.
+    std::string evidence_hash_extension = "urn:calcalert:extension:evidence-hash";
 };
 
 // The alert's identity: a name-based (version 5) UUID of (patient, rule id), the same in every run,

@@ -32,6 +32,15 @@ std::string canonical(const Json& v) {
     return sb.GetString();
 }
 
+// The rule file without its wording (title, summary, notes, citation, seed): what decides whether
+// and how severely the rule fires. A wording change leaves it, and so the evidence hash, as it is.
+std::string logic_canonical(const Json& rule_doc) {
+    rapidjson::Document copy;
+    copy.CopyFrom(rule_doc, copy.GetAllocator());
+    for (const char* wording : {"title", "summary", "notes", "citation", "seed"}) copy.RemoveMember(wording);
+    return canonical(copy);
+}
+
 struct JsonFile {
     std::string name;
     rapidjson::Document doc;
@@ -247,6 +256,8 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
 
     JsonFile facts = read_json(dir / "facts.json");
     const std::string params_canonical = canonical(facts.doc);
+    std::string params_logic;  // the parameters only: the fact titles are wording
+    if (const auto it = facts.doc.FindMember("parameters"); it != facts.doc.MemberEnd()) params_logic = canonical(it->value);
     {
         Obj top(facts.doc, facts.name, "");
         top.str("version");
@@ -334,6 +345,7 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
         o.finish();
         if (r.id + ".json" != p.filename().string()) o.fail("id", "must match the file name");
         r.version = r.declared_version + "+" + hex8(fnv1a(canonical(f.doc), fnv1a(params_canonical)));
+        r.logic_version = r.declared_version + "+" + hex8(fnv1a(logic_canonical(f.doc), fnv1a(params_logic)));
         return r;
     };
 

@@ -54,6 +54,9 @@ struct Rule {
     std::string id;
     std::string declared_version;
     std::string version;  // declared_version + "+" + a hash of the rule file and the fact parameters
+    // declared_version + "+" + a hash of what decides firing and severity (the rule file without its
+    // wording, and the fact parameters): the evidence hash rests on this, so a wording edit amends nothing.
+    std::string logic_version;
     std::string title;
     RuleSeverity severity = RuleSeverity::low;
     std::vector<std::string> all, any, none;

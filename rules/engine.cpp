@@ -481,7 +481,7 @@ private:
             h ^= 0xff;
             h *= 1099511628211ULL;
         };
-        mix(r.version);
+        mix(r.logic_version);
         for (const auto& e : fd.evidence) {
             mix(e.fact);
             mix(e.text);

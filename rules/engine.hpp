@@ -26,7 +26,7 @@ struct Finding {
     std::vector<std::string> notes;     // the rule's clinical notes, rendered
     std::vector<std::string> sources;   // every resource used, deduplicated, in evidence order
     std::string detail;                 // the whole explanation as text (markdown-friendly)
-    std::string evidence_hash;          // changes exactly when the rule version or evidence changes
+    std::string evidence_hash;          // changes exactly when the rule logic (Rule::logic_version) or the evidence changes
     std::string order;                  // order rules: the draft order it is about ("MedicationRequest/1"); else empty
 };
 
