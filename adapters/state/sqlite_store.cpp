@@ -21,7 +21,7 @@ using Poco::Data::RecordSet;
 using Poco::Data::Session;
 using Poco::Data::Statement;
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 const char* const kSchema[] = {
     "CREATE TABLE IF NOT EXISTS calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -44,7 +44,16 @@ const char* const kSchema[] = {
     "CREATE INDEX IF NOT EXISTS cds_feedback_card ON cds_feedback (patient, rule_id)",
     "CREATE TABLE IF NOT EXISTS cds_suppressions (patient TEXT NOT NULL, rule_id TEXT NOT NULL, until_at BIGINT NOT NULL,"
     " PRIMARY KEY (patient, rule_id))",
+    "CREATE TABLE IF NOT EXISTS poll_pending (server TEXT NOT NULL, patient TEXT NOT NULL, attempts INTEGER NOT NULL,"
+    " last_error TEXT NOT NULL, queued_at BIGINT NOT NULL, PRIMARY KEY (server, patient))",
+    "CREATE TABLE IF NOT EXISTS poll_feed_cursors (server TEXT NOT NULL, resource_type TEXT NOT NULL,"
+    " next_url TEXT NOT NULL, max_last_updated TEXT NOT NULL, max_last_updated_at BIGINT NOT NULL,"
+    " PRIMARY KEY (server, resource_type))",
 };
+
+// Schema versions this program opens and upgrades in place: 1 lacked the poll work queue and the
+// feed cursors (added by the CREATE TABLE IF NOT EXISTS above; nothing else changed).
+constexpr int kUpgradableFrom = 1;
 
 class SqliteStore final : public StateStore {
 public:
@@ -61,6 +70,9 @@ public:
             s << "SELECT value FROM calcalert_meta WHERE key = 'schema_version'", into(version);
             if (s.execute() == 0) {
                 session_ << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', ?)",
+                    bind(std::to_string(kSchemaVersion)), now;
+            } else if (version == std::to_string(kUpgradableFrom)) {
+                session_ << "UPDATE calcalert_meta SET value = ? WHERE key = 'schema_version'",
                     bind(std::to_string(kSchemaVersion)), now;
             } else if (version != std::to_string(kSchemaVersion)) {
                 throw StateError(path_ + ": state schema version " + version + ", this program uses " +
@@ -131,6 +143,81 @@ public:
         locked([&] {
             session_ << "DELETE FROM seen_versions WHERE server = ? AND last_updated < ?", bind(server),
                 bind(static_cast<Poco::Int64>(before)), now;
+        });
+    }
+
+    void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now_s) override {
+        locked([&] {
+            session_ << "INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at) VALUES (?, ?, 0, '', ?)"
+                        " ON CONFLICT (server, patient) DO NOTHING",
+                bind(server), bind(patient), bind(static_cast<Poco::Int64>(now_s)), now;
+        });
+    }
+
+    std::vector<PendingPatient> pending_patients(const std::string& server) override {
+        return locked([&] {
+            Statement s(session_);
+            s << "SELECT patient, attempts, last_error, queued_at FROM poll_pending WHERE server = ? ORDER BY patient",
+                bind(server);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<PendingPatient> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                PendingPatient p;
+                p.patient = rs.value(0, i).convert<std::string>();
+                p.attempts = rs.value(1, i).convert<int>();
+                p.last_error = rs.value(2, i).convert<std::string>();
+                p.queued_at = rs.value(3, i).convert<Poco::Int64>();
+                out.push_back(std::move(p));
+            }
+            return out;
+        });
+    }
+
+    void finish_patient(const std::string& server, const std::string& patient) override {
+        locked([&] {
+            session_ << "DELETE FROM poll_pending WHERE server = ? AND patient = ?", bind(server), bind(patient), now;
+        });
+    }
+
+    void defer_patient(const std::string& server, const std::string& patient, const std::string& error) override {
+        locked([&] {
+            session_ << "INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at) VALUES (?, ?, 1, ?, 0)"
+                        " ON CONFLICT (server, patient) DO UPDATE SET attempts = poll_pending.attempts + 1,"
+                        " last_error = excluded.last_error",
+                bind(server), bind(patient), bind(error), now;
+        });
+    }
+
+    std::optional<FeedCursor> feed_cursor(const std::string& server, const std::string& type) override {
+        return locked([&]() -> std::optional<FeedCursor> {
+            FeedCursor c;
+            Poco::Int64 at = 0;
+            Statement s(session_);
+            s << "SELECT next_url, max_last_updated, max_last_updated_at FROM poll_feed_cursors"
+                 " WHERE server = ? AND resource_type = ?",
+                bind(server), bind(type), into(c.next_url), into(c.max_last_updated), into(at);
+            if (s.execute() == 0) return std::nullopt;
+            c.max_last_updated_at = at;
+            return c;
+        });
+    }
+
+    void set_feed_cursor(const std::string& server, const std::string& type, const FeedCursor& c) override {
+        locked([&] {
+            session_ << "INSERT INTO poll_feed_cursors (server, resource_type, next_url, max_last_updated,"
+                        " max_last_updated_at) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (server, resource_type) DO UPDATE SET next_url = excluded.next_url,"
+                        " max_last_updated = excluded.max_last_updated, max_last_updated_at = excluded.max_last_updated_at",
+                bind(server), bind(type), bind(c.next_url), bind(c.max_last_updated),
+                bind(static_cast<Poco::Int64>(c.max_last_updated_at)), now;
+        });
+    }
+
+    void clear_feed_cursor(const std::string& server, const std::string& type) override {
+        locked([&] {
+            session_ << "DELETE FROM poll_feed_cursors WHERE server = ? AND resource_type = ?", bind(server), bind(type),
+                now;
         });
     }
 

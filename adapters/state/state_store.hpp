@@ -36,6 +36,25 @@ struct AlertRecord {
     EpochSeconds updated_at = 0;
 };
 
+// A patient whose evaluation a pass has to do (or redo): queued by the change feed as its pages
+// are read, removed once the patient's writes have all landed. A patient that could not be
+// finished (a resource that cannot be read, a server error) stays queued with the reason and is
+// retried by the next pass.
+struct PendingPatient {
+    std::string patient;      // "Patient/123"
+    int attempts = 0;         // passes that tried and could not finish it
+    std::string last_error;   // why the last attempt did not finish ("" before the first)
+    EpochSeconds queued_at = 0;
+};
+
+// Where an unfinished change-feed read stands: the next page to read and the largest
+// meta.lastUpdated seen so far (text as the server wrote it, and as epoch seconds).
+struct FeedCursor {
+    std::string next_url;
+    std::string max_last_updated;       // "" when no resource had one yet
+    EpochSeconds max_last_updated_at = 0;
+};
+
 struct RunRecord {
     std::int64_t id = 0;
     std::string server;
@@ -74,6 +93,16 @@ public:
                            EpochSeconds last_updated) = 0;
     // Forgets versions last updated before `before` (outside any future overlap window).
     virtual void forget_seen_before(const std::string& server, EpochSeconds before) = 0;
+
+    // --- poll: the work of a pass, checkpointed as it completes (a killed pass resumes) ---
+    virtual void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now) = 0;
+    virtual std::vector<PendingPatient> pending_patients(const std::string& server) = 0;  // by patient
+    virtual void finish_patient(const std::string& server, const std::string& patient) = 0;
+    // Keeps the patient queued, one attempt more, with the reason.
+    virtual void defer_patient(const std::string& server, const std::string& patient, const std::string& error) = 0;
+    virtual std::optional<FeedCursor> feed_cursor(const std::string& server, const std::string& type) = 0;
+    virtual void set_feed_cursor(const std::string& server, const std::string& type, const FeedCursor& cursor) = 0;
+    virtual void clear_feed_cursor(const std::string& server, const std::string& type) = 0;
 
     // --- the alert ledger ---
     virtual std::optional<AlertRecord> alert(const std::string& server, const std::string& identifier) = 0;
