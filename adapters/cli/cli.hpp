@@ -14,6 +14,7 @@ enum Exit : int {
     usage_error = 2,
     input_error = 3,   // some input could not be read; findings for what was read are still written
     config_error = 4,  // the rule catalog or terminology data is invalid
+    incomplete = 5,    // poll: the pass finished but left patients queued (unreadable resources, refused writes)
 };
 
 int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);

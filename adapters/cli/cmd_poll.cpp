@@ -2,6 +2,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <filesystem>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -23,33 +25,47 @@ namespace {
 
 const char* const kPollHelp = R"(Usage: calcalert poll --server URL (--once | --interval DURATION) [options]
 
-Polls a FHIR R4 server: syncs Observations (of the codes the rules read) and Conditions changed
-since the last run (by _lastUpdated; the first run reads everything), evaluates every changed
-patient (and every patient with an open alert) on its relevant history, and writes the findings
-back as DetectedIssues: created (conditional on the identifier), amended when the evidence changes,
-cancelled when a finding no longer holds. Writes go in transaction Bundles. State (watermarks,
-the alert ledger, run history) is kept in an SQLite file; a run killed at any point is redone by
-the next one without losing or duplicating an alert.
+Polls a FHIR R4 server: syncs Observations (of the codes the rules read, also inside panel
+components) and Conditions changed since the last pass (by _lastUpdated; the first pass reads
+everything), evaluates every changed patient (and every patient with an open alert) on its
+relevant history, and writes the findings back as DetectedIssues: created (conditional on the
+identifier), amended when the evidence changes, cancelled when a finding no longer holds.
+A pass is a resumable job: the change feed's pages and each patient's writes are checkpointed in
+the state file as they complete, so a pass that fails or is killed resumes where it stopped, and
+never loses or duplicates an alert. Resources that cannot be read are reported and tried again
+by every later pass.
 
 Options:
   --server URL           FHIR base URL, e.g. https://fhir.example.org/r4
   --once                 one pass, then exit
   --interval DURATION    a pass every DURATION (30s, 5m, 1h) until SIGTERM or SIGINT
-  --state FILE           the state file (default calcalert-state.sqlite)
+  --state FILE           the state file (default $CALCALERT_STATE, else
+                         $XDG_STATE_HOME/calcalert/state.sqlite, else ~/.local/state/calcalert/state.sqlite)
   --dry-run              write nothing (neither server nor state); print what would be written
   --now RFC3339          evaluation time (default: the current time of each pass)
   --token-file FILE      bearer token for the server (else $CALCALERT_FHIR_TOKEN, else none)
   --ca-file FILE         extra CA certificates (PEM) for TLS
   --insecure-skip-tls-verify   do not verify the server's certificate (testing only)
   --page-size N          search page size (default 200)
-  --batch N              DetectedIssue writes per transaction Bundle (default 50)
+  --batch N              DetectedIssue writes per Bundle (default 50; a Bundle the server refuses
+                         as too large is split and the smaller size kept)
+  --bundle-type TYPE     batch (default: each write on its own) or transaction (all or nothing)
+  --lab-code-search HOW  auto (default: from the server's CapabilityStatement), combo-code,
+                         component-code (code + component-code) or panels (code + laboratory
+                         Observations read whole)
   --overlap DURATION     re-read this much before the watermark (default 5m)
+  --retries N            retries of one request (default 4)
+  --fault-budget N       retries allowed in one pass before it stops (default 500; 0 = no limit)
+  --request-deadline DURATION   one request with all its retries (default 2m)
   --catalog DIR, --terminology DIR, --identifier-system URI   as for evaluate
   --help                 this help
 
-Output: a summary on stdout; JSON log lines on stderr; a progress line when stderr is a terminal.
-Exit codes: 0 success, 2 usage error, 3 the server or the state failed (the state is not advanced
-past data that was not processed), 4 invalid rule catalog or terminology.
+Output: a summary on stdout; JSON log lines on stderr (and one line per resource that cannot be
+read); a progress line when stderr is a terminal.
+Exit codes: 0 success; 2 usage error; 3 the server or the state failed (what the pass finished is
+kept; the next pass resumes); 4 invalid rule catalog or terminology; 5 the pass finished but left
+patients queued (resources that cannot be read, writes the server refused): they are listed on
+stderr and tried again by the next pass.
 )";
 
 const char* const kAlertsHelp = R"(Usage: calcalert alerts --server URL [--token-file FILE] [--identifier-system URI]
@@ -80,12 +96,30 @@ std::chrono::seconds parse_duration(const std::string& s, const char* option) {
     return std::chrono::seconds(n * mult);
 }
 
-std::size_t parse_count(const std::string& s, const char* option) {
+std::size_t parse_count(const std::string& s, const char* option, long long min = 1, long long max = 1000) {
     char* end = nullptr;
+    errno = 0;
     const long long v = std::strtoll(s.c_str(), &end, 10);
-    if (end == s.c_str() || *end != '\0' || v < 1 || v > 1000)
-        throw UsageError(std::string("--") + option + " must be a whole number from 1 to 1000, not '" + s + "'");
+    if (end == s.c_str() || *end != '\0' || errno == ERANGE || v < min || v > max)
+        throw UsageError(std::string("--") + option + " must be a whole number from " + std::to_string(min) + " to " +
+                         std::to_string(max) + ", not '" + s + "'");
     return static_cast<std::size_t>(v);
+}
+
+// --state, else $CALCALERT_STATE, else the user's state directory (created when missing): never
+// the current directory, where a scheduler's working directory would scatter state files.
+std::string state_path(const Options& opts) {
+    if (auto v = opts.value("state")) return *v;
+    if (const char* env = std::getenv("CALCALERT_STATE"); env && *env) return env;
+    std::filesystem::path dir;
+    if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg && *xdg && xdg[0] == '/') dir = xdg;
+    else if (const char* home = std::getenv("HOME"); home && *home) dir = std::filesystem::path(home) / ".local" / "state";
+    else throw UsageError("--state FILE is required: neither $CALCALERT_STATE, $XDG_STATE_HOME nor $HOME is set");
+    dir /= "calcalert";
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw UsageError("cannot create the state directory " + dir.string() + ": " + ec.message() + " (give --state FILE)");
+    return (dir / "state.sqlite").string();
 }
 
 fhir::ClientOptions client_options(const Options& opts) {
@@ -114,11 +148,16 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
     for (const auto& w : s.writes)
         out << (dry_run ? "would " : "") << std::left << std::setw(7) << w.action << " " << w.patient << " "
             << w.rule_id << " (" << w.status << ") " << w.identifier << ": " << w.summary << "\n";
-    out << (dry_run ? "dry run: " : "") << "patients evaluated " << s.patients_evaluated << " (changed "
-        << s.patients_changed << "); findings " << s.findings << ": new " << s.created << ", amended " << s.amended
-        << ", cancelled " << s.cancelled << ", reopened " << s.reopened << ", unchanged " << s.unchanged
-        << "; resources read " << s.resources_read << " (already seen " << s.resources_skipped << "); requests "
-        << s.requests << "; data-quality notes " << s.data_quality_notes << "\n";
+    out << (dry_run ? "dry run: " : "") << (s.resumed ? "resumed an unfinished pass; " : "") << "patients evaluated "
+        << s.patients_evaluated << " (changed " << s.patients_changed << ", queued " << s.patients_queued
+        << "); findings " << s.findings << ": new " << s.created << ", amended " << s.amended << ", cancelled "
+        << s.cancelled << ", reopened " << s.reopened << ", unchanged " << s.unchanged;
+    if (s.retired) out << ", duplicates retired " << s.retired;
+    out << "; resources read " << s.resources_read << " (already seen " << s.resources_skipped << "); requests "
+        << s.requests << " (retries " << s.retries << "); data-quality notes " << s.data_quality_notes;
+    if (!s.unreadable.empty()) out << "; unreadable resources " << s.unreadable.size();
+    if (s.patients_deferred) out << "; patients left queued " << s.patients_deferred;
+    out << "\n";
     out.flush();
 }
 
@@ -127,7 +166,8 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
 int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
     Options opts(args,
                  {"server", "interval", "state", "now", "token-file", "ca-file", "page-size", "batch", "overlap",
-                  "catalog", "terminology", "identifier-system"},
+                  "bundle-type", "lab-code-search", "retries", "fault-budget", "request-deadline", "catalog",
+                  "terminology", "identifier-system"},
                  {"help", "once", "dry-run", "insecure-skip-tls-verify"});
     if (opts.flag("help")) {
         out << kPollHelp;
@@ -142,11 +182,34 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     poll::PollOptions popts;
     popts.dry_run = opts.flag("dry-run");
     if (auto v = opts.value("page-size")) popts.page_size = parse_count(*v, "page-size");
-    if (auto v = opts.value("batch")) popts.write_batch = parse_count(*v, "batch");
+    if (auto v = opts.value("batch")) popts.write.batch_size = parse_count(*v, "batch");
+    if (auto v = opts.value("bundle-type")) {
+        if (*v == "batch") popts.write.bundle_type = poll::BundleType::batch;
+        else if (*v == "transaction") popts.write.bundle_type = poll::BundleType::transaction;
+        else throw UsageError("--bundle-type must be batch or transaction, not '" + *v + "'");
+    }
+    if (auto v = opts.value("lab-code-search")) {
+        if (*v == "combo-code") popts.lab_search = poll::LabCodeSearch::combo_code;
+        else if (*v == "component-code") popts.lab_search = poll::LabCodeSearch::code_and_component_code;
+        else if (*v == "panels") popts.lab_search = poll::LabCodeSearch::code_and_panels;
+        else if (*v != "auto")
+            throw UsageError("--lab-code-search must be auto, combo-code, component-code or panels, not '" + *v + "'");
+    }
     if (auto v = opts.value("overlap")) popts.overlap = parse_duration(*v, "overlap");
+    if (auto v = opts.value("retries")) copts.max_retries = static_cast<int>(parse_count(*v, "retries", 0, 20));
+    copts.fault_budget = 500;
+    if (auto v = opts.value("fault-budget")) copts.fault_budget = parse_count(*v, "fault-budget", 0, 10000000);
+    copts.request_deadline = std::chrono::seconds(120);
+    if (auto v = opts.value("request-deadline")) copts.request_deadline = parse_duration(*v, "request-deadline");
     popts.issue = issue_options(opts);
-    if (const char* k = std::getenv("CALCALERT_TEST_KILL_AFTER_BATCHES"); k && *k)
-        popts.kill_after_batches = static_cast<std::size_t>(std::strtoul(k, nullptr, 10));
+    // Test hooks: SIGKILL at a named point of the pass (see poll::KillPoint).
+    if (const char* k = std::getenv("CALCALERT_TEST_KILL_AT"); k && *k) {
+        auto point = poll::parse_kill_point(k);
+        if (!point) throw UsageError(std::string("CALCALERT_TEST_KILL_AT must be name:n (e.g. bundle-sent:2), not '") + k + "'");
+        popts.kill = *point;
+    } else if (const char* b = std::getenv("CALCALERT_TEST_KILL_AFTER_BATCHES"); b && *b) {
+        popts.kill = {"bundle-sent", static_cast<std::size_t>(std::strtoul(b, nullptr, 10))};
+    }
     const bool fixed_now = opts.value("now").has_value();
     rules::EpochSeconds now = now_option(opts);
     if (isatty(STDERR_FILENO))
@@ -155,10 +218,10 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         };
 
     const Engine engine = load_engine(opts);
-    const std::string state_path = opts.value("state").value_or("calcalert-state.sqlite");
+    const std::string state_file = state_path(opts);
     std::unique_ptr<state::StateStore> store;
     try {
-        store = state::open_sqlite_store(state_path);
+        store = state::open_sqlite_store(state_file);
     } catch (const std::exception& e) {
         err << "calcalert: error: " << e.what() << "\n";
         return input_error;
@@ -176,8 +239,15 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         try {
             const auto summary = poller.run_once(now);
             print_summary(out, summary, popts.dry_run);
-            log_json(err, "info", "poll.finished", {{"server", copts.base_url}}, "summary", summary.to_json());
-            code = ok;
+            for (const auto& u : summary.unreadable)
+                err << "calcalert: warning: cannot read " << u.description << " (" << u.patient
+                    << "'s alerts are decided on the rest; tried again next pass)\n";
+            for (const auto& [patient, why] : summary.deferred)
+                if (why.rfind("cannot read ", 0) != 0) err << "calcalert: warning: " << patient << " left queued: " << why << "\n";
+            for (const auto& note : summary.notes) err << "calcalert: note: " << note << "\n";
+            log_json(err, summary.deferred.empty() ? "info" : "warning", "poll.finished", {{"server", copts.base_url}},
+                     "summary", summary.to_json());
+            code = summary.deferred.empty() ? ok : incomplete;
         } catch (const std::exception& e) {
             log_json(err, "error", "poll.failed", {{"server", copts.base_url}, {"error", e.what()}});
             err << "calcalert: error: " << e.what() << "\n";

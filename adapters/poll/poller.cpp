@@ -3,125 +3,27 @@
 #include <csignal>
 
 #include <algorithm>
-#include <map>
-#include <optional>
+#include <set>
 
-#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include "fhir/datetime.hpp"
-#include "fhir/resource_reader.hpp"
-#include "fhir/views.hpp"
-#include "mappings/fact_builder.hpp"
+#include "adapters/poll/change_feed.hpp"
+#include "adapters/poll/url.hpp"
 #include "rules/engine.hpp"
 
 namespace calcalert::poll {
-namespace {
 
-using Json = rapidjson::Value;
-
-std::string url_encode(std::string_view s) {
-    static const char* hex = "0123456789ABCDEF";
-    std::string out;
-    for (unsigned char c : s) {
-        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == ',') {
-            out += static_cast<char>(c);
-        } else {
-            out += '%';
-            out += hex[c >> 4];
-            out += hex[c & 15];
-        }
-    }
-    return out;
+std::optional<KillPoint> parse_kill_point(const std::string& text) {
+    static const std::set<std::string> names = {"feed-page",        "feed-done",   "patient-read", "patient-evaluated",
+                                                "bundle-sent",      "bundle-committed", "pass-done"};
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || !names.count(text.substr(0, colon))) return std::nullopt;
+    char* end = nullptr;
+    const unsigned long long n = std::strtoull(text.c_str() + colon + 1, &end, 10);
+    if (end == text.c_str() + colon + 1 || *end != '\0' || n == 0 || n > 1000000) return std::nullopt;
+    return KillPoint{text.substr(0, colon), static_cast<std::size_t>(n)};
 }
-
-std::string str(const Json& obj, const char* name) {
-    const Json* v = fhir::member(obj, name);
-    return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
-}
-
-std::string to_json(const Json& v) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    v.Accept(w);
-    return sb.GetString();
-}
-
-// A DetectedIssue of ours found on the server.
-struct ExistingIssue {
-    std::string id;
-    std::string version;
-    std::string status;
-    std::string severity;
-    std::string detail;
-    std::string patient;
-    std::string rule_id;
-    std::string json;  // the resource as the server has it
-};
-
-// Feeds search pages into the fact builder; entries that are not matches (outcomes) become problems.
-void feed_page(const rapidjson::Document& page, const std::string& name, mappings::FactBuilder& builder) {
-    const Json* entries = fhir::member(page, "entry");
-    if (!entries || !entries->IsArray()) return;
-    for (rapidjson::SizeType i = 0; i < entries->Size(); ++i) {
-        const Json& e = (*entries)[i];
-        const Json* res = fhir::member(e, "resource");
-        if (!res) continue;
-        fhir::read_value(*res, name + " entry[" + std::to_string(i) + "]", builder);
-    }
-}
-
-// One Bundle.entry of a write batch.
-struct Entry {
-    Write write;
-    std::string resource;  // JSON
-    std::string method;    // POST | PUT
-    std::string url;
-    std::string if_none_exist;
-    std::string if_match;
-    std::string evidence_hash;
-};
-
-std::string transaction_bundle(const std::vector<Entry>& entries) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    w.StartObject();
-    w.Key("resourceType");
-    w.String("Bundle");
-    w.Key("type");
-    w.String("transaction");
-    w.Key("entry");
-    w.StartArray();
-    for (const auto& e : entries) {
-        w.StartObject();
-        w.Key("fullUrl");
-        w.String(("urn:uuid:" + e.write.identifier).c_str());
-        w.Key("resource");
-        w.RawValue(e.resource.c_str(), e.resource.size(), rapidjson::kObjectType);
-        w.Key("request");
-        w.StartObject();
-        w.Key("method");
-        w.String(e.method.c_str());
-        w.Key("url");
-        w.String(e.url.c_str());
-        if (!e.if_none_exist.empty()) {
-            w.Key("ifNoneExist");
-            w.String(e.if_none_exist.c_str());
-        }
-        if (!e.if_match.empty()) {
-            w.Key("ifMatch");
-            w.String(e.if_match.c_str());
-        }
-        w.EndObject();
-        w.EndObject();
-    }
-    w.EndArray();
-    w.EndObject();
-    return sb.GetString();
-}
-
-}  // namespace
 
 std::string PollSummary::to_json() const {
     rapidjson::StringBuffer sb;
@@ -131,264 +33,296 @@ std::string PollSummary::to_json() const {
         w.Key(k);
         w.Uint64(v);
     };
+    auto s = [&](const char* k, const std::string& v) {
+        w.Key(k);
+        w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
+    };
+    s("outcome", outcome());
     n("resourcesRead", resources_read);
     n("resourcesSkipped", resources_skipped);
+    n("feedPages", feed_pages);
+    w.Key("resumed");
+    w.Bool(resumed);
     n("patientsChanged", patients_changed);
+    n("patientsQueued", patients_queued);
     n("patientsEvaluated", patients_evaluated);
+    n("patientsDeferred", patients_deferred);
     n("findings", findings);
     n("created", created);
     n("amended", amended);
     n("cancelled", cancelled);
     n("reopened", reopened);
+    n("retired", retired);
     n("unchanged", unchanged);
+    n("keptWhileIncomplete", kept_while_incomplete);
+    n("conflicts", conflicts);
     n("dataQualityNotes", data_quality_notes);
     n("inputProblems", input_problems);
+    n("unreadableResources", unreadable.size());
     n("requests", requests);
+    n("retries", retries);
     n("writeBatches", write_batches);
+    n("bundleSplits", bundle_splits);
+    s("labCodeSearch", lab_search);
+    // At most 50 of each list: the run record stays small; the counts above are complete.
+    w.Key("unreadable");
+    w.StartArray();
+    for (std::size_t i = 0; i < unreadable.size() && i < 50; ++i) {
+        w.StartObject();
+        s("patient", unreadable[i].patient);
+        s("problem", unreadable[i].description);
+        w.EndObject();
+    }
+    w.EndArray();
+    w.Key("deferred");
+    w.StartArray();
+    for (std::size_t i = 0; i < deferred.size() && i < 50; ++i) {
+        w.StartObject();
+        s("patient", deferred[i].first);
+        s("reason", deferred[i].second);
+        w.EndObject();
+    }
+    w.EndArray();
+    w.Key("notes");
+    w.StartArray();
+    for (const auto& note : notes) w.String(note.c_str(), static_cast<rapidjson::SizeType>(note.size()));
+    w.EndArray();
     w.EndObject();
     return sb.GetString();
 }
 
 Poller::Poller(fhir::FhirClient& client, state::StateStore& store, const mappings::Terminology& terminology,
                const rules::RuleCatalog& catalog, PollOptions options)
-    : client_(client), store_(store), term_(terminology), catalog_(catalog), opt_(std::move(options)) {}
+    : client_(client), store_(store), term_(terminology), catalog_(catalog), opt_(std::move(options)),
+      lab_search_(opt_.lab_search) {}
 
-std::string Poller::observation_code_filter() const {
-    std::string out;
-    for (const auto& t : term_.lab_tokens()) out += (out.empty() ? "" : ",") + url_encode(t);
-    return out;
+void Poller::kill_point(const char* name) {
+    if (opt_.kill.n == 0 || opt_.kill.name != name) return;
+    if (++kill_counts_[name] == opt_.kill.n) std::raise(SIGKILL);
+}
+
+void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named) {
+    ChangeFeed feed(client_, store_);
+    std::string codes;
+    for (const auto& t : term_.lab_tokens()) codes += (codes.empty() ? "" : ",") + url_encode(t);
+    std::vector<FeedOptions> feeds;
+    auto add = [&](const std::string& type, const std::string& filter, const std::string& key) {
+        FeedOptions f;
+        f.type = type;
+        f.filter = filter;
+        f.watermark_key = key;
+        f.page_size = opt_.page_size;
+        f.overlap = opt_.overlap;
+        f.dry_run = opt_.dry_run;
+        feeds.push_back(std::move(f));
+    };
+    switch (*lab_search_) {
+        case LabCodeSearch::combo_code: add("Observation", "combo-code=" + codes, "Observation"); break;
+        case LabCodeSearch::code_and_component_code:
+            add("Observation", "code=" + codes, "Observation");
+            add("Observation", "component-code=" + codes, "Observation component-code");
+            break;
+        case LabCodeSearch::code_and_panels:
+            add("Observation", "code=" + codes, "Observation");
+            add("Observation", "category=laboratory", "Observation category=laboratory");
+            break;
+    }
+    add("Condition", "", "Condition");
+    for (const auto& f : feeds) {
+        const FeedResult r = feed.sync(f, now, named, [this] { kill_point("feed-page"); });
+        sum.feed_pages += r.pages;
+        sum.resources_read += r.resources_read;
+        sum.resources_skipped += r.resources_skipped;
+        sum.resumed = sum.resumed || r.resumed;
+        sum.notes.insert(sum.notes.end(), r.notes.begin(), r.notes.end());
+    }
+    sum.patients_changed = named.size();
+    kill_point("feed-done");
+}
+
+void Poller::defer(const std::string& patient, const std::string& why, PollSummary& sum) {
+    sum.deferred.emplace_back(patient, why);
+    ++sum.patients_deferred;
+    if (!opt_.dry_run) store_.defer_patient(server(), patient, why);
+}
+
+void Poller::count(const Reconciliation& r, const std::string& patient, PollSummary& sum) {
+    sum.unchanged += r.unchanged;
+    sum.kept_while_incomplete += r.kept_while_incomplete;
+    for (const auto& w : r.writes) {
+        switch (w.action) {
+            case WriteAction::create: ++sum.created; break;
+            case WriteAction::amend: ++sum.amended; break;
+            case WriteAction::reopen: ++sum.reopened; break;
+            case WriteAction::cancel: ++sum.cancelled; break;
+            case WriteAction::retire_duplicate: ++sum.retired; break;
+        }
+        sum.writes.push_back({to_string(w.action), patient, w.rule_id, w.identifier, w.status, w.summary});
+    }
+}
+
+void Poller::work_on(const std::string& patient, PollSummary& sum, WriteBack& write_back, rules::EpochSeconds now) {
+    HistoryReader reader(client_, term_, catalog_,
+                         {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
+    PatientHistory h;
+    try {
+        h = reader.read(patient, now);
+    } catch (const fhir::FhirError& e) {
+        // A request that still fails after its retries: this patient waits for the next pass; the
+        // others go on. A spent fault budget or a refusal that no retry can mend ends the pass.
+        if (e.kind() == fhir::FhirErrorKind::budget_spent || !e.transient()) throw;
+        defer(patient, e.what(), sum);
+        return;
+    }
+    kill_point("patient-read");
+    for (auto& n : h.notes)
+        if (sum.notes.size() < 20 && std::find(sum.notes.begin(), sum.notes.end(), n) == sum.notes.end()) sum.notes.push_back(n);
+    sum.data_quality_notes += h.data_quality_notes;
+    sum.input_problems += h.unreadable.size() + h.data_quality_notes;
+    std::string incomplete;
+    for (const auto& p : h.unreadable) {
+        sum.unreadable.push_back({patient, p.describe()});
+        incomplete += (incomplete.empty() ? "cannot read " : "; ") + p.describe();
+    }
+
+    const rules::Evaluation ev = rules::evaluate(h.facts, now, catalog_);
+    sum.data_quality_notes += ev.notes.size();
+    sum.findings += ev.findings.size();
+    ++sum.patients_evaluated;
+    kill_point("patient-evaluated");
+
+    InFlight job;
+    job.complete = h.unreadable.empty();
+    job.incomplete_reason = incomplete;
+    for (const auto& f : ev.findings)
+        job.desired.push_back({mappings::alert_identifier(f.patient, f.rule->id), f.patient, f.rule->id,
+                               std::string(rules::to_string(f.rule->severity)), f.evidence_hash, f.summary,
+                               mappings::detected_issue_json(f, now, opt_.issue, "final", false)});
+    Reconciliation r = reconcile(job.desired, h.alerts, {patient, opt_.issue.identifier_system, job.complete});
+    count(r, patient, sum);
+    if (opt_.dry_run) return;
+
+    const bool no_writes = r.writes.empty();
+    store_.transaction([&] {
+        // The ledger learns every DetectedIssue of ours the server holds, also those a killed pass wrote.
+        for (const auto& a : h.alerts)
+            store_.put_alert({server(), a.identifier, patient, a.rule_id, a.evidence_hash, a.status, a.id, a.version, now});
+        if (no_writes) {
+            if (job.complete) store_.finish_patient(server(), patient);
+        }
+    });
+    if (no_writes) {
+        if (!job.complete) defer(patient, incomplete, sum);
+        return;
+    }
+    in_flight_[patient] = std::move(job);
+    write_back.add(patient, std::move(r.writes), now);
+}
+
+void Poller::decide_again(const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back,
+                          rules::EpochSeconds now) {
+    HistoryReader reader(client_, term_, catalog_,
+                         {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
+    for (const auto& patient : stale) {
+        const auto it = in_flight_.find(patient);
+        if (it == in_flight_.end()) continue;
+        ++sum.conflicts;
+        const auto alerts = reader.read_alerts(patient);
+        Reconciliation r = reconcile(it->second.desired, alerts, {patient, opt_.issue.identifier_system, it->second.complete});
+        count(r, patient, sum);
+        if (r.writes.empty()) {
+            const InFlight job = it->second;
+            in_flight_.erase(it);
+            store_.transaction([&] {
+                if (job.complete) store_.finish_patient(server(), patient);
+            });
+            if (!job.complete) defer(patient, job.incomplete_reason, sum);
+            continue;
+        }
+        write_back.add(patient, std::move(r.writes), now);
+    }
 }
 
 PollSummary Poller::run_once(rules::EpochSeconds now) {
     PollSummary sum;
-    const auto requests_before = client_.stats().requests;
+    const auto before = client_.stats();
+    client_.reset_fault_budget();
+    in_flight_.clear();
     const std::int64_t run_id = opt_.dry_run ? 0 : store_.begin_run(server(), now);
     try {
-        // 1. Incremental sync: which patients changed since the watermark?
-        struct Seen {
-            std::string reference, version;
-            rules::EpochSeconds last_updated;
-        };
-        std::vector<Seen> seen;
-        std::set<std::string> changed;
-        std::map<std::string, std::pair<rules::EpochSeconds, std::string>> new_watermark;  // type -> (time, text)
-        const std::string codes = observation_code_filter();
-        for (const std::string type : {"Observation", "Condition"}) {
-            std::string query = type + "?_sort=_lastUpdated&_count=" + std::to_string(opt_.page_size);
-            if (type == "Observation") query += "&code=" + codes;
-            const auto wm = store_.watermark(server(), type);
-            if (wm) {
-                const auto t = fhir::parse_datetime(*wm);
-                if (!t) throw state::StateError("watermark for " + type + " is not a date-time: '" + *wm + "'");
-                query += "&_lastUpdated=ge" + url_encode(fhir::format_datetime(*t - opt_.overlap.count()));
-            }
-            client_.search(query, [&](const rapidjson::Document& page) {
-                const Json* entries = fhir::member(page, "entry");
-                if (!entries || !entries->IsArray()) return;
-                for (const auto& e : entries->GetArray()) {
-                    const Json* res = fhir::member(e, "resource");
-                    if (!res || !res->IsObject() || str(*res, "resourceType") != type) continue;
-                    ++sum.resources_read;
-                    const std::string ref = type + "/" + str(*res, "id");
-                    std::string version, updated;
-                    if (const Json* meta = fhir::member(*res, "meta")) {
-                        version = str(*meta, "versionId");
-                        updated = str(*meta, "lastUpdated");
-                    }
-                    const auto t = fhir::parse_datetime(updated);
-                    if (t) {
-                        auto& w = new_watermark[type];
-                        if (w.second.empty() || *t > w.first) w = {*t, updated};
-                    }
-                    if (!version.empty() && store_.seen_version(server(), ref, version)) {
-                        ++sum.resources_skipped;
-                        continue;
-                    }
-                    if (!version.empty()) seen.push_back({ref, version, t.value_or(now)});
-                    if (const Json* subj = fhir::member(*res, "subject"))
-                        if (auto p = fhir::normalize_patient_reference(str(*subj, "reference")); p && p->rfind("Patient/", 0) == 0)
-                            changed.insert(*p);
-                }
-            });
-        }
-        sum.patients_changed = changed.size();
+        if (!lab_search_) lab_search_ = discover_lab_code_search(client_);
+        sum.lab_search = to_string(*lab_search_);
 
-        // 2. Patients to evaluate: the changed ones and those with open alerts (a finding can stop
-        //    holding because time passes: a lab leaves its window).
-        std::set<std::string> patients = changed;
+        // 1. The change feed queues the patients whose resources changed.
+        std::set<std::string> named;
+        feed_stage(sum, now, named);
+
+        // 2. The work: queued patients (this pass's and any an earlier pass left) and those with an
+        //    open alert (a finding can stop holding because time passes: a lab leaves its window).
+        std::set<std::string> patients;
+        if (opt_.dry_run) patients = named;  // a dry run queues nothing
+        for (const auto& p : store_.pending_patients(server())) patients.insert(p.patient);
+        sum.patients_queued = patients.size();
         for (const auto& a : store_.alerts(server()))
-            if (a.status != "cancelled") patients.insert(a.patient);
+            if (a.status != "cancelled" && a.status != "entered-in-error") patients.insert(a.patient);
 
-        const auto& p = catalog_.parameters();
-        const double window_days = std::max({p.caxp_window_days, p.hypercalcemia_window_days, p.phosphate_window_days,
-                                             p.pth_window_days, p.egfr_window_days}) +
-                                   2;  // + pairing and albumin margins
-        const std::string since = url_encode(fhir::format_datetime(now - static_cast<rules::EpochSeconds>(window_days * 86400)));
+        WriteBack write_back(
+            client_, store_, opt_.write,
+            [&](const std::string& patient) {  // inside the Bundle's state transaction
+                const auto it = in_flight_.find(patient);
+                if (it == in_flight_.end()) return;
+                if (it->second.complete) store_.finish_patient(server(), patient);
+                else store_.defer_patient(server(), patient, it->second.incomplete_reason);
+            },
+            [&](std::size_t, bool committed) { kill_point(committed ? "bundle-committed" : "bundle-sent"); });
 
-        std::vector<Entry> pending;
-        auto flush = [&] {
-            if (pending.empty()) return;
-            if (opt_.dry_run) {
-                pending.clear();
-                return;
+        auto settle = [&] {
+            // Conflicts: re-read and decide again (a few rounds; then the next pass).
+            for (int round = 0; round < 3; ++round) {
+                auto stale = write_back.take_stale();
+                if (stale.empty()) break;
+                decide_again(stale, sum, write_back, now);
             }
-            const rapidjson::Document response = client_.transaction(transaction_bundle(pending));
-            ++sum.write_batches;
-            if (opt_.kill_after_batches && sum.write_batches >= opt_.kill_after_batches) std::raise(SIGKILL);
-            const Json* entries = fhir::member(response, "entry");
-            store_.transaction([&] {
-                for (std::size_t i = 0; i < pending.size(); ++i) {
-                    std::string id, version;
-                    if (entries && entries->IsArray() && i < entries->Size()) {
-                        if (const Json* r = fhir::member((*entries)[i], "response")) {
-                            // location: DetectedIssue/<id>/_history/<version>
-                            const std::string loc = str(*r, "location");
-                            const auto slash = loc.find('/');
-                            const auto hist = loc.find("/_history/");
-                            if (slash != std::string::npos) {
-                                id = loc.substr(slash + 1, hist == std::string::npos ? std::string::npos : hist - slash - 1);
-                                if (hist != std::string::npos) version = loc.substr(hist + 10);
-                            }
-                        }
-                    }
-                    const Write& w = pending[i].write;
-                    store_.put_alert({server(), w.identifier, w.patient, w.rule_id, pending[i].evidence_hash, w.status, id,
-                                      version, now});
-                }
-            });
-            pending.clear();
+            for (auto& p : write_back.take_stale()) {
+                in_flight_.erase(p);
+                defer(p, "its DetectedIssues kept changing on the server while being written", sum);
+            }
+            for (auto& [p, why] : write_back.take_failed()) {
+                in_flight_.erase(p);
+                defer(p, why, sum);
+            }
         };
 
         std::size_t done = 0;
         for (const auto& patient : patients) {
-            // 3. The patient's relevant history: only codes the rules read, within the rule windows.
-            mappings::FactBuilder builder(term_);
-            const std::string pq = url_encode(patient);
-            const std::string obs_q = "Observation?subject=" + pq + "&code=" + codes + "&date=ge" + since + "&_count=" +
-                                      std::to_string(opt_.page_size);
-            client_.search(obs_q, [&](const rapidjson::Document& page) { feed_page(page, "GET " + obs_q, builder); });
-            // Results dated only by `issued` have no `date` (effective[x]) to search on.
-            const std::string undated_q = "Observation?subject=" + pq + "&code=" + codes + "&date:missing=true&_count=" +
-                                          std::to_string(opt_.page_size);
-            client_.search(undated_q, [&](const rapidjson::Document& page) { feed_page(page, "GET " + undated_q, builder); });
-            const std::string cond_q = "Condition?subject=" + pq + "&_count=" + std::to_string(opt_.page_size);
-            client_.search(cond_q, [&](const rapidjson::Document& page) { feed_page(page, "GET " + cond_q, builder); });
-            sum.input_problems += builder.problems().size();
-
-            rules::PatientFacts empty{patient, {}, {}, {}};
-            const auto it = builder.patients().find(patient);
-            const rules::Evaluation ev = rules::evaluate(it == builder.patients().end() ? empty : it->second, now, catalog_);
-            sum.data_quality_notes += ev.notes.size();
-            sum.findings += ev.findings.size();
-            ++sum.patients_evaluated;
-
-            // 4. Our DetectedIssues for this patient as the server has them.
-            std::map<std::string, ExistingIssue> existing;  // identifier -> issue
-            const std::string di_q = "DetectedIssue?patient=" + pq + "&_count=" + std::to_string(opt_.page_size);
-            client_.search(di_q, [&](const rapidjson::Document& page) {
-                const Json* entries = fhir::member(page, "entry");
-                if (!entries || !entries->IsArray()) return;
-                for (const auto& e : entries->GetArray()) {
-                    const Json* res = fhir::member(e, "resource");
-                    if (!res || str(*res, "resourceType") != "DetectedIssue") continue;
-                    const Json* ids = fhir::member(*res, "identifier");
-                    if (!ids || !ids->IsArray()) continue;
-                    for (const auto& idv : ids->GetArray()) {
-                        if (str(idv, "system") != opt_.issue.identifier_system) continue;
-                        ExistingIssue x;
-                        x.id = str(*res, "id");
-                        if (const Json* meta = fhir::member(*res, "meta")) x.version = str(*meta, "versionId");
-                        x.status = str(*res, "status");
-                        x.severity = str(*res, "severity");
-                        x.detail = str(*res, "detail");
-                        x.patient = patient;
-                        if (const Json* code = fhir::member(*res, "code"))
-                            if (const Json* coding = fhir::member(*code, "coding"); coding && coding->IsArray() && !coding->Empty())
-                                x.rule_id = str((*coding)[0], "code");
-                        x.json = to_json(*res);
-                        existing[str(idv, "value")] = std::move(x);
-                    }
-                }
-            });
-
-            // 5. The writes that make the server agree with the findings.
-            // A new alert: conditional create on the identifier (a re-run after a crash finds it and
-            // creates nothing). A known one: an update of that resource by id, guarded by its version
-            // (If-Match), so two pollers never overwrite each other's write unseen.
-            auto create_entry = [&](const Write& w, const std::string& resource, const std::string& hash) {
-                return Entry{w, resource, "POST", "DetectedIssue",
-                             "identifier=" + url_encode(opt_.issue.identifier_system + "|" + w.identifier), "", hash};
-            };
-            auto update_entry = [&](const Write& w, rapidjson::Document& resource, const ExistingIssue& ex,
-                                    const std::string& hash) {
-                resource.RemoveMember("meta");
-                resource.RemoveMember("id");
-                resource.AddMember("id", rapidjson::Value(ex.id.c_str(), resource.GetAllocator()), resource.GetAllocator());
-                return Entry{w, to_json(resource), "PUT", "DetectedIssue/" + ex.id, "",
-                             ex.version.empty() ? "" : "W/\"" + ex.version + "\"", hash};
-            };
-            std::set<std::string> current;
-            for (const auto& f : ev.findings) {
-                const std::string identifier = mappings::alert_identifier(f.patient, f.rule->id);
-                current.insert(identifier);
-                auto ex = existing.find(identifier);
-                Write w{"", f.patient, f.rule->id, identifier, "final", f.summary};
-                if (ex == existing.end()) {
-                    w.action = "create";
-                    ++sum.created;
-                } else if (ex->second.status == "cancelled" || ex->second.status == "entered-in-error") {
-                    w.action = "reopen";
-                    ++sum.reopened;
-                } else if (ex->second.detail != f.detail || ex->second.severity != rules::to_string(f.rule->severity)) {
-                    w.action = "amend";
-                    w.status = "amended";
-                    ++sum.amended;
-                } else {
-                    ++sum.unchanged;
-                    continue;
-                }
-                const std::string resource = mappings::detected_issue_json(f, now, opt_.issue, w.status, false);
-                if (w.action == "create") {
-                    pending.push_back(create_entry(w, resource, f.evidence_hash));
-                } else {
-                    rapidjson::Document d;
-                    d.Parse(resource.c_str());
-                    pending.push_back(update_entry(w, d, ex->second, f.evidence_hash));
-                }
-                sum.writes.push_back(w);
-                if (pending.size() >= opt_.write_batch) flush();
-            }
-            for (const auto& [identifier, ex] : existing) {
-                if (current.count(identifier) || ex.status == "cancelled" || ex.status == "entered-in-error") continue;
-                // No longer holds: the same resource, status cancelled.
-                rapidjson::Document d;
-                d.Parse(ex.json.c_str());
-                d["status"].SetString("cancelled", d.GetAllocator());
-                Write w{"cancel", patient, ex.rule_id, identifier, "cancelled", "no longer holds"};
-                pending.push_back(update_entry(w, d, ex, ""));
-                sum.writes.push_back(w);
-                ++sum.cancelled;
-                if (pending.size() >= opt_.write_batch) flush();
-            }
+            work_on(patient, sum, write_back, now);
+            settle();
             ++done;
             if (opt_.progress) opt_.progress(done, patients.size());
         }
-        flush();
-
-        // 6. Only now, with every write landed, advance the state.
-        sum.requests = client_.stats().requests - requests_before;
         if (!opt_.dry_run) {
-            store_.transaction([&] {
-                for (const auto& [type, w] : new_watermark) store_.set_watermark(server(), type, w.second);
-                for (const auto& s : seen) store_.mark_seen(server(), s.reference, s.version, s.last_updated);
-                for (const auto& [type, w] : new_watermark)
-                    store_.forget_seen_before(server(), w.first - opt_.overlap.count() - 86400);
-                store_.finish_run(run_id, now, "ok", sum.to_json());
-            });
+            write_back.flush(now);
+            settle();
+            write_back.flush(now);
         }
+        // Patients with unreadable resources whose writes landed were deferred in the Bundle's transaction.
+        for (const auto& [patient, job] : in_flight_)
+            if (!job.complete && std::none_of(sum.deferred.begin(), sum.deferred.end(), [&](const auto& d) { return d.first == patient; })) {
+                sum.deferred.emplace_back(patient, job.incomplete_reason);
+                ++sum.patients_deferred;
+            }
+
+        const auto& ws = write_back.stats();
+        sum.write_batches = ws.bundles;
+        sum.bundle_splits = ws.splits;
+        sum.requests = client_.stats().requests - before.requests;
+        sum.retries = client_.stats().retries - before.retries;
+        kill_point("pass-done");
+        if (!opt_.dry_run) store_.finish_run(run_id, now, sum.outcome(), sum.to_json());
         return sum;
     } catch (...) {
-        sum.requests = client_.stats().requests - requests_before;
+        sum.requests = client_.stats().requests - before.requests;
+        sum.retries = client_.stats().retries - before.retries;
         if (!opt_.dry_run) {
             try {
                 store_.finish_run(run_id, now, "failed", sum.to_json());

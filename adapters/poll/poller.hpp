@@ -1,18 +1,32 @@
-// Scheduled hospital polling: incremental sync of Observation and Condition by _lastUpdated, per
-// changed patient a fetch of the relevant history and an evaluation, and idempotent write-back of
-// DetectedIssues (create / amend / cancel) in transaction Bundles. State (watermarks, seen versions,
-// the alert ledger, run history) lives in a StateStore; the watermark advances only after every
-// write of the run has landed, so a run killed at any point is simply redone by the next one.
+// Scheduled hospital polling, one pass as a resumable job over four stages:
+//
+//   1. ChangeFeed (change_feed.hpp): Observations of the lab codes and Conditions changed since the
+//      watermark; every page checkpointed (patients queued, versions marked processed, cursor).
+//   2. The work: the queued patients, plus every patient with an open alert (a finding can stop
+//      holding as time passes); each read by HistoryReader (history_reader.hpp) and evaluated.
+//   3. reconcile() (reconcile.hpp): the pure decision create / amend / reopen / cancel / unchanged.
+//   4. WriteBack (write_back.hpp): Bundles that fit the server; the ledger updated and the patient
+//      taken off the queue only once its writes have landed.
+//
+// A pass that fails (its fault budget spent, the state unwritable) keeps everything it finished;
+// the next pass resumes with the rest. A patient some of whose resources cannot be read is
+// evaluated on what can be read (no alert is retracted on partial data), reported, and kept queued
+// so that every later pass tries it again until it reads cleanly.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <ostream>
+#include <map>
+#include <optional>
 #include <set>
+#include <ostream>
 #include <string>
 #include <vector>
 
+#include "adapters/poll/history_reader.hpp"
+#include "adapters/poll/reconcile.hpp"
+#include "adapters/poll/write_back.hpp"
 #include "adapters/state/state_store.hpp"
 #include "fhir/client.hpp"
 #include "mappings/detected_issue.hpp"
@@ -21,21 +35,32 @@
 
 namespace calcalert::poll {
 
+// A named point in a pass where a test can SIGKILL the process (CALCALERT_TEST_KILL_AT=name:n,
+// the n-th time the point is reached). Points: feed-page (after a feed page's checkpoint),
+// feed-done, patient-read, patient-evaluated, bundle-sent (answer received, ledger not yet
+// written), bundle-committed, pass-done (before the run record).
+struct KillPoint {
+    std::string name;
+    std::size_t n = 0;  // 0 = never
+};
+std::optional<KillPoint> parse_kill_point(const std::string& text);  // "bundle-sent:3"
+
 struct PollOptions {
     bool dry_run = false;
     std::chrono::seconds overlap{300};  // re-read this much before the watermark (clock skew, slow commits)
     std::size_t page_size = 200;
-    std::size_t write_batch = 50;       // DetectedIssue writes per transaction Bundle
+    WriteBackOptions write;             // Bundle type and size
     mappings::IssueOptions issue;
-    // Test hook: raise SIGKILL right after this many write batches have been sent (0 = never).
-    std::size_t kill_after_batches = 0;
+    // How lab codes are searched; nullopt = from the server's CapabilityStatement.
+    std::optional<LabCodeSearch> lab_search;
+    KillPoint kill;                     // test hook
     // Called with (done, total) while patients are evaluated (for a progress display).
     std::function<void(std::size_t, std::size_t)> progress;
 };
 
 // One DetectedIssue write (or, in a dry run, one that would be made).
 struct Write {
-    std::string action;  // create | amend | cancel | reopen
+    std::string action;  // create | amend | cancel | reopen | retire
     std::string patient;
     std::string rule_id;
     std::string identifier;
@@ -43,18 +68,38 @@ struct Write {
     std::string summary;
 };
 
+// A resource a pass could not read, and where.
+struct Unreadable {
+    std::string patient;
+    std::string description;  // fhir::Problem::describe()
+};
+
 struct PollSummary {
-    std::size_t resources_read = 0;     // Observations and Conditions returned by the incremental sync
-    std::size_t resources_skipped = 0;  // already processed (same id and versionId)
-    std::size_t patients_changed = 0;
-    std::size_t patients_evaluated = 0; // changed patients plus patients with open alerts
+    std::size_t resources_read = 0;     // Observations and Conditions returned by the change feed
+    std::size_t resources_skipped = 0;  // already processed (same id and versionId) or repeated
+    std::size_t feed_pages = 0;
+    bool resumed = false;               // the pass continued an unfinished one
+    std::size_t patients_changed = 0;   // named by this pass's change feed
+    std::size_t patients_queued = 0;    // in the work queue at the start of the work stage
+    std::size_t patients_evaluated = 0;
+    std::size_t patients_deferred = 0;  // left queued for the next pass (see `deferred`)
     std::size_t findings = 0;
-    std::size_t created = 0, amended = 0, cancelled = 0, reopened = 0, unchanged = 0;
+    std::size_t created = 0, amended = 0, cancelled = 0, reopened = 0, retired = 0, unchanged = 0;
+    std::size_t kept_while_incomplete = 0;
+    std::size_t conflicts = 0;          // version conflicts: re-read and decided again
     std::size_t data_quality_notes = 0;
     std::size_t input_problems = 0;
     std::uint64_t requests = 0;
+    std::uint64_t retries = 0;
     std::size_t write_batches = 0;
+    std::size_t bundle_splits = 0;
+    std::string lab_search;             // how lab codes were searched
     std::vector<Write> writes;
+    std::vector<Unreadable> unreadable;
+    std::vector<std::pair<std::string, std::string>> deferred;  // (patient, why)
+    std::vector<std::string> notes;     // server oddities met
+    // ok: everything done; incomplete: done except `deferred` (kept queued); failed: see the error.
+    std::string outcome() const { return deferred.empty() ? "ok" : "incomplete"; }
     std::string to_json() const;
 };
 
@@ -63,21 +108,34 @@ public:
     Poller(fhir::FhirClient& client, state::StateStore& store, const mappings::Terminology& terminology,
            const rules::RuleCatalog& catalog, PollOptions options);
 
-    // One polling pass at evaluation time `now`. Throws fhir::FhirError / state::StateError when the
-    // server or the state fails; the state is then not advanced past data that was not processed.
+    // One polling pass at evaluation time `now`. Throws fhir::FhirError (the fault budget spent, a
+    // request the server refuses for good) or state::StateError; what the pass finished is kept.
     PollSummary run_once(rules::EpochSeconds now);
-
-    // The LOINC codes whose Observations the rules read, as a token search value list.
-    std::string observation_code_filter() const;
 
 private:
     const std::string& server() const { return client_.base_url(); }
+    void kill_point(const char* name);
+    void feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named);
+    // Reads, evaluates and decides one patient; its writes go to `write_back`.
+    void work_on(const std::string& patient, PollSummary& sum, WriteBack& write_back, rules::EpochSeconds now);
+    void decide_again(const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back, rules::EpochSeconds now);
+    void defer(const std::string& patient, const std::string& why, PollSummary& sum);
+    void count(const Reconciliation& r, const std::string& patient, PollSummary& sum);
 
     fhir::FhirClient& client_;
     state::StateStore& store_;
     const mappings::Terminology& term_;
     const rules::RuleCatalog& catalog_;
     PollOptions opt_;
+    std::optional<LabCodeSearch> lab_search_;
+    std::map<std::string, std::size_t> kill_counts_;
+    // Per patient with writes in flight: the findings and whether its data was read whole.
+    struct InFlight {
+        std::vector<DesiredAlert> desired;
+        bool complete = true;
+        std::string incomplete_reason;
+    };
+    std::map<std::string, InFlight> in_flight_;
 };
 
 }  // namespace calcalert::poll

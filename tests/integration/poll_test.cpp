@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -26,6 +27,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "../support/poll_support.hpp"
 #include "../support/sandbox_server.hpp"
 #include "adapters/poll/poller.hpp"
 #include "adapters/state/state_store.hpp"
@@ -39,174 +41,8 @@
 using namespace calcalert;
 namespace fs = std::filesystem;
 
-namespace {
-
-const std::string kRoot = CALCALERT_SOURCE_ROOT;
+using namespace test::polling;
 using test::kNow;
-
-using test::catalog;
-using test::terminology;
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path);
-    REQUIRE(in.good());
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string to_json(const rapidjson::Value& v) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    v.Accept(w);
-    return sb.GetString();
-}
-
-// The fixture files polled: every rule fixture and the example cohort. (references.json is left out:
-// its absolute subject URLs name another server, so no subject search on this one can find them.)
-std::vector<std::pair<std::string, std::string>> fixture_files() {
-    std::vector<std::pair<std::string, std::string>> out;  // (dir, file)
-    for (const auto& e : fs::directory_iterator(kRoot + "/tests/fixtures/rules")) {
-        const auto name = e.path().filename().string();
-        if (e.path().extension() == ".json" && name != "expected.json" && name != "references.json")
-            out.emplace_back(kRoot + "/tests/fixtures/rules", name);
-    }
-    out.emplace_back(kRoot + "/examples/cohort", "cohort.json");
-    std::sort(out.begin(), out.end());
-    return out;
-}
-
-// Loads a collection Bundle into the server as a transaction of PUTs (client ids kept).
-void load_bundle(fhir::FhirClient& client, const std::string& path) {
-    rapidjson::Document d;
-    d.Parse(read_file(path).c_str());
-    REQUIRE_FALSE(d.HasParseError());
-    std::string tx = R"({"resourceType":"Bundle","type":"transaction","entry":[)";
-    bool first = true;
-    for (const auto& e : d["entry"].GetArray()) {
-        const auto& r = e["resource"];
-        const std::string url = std::string(r["resourceType"].GetString()) + "/" + r["id"].GetString();
-        tx += (first ? "" : ",") + std::string(R"({"fullUrl":")") + e["fullUrl"].GetString() + R"(","resource":)" +
-              to_json(r) + R"(,"request":{"method":"PUT","url":")" + url + R"("}})";
-        first = false;
-    }
-    tx += "]}";
-    client.transaction(tx);
-}
-
-using Truth = std::map<std::string, std::set<std::string>>;  // patient -> rule ids
-
-Truth ground_truth() {
-    Truth t;
-    std::set<std::string> polled;
-    for (const auto& [dir, file] : fixture_files()) polled.insert(dir + "/" + file);
-    for (const std::string& dir : {kRoot + "/tests/fixtures/rules", kRoot + "/examples/cohort"}) {
-        rapidjson::Document d;
-        d.Parse(read_file(dir + "/expected.json").c_str());
-        for (const auto& c : d["cases"].GetArray()) {
-            if (!polled.count(dir + "/" + c["file"].GetString())) continue;
-            auto& rules = t[c["patient"].GetString()];
-            for (const auto& r : c["expect"].GetArray()) rules.insert(r.GetString());
-        }
-    }
-    return t;
-}
-
-struct ServerIssue {
-    std::string id, patient, rule, status, identifier;
-};
-
-std::vector<ServerIssue> server_issues(fhir::FhirClient& client, const std::string& system) {
-    std::vector<ServerIssue> out;
-    client.search("DetectedIssue?_count=500", [&](const rapidjson::Document& page) {
-        if (!page.HasMember("entry")) return;
-        for (const auto& e : page["entry"].GetArray()) {
-            const auto& r = e["resource"];
-            ServerIssue i;
-            i.id = r["id"].GetString();
-            i.patient = r["patient"]["reference"].GetString();
-            i.rule = r["code"]["coding"][0]["code"].GetString();
-            i.status = r["status"].GetString();
-            for (const auto& idv : r["identifier"].GetArray())
-                if (system == idv["system"].GetString()) i.identifier = idv["value"].GetString();
-            if (!i.identifier.empty()) out.push_back(i);
-        }
-    });
-    return out;
-}
-
-// The open alerts on the server as patient -> rules; fails on a duplicate identifier.
-Truth open_alerts(fhir::FhirClient& client, const std::string& system = "urn:calcalert:detected-issue") {
-    Truth t;
-    std::set<std::string> identifiers;
-    for (const auto& i : server_issues(client, system)) {
-        CHECK_MESSAGE(identifiers.insert(i.identifier).second, "duplicate DetectedIssue for " << i.identifier);
-        CHECK(i.identifier == mappings::alert_identifier(i.patient, i.rule));
-        if (i.status != "cancelled") t[i.patient].insert(i.rule);
-    }
-    return t;
-}
-
-void check_equal(const Truth& expected, const Truth& actual) {
-    std::size_t compared = 0;
-    for (const auto& [patient, rules] : expected) {
-        auto it = actual.find(patient);
-        const std::set<std::string> got = it == actual.end() ? std::set<std::string>{} : it->second;
-        std::string e, g;
-        for (const auto& r : rules) e += r + " ";
-        for (const auto& r : got) g += r + " ";
-        CHECK_MESSAGE(rules == got, patient << ": expected {" << e << "} on the server, found {" << g << "}");
-        ++compared;
-    }
-    for (const auto& [patient, rules] : actual)
-        CHECK_MESSAGE(expected.count(patient), "alert for a patient outside the ground truth: " << patient);
-    CHECK(compared > 100);
-}
-
-std::string temp_state(const char* name) {
-    const auto p = fs::temp_directory_path() / ("calcalert-poll-" + std::string(name) + "-" + std::to_string(::getpid()) + ".sqlite");
-    for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(p.string() + suffix);
-    return p.string();
-}
-
-fhir::ClientOptions client_options(const std::string& base) {
-    fhir::ClientOptions o;
-    o.base_url = base;
-    o.sleep = [](std::chrono::milliseconds) {};
-    return o;
-}
-
-poll::PollSummary poll_once(const std::string& base, const std::string& state_path, poll::PollOptions opt = {}) {
-    fhir::FhirClient client(client_options(base));
-    auto store = state::open_sqlite_store(state_path);
-    poll::Poller poller(client, *store, terminology(), catalog(), opt);
-    return poller.run_once(kNow);
-}
-
-// Runs the calcalert program; returns the raw wait status.
-int run_program(const std::vector<std::string>& args, const std::string& out_path, const char* env_kill = nullptr) {
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        const int fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        if (env_kill) setenv("CALCALERT_TEST_KILL_AFTER_BATCHES", env_kill, 1);
-        std::vector<char*> argv;
-        std::string bin = CALCALERT_BINARY;
-        argv.push_back(bin.data());
-        std::vector<std::string> copy = args;
-        for (auto& a : copy) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execv(bin.c_str(), argv.data());
-        _exit(127);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return status;
-}
-
-}  // namespace
 
 TEST_CASE("poll: ground truth, idempotent second poll, cancel, amend") {
     test::SandboxServer sandbox;
@@ -231,20 +67,7 @@ TEST_CASE("poll: ground truth, idempotent second poll, cancel, amend") {
 
     SUBCASE("a lab that no longer holds cancels exactly that alert; a new lab amends") {
         // Patient/rajesh-iyer: calciphylaxis-risk from Ca×P 71.1. A corrected phosphate ends it.
-        std::vector<std::string> phosphate_ids;
-        client.search("Observation?subject=Patient/rajesh-iyer&code=http://loinc.org%7C2777-1,http://loinc.org%7C14879-1",
-                      [&](const rapidjson::Document& page) {
-                          for (const auto& e : page["entry"].GetArray()) phosphate_ids.push_back(e["resource"]["id"].GetString());
-                      });
-        REQUIRE(phosphate_ids.size() == 2);
-        for (const auto& id : phosphate_ids) {  // both in mmol/L: 1.0 mmol/L = 3.1 mg/dL, a normal phosphate
-            rapidjson::Document obs;
-            obs.Parse(client.get("Observation/" + id).body.c_str());
-            obs["valueQuantity"]["value"].SetDouble(1.0);
-            obs["status"].SetString("corrected");
-            obs.RemoveMember("meta");
-            REQUIRE(client.put("Observation/" + id, to_json(obs)).status == 200);
-        }
+        correct_rajesh_iyer_phosphates(client);
 
         auto third = poll_once(sandbox.base_url(), state_path);
         MESSAGE("after the corrected phosphate: " << third.to_json());
@@ -259,15 +82,7 @@ TEST_CASE("poll: ground truth, idempotent second poll, cancel, amend") {
         check_equal(expected, open_alerts(client));
 
         // Patient/harold-kim: metastatic-calcification-risk; a newer, higher phosphate changes the evidence.
-        const std::string newer = R"({"resourceType":"Observation","status":"final",
-          "category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],
-          "code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},"subject":{"reference":"Patient/harold-kim"},
-          "effectiveDateTime":"2026-11-24T08:00:00Z","valueQuantity":{"value":7.9,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}})";
-        const std::string newer_ca = R"({"resourceType":"Observation","status":"final",
-          "code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},"subject":{"reference":"Patient/harold-kim"},
-          "effectiveDateTime":"2026-11-24T08:00:00Z","valueQuantity":{"value":10.1,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}})";
-        REQUIRE(client.post("Observation", newer).status == 201);
-        REQUIRE(client.post("Observation", newer_ca).status == 201);
+        add_harold_kim_labs(client);
         auto fourth = poll_once(sandbox.base_url(), state_path);
         MESSAGE("after a new lab: " << fourth.to_json());
         CHECK(fourth.amended == 1);
@@ -298,8 +113,11 @@ TEST_CASE("poll: SIGKILL mid-write-back, then a clean run, ends with the clean r
     for (const auto& [p, r] : partial) partial_count += r.size();
     CHECK(partial_count == 14);  // two batches of 7 landed before the kill
     {
+        // The feed was read whole (watermark set), and the patients whose writes had not landed are
+        // still queued: the next pass resumes with exactly them.
         auto store = state::open_sqlite_store(state_path);
-        CHECK_FALSE(store->watermark(sandbox.base_url(), "Observation"));  // not advanced
+        CHECK(store->watermark(sandbox.base_url(), "Observation"));
+        CHECK(store->pending_patients(sandbox.base_url()).size() > 10);
     }
 
     const int clean = run_program(args, log);
@@ -428,6 +246,133 @@ TEST_CASE("a server answering with an OperationOutcome, HTML or non-FHIR JSON: a
         REQUIRE(runs.size() == 1);
         CHECK(runs[0].outcome == "failed");
         server.stop();
+        for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state_path + suffix);
+    }
+}
+
+TEST_CASE("poll: absolute subjects on this server and labs only in panel components are found, in every lab code search") {
+    test::SandboxServer sandbox;
+    fhir::FhirClient client(client_options(sandbox.base_url()));
+    load_bundle_text(client, replace_all(read_file(kRoot + "/tests/fixtures/poll/server-shapes.json"), "{{BASE}}",
+                                         sandbox.base_url()));
+    const Truth expected = {{"Patient/srv-absolute", {"calciphylaxis-suspected"}},
+                            {"Patient/srv-mixed", {"calciphylaxis-risk"}},
+                            {"Patient/srv-panel", {"calciphylaxis-risk"}}};
+    struct Mode {
+        std::optional<poll::LabCodeSearch> search;
+        const char* reported;
+    };
+    const Mode modes[] = {{std::nullopt, "combo-code"},  // the sandbox's CapabilityStatement offers combo-code
+                          {poll::LabCodeSearch::code_and_component_code, "code + component-code"},
+                          {poll::LabCodeSearch::code_and_panels, "code + laboratory panels read whole"}};
+    int n = 0;
+    for (const auto& mode : modes) {
+        CAPTURE(mode.reported);
+        // Each mode writes under its own identifier system, so the three runs do not see each other.
+        poll::PollOptions opt;
+        opt.issue.identifier_system = "urn:calcalert:test-shapes-" + std::to_string(n++);
+        opt.lab_search = mode.search;
+        const std::string state_path = temp_state("shapes");
+        const auto sum = poll_once(sandbox.base_url(), state_path, opt);
+        CHECK(sum.lab_search == mode.reported);
+        CHECK(sum.deferred.empty());
+        Truth got;
+        for (const auto& i : server_issues(client, opt.issue.identifier_system))
+            if (i.status != "cancelled") got[i.patient].insert(i.rule);
+        CHECK(got == expected);
+        // A second pass finds every one of them unchanged.
+        const auto again = poll_once(sandbox.base_url(), state_path, opt);
+        CHECK(again.writes.empty());
+        CHECK(again.unchanged == 3);
+        for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state_path + suffix);
+    }
+}
+
+TEST_CASE("poll: a resource that cannot be read is reported, its patient stays queued and is tried again until it reads") {
+    test::SandboxOptions no_validation;
+    no_validation.extra_args = {"--no-validate"};
+    test::SandboxServer sandbox(no_validation);
+    fhir::FhirClient client(client_options(sandbox.base_url()));
+    const std::string base = sandbox.base_url();
+    // Patient/srv-mixed of the shapes fixture, its phosphate's value written as a string.
+    std::string bundle = replace_all(read_file(kRoot + "/tests/fixtures/poll/server-shapes.json"), "{{BASE}}", base);
+    const std::string good_p = R"("valueQuantity": {
+     "value": 7.5,)";
+    REQUIRE(bundle.find(good_p) != std::string::npos);
+    bundle.replace(bundle.find(good_p), good_p.size(), R"("valueQuantity": {
+     "value": "7.5",)");
+    load_bundle_text(client, bundle);
+
+    const std::string state_path = temp_state("unreadable");
+    const std::string log = state_path + ".log";
+    const std::vector<std::string> args{"poll", "--server", base, "--once", "--state", state_path, "--now",
+                                        "2026-11-25T12:00:00Z"};
+    for (int pass = 1; pass <= 2; ++pass) {
+        CAPTURE(pass);
+        const int status = run_program(args, log);
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 5);  // finished, a patient left queued
+        const std::string out = read_file(log);
+        CHECK(out.find("calcalert: warning: cannot read") != std::string::npos);
+        CHECK(out.find("Observation/srv-mixed-p") != std::string::npos);
+        CHECK(out.find("Observation.valueQuantity.value") != std::string::npos);
+        CHECK(out.find("unreadable resources 1") != std::string::npos);
+        auto store = state::open_sqlite_store(state_path);
+        const auto pending = store->pending_patients(base);
+        REQUIRE(pending.size() == 1);
+        CHECK(pending[0].patient == "Patient/srv-mixed");
+        CHECK(pending[0].attempts == pass);
+        CHECK(pending[0].last_error.find("Observation/srv-mixed-p") != std::string::npos);
+        const auto runs = store->runs(base, 1);
+        REQUIRE(runs.size() == 1);
+        CHECK(runs[0].outcome == "incomplete");
+        CHECK(runs[0].summary_json.find("\"unreadableResources\":1") != std::string::npos);
+    }
+    CHECK(open_alerts(client).count("Patient/srv-mixed") == 0);  // Ca without P: nothing yet
+
+    // The lab system corrects the resource: the next pass reads it and writes the alert.
+    rapidjson::Document d;
+    d.Parse(client.get("Observation/srv-mixed-p").body.c_str());
+    d["valueQuantity"]["value"].SetDouble(7.5);
+    d.RemoveMember("meta");
+    const auto put = client.put("Observation/srv-mixed-p", to_json(d));
+    REQUIRE(put.status == 200);
+    const int fixed = run_program(args, log);
+    REQUIRE(WIFEXITED(fixed));
+    CHECK(WEXITSTATUS(fixed) == 0);
+    const Truth alerts = open_alerts(client);
+    REQUIRE(alerts.count("Patient/srv-mixed"));
+    CHECK(alerts.at("Patient/srv-mixed") == std::set<std::string>{"calciphylaxis-risk"});
+    CHECK(state::open_sqlite_store(state_path)->pending_patients(base).empty());
+    for (const char* suffix : {"", "-wal", "-shm", ".log"}) fs::remove(state_path + suffix);
+}
+
+TEST_CASE("poll on a current Medplum (5.x, its transaction caps kept): the same ground truth; transactions split to fit") {
+    test::SandboxOptions medplum5;
+    medplum5.script = kRoot + "/deploy/medplum5/run-sandbox";
+    test::SandboxServer server(medplum5);
+    fhir::FhirClient client(client_options(server.base_url()));
+    for (const auto& [dir, file] : fixture_files()) load_bundle(client, dir + "/" + file);
+
+    SUBCASE("batch Bundles of 50 (the default)") {
+        const std::string state_path = temp_state("medplum5-batch");
+        const auto first = poll_once(server.base_url(), state_path);
+        MESSAGE("Medplum 5, batch: " << first.to_json());
+        CHECK(first.bundle_splits == 0);
+        check_equal(ground_truth(), open_alerts(client));
+        CHECK(poll_once(server.base_url(), state_path).writes.empty());
+        for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state_path + suffix);
+    }
+    SUBCASE("transaction Bundles of 50: refused as too large, split until they fit (8 conditional entries)") {
+        poll::PollOptions opt;
+        opt.write.bundle_type = poll::BundleType::transaction;
+        opt.issue.identifier_system = "urn:calcalert:test-medplum5-transaction";
+        const std::string state_path = temp_state("medplum5-tx");
+        const auto first = poll_once(server.base_url(), state_path, opt);
+        MESSAGE("Medplum 5, transaction: " << first.to_json());
+        CHECK(first.bundle_splits >= 3);  // 50 -> 25 -> 12 -> 6
+        check_equal(ground_truth(), open_alerts(client, opt.issue.identifier_system));
+        CHECK(poll_once(server.base_url(), state_path, opt).writes.empty());
         for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state_path + suffix);
     }
 }

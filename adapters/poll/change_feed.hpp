@@ -1,0 +1,64 @@
+// The poller's change feed: which patients have new or changed resources since the last pass.
+// For one resource type it searches `?<filter>&_sort=_lastUpdated&_lastUpdated=ge<watermark −
+// overlap>` and follows link[next]. Every page is checkpointed as it is read, in one state
+// transaction: the patients it names are queued for evaluation, its resource versions are marked
+// processed, and the cursor (the next link and the largest meta.lastUpdated so far) is saved. A pass
+// killed mid-feed resumes from the cursor; the watermark moves only when the whole feed is read
+// (and then only to the largest meta.lastUpdated the server itself returned), so no change is lost.
+//
+// Servers differ and the feed copes: duplicate entries across pages and versions already processed
+// are skipped, out-of-order meta.lastUpdated (or a server that ignores _sort) cannot move the
+// watermark backwards or past an unread change, a next link that loops ends the feed with a note,
+// and subjects written as absolute URLs on this server's base count as the local patient (an
+// absolute URL on another server's base does not).
+#pragma once
+
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "adapters/state/state_store.hpp"
+#include "fhir/client.hpp"
+
+namespace calcalert::poll {
+
+struct FeedResult {
+    std::size_t pages = 0;
+    std::size_t resources_read = 0;
+    std::size_t resources_skipped = 0;   // already processed (same id and versionId), or repeated
+    std::size_t patients_named = 0;      // by the pages read (a patient on two pages counts twice)
+    bool resumed = false;                // continued from a saved cursor
+    std::vector<std::string> notes;      // what the server did oddly (looping next links ...)
+};
+
+struct FeedOptions {
+    std::string type;                    // Observation, Condition
+    std::string filter;                  // e.g. "code=http://loinc.org|17861-6,..." ("" = every resource)
+    std::string watermark_key;           // the key of this feed's watermark and cursor (default: type)
+    std::size_t page_size = 200;
+    std::chrono::seconds overlap{300};
+    bool dry_run = false;                // read, queue in memory, write no state
+};
+
+// Reference of the patient a resource is about, when it is one on this server: "Patient/x" for
+// "Patient/x", "<base>/Patient/x" and a versioned form; nullopt for another server's URL, a
+// contained or urn: reference, or a non-Patient subject.
+std::optional<std::string> local_patient(const std::string& reference, const std::string& base_url);
+
+class ChangeFeed {
+public:
+    ChangeFeed(fhir::FhirClient& client, state::StateStore& store) : client_(client), store_(store) {}
+
+    // Reads the feed to its end; every patient it names is added to `patients` too (in a dry run,
+    // that is the only place they go). `on_page_committed` runs after each page's checkpoint (a
+    // test kill point).
+    FeedResult sync(const FeedOptions& options, state::EpochSeconds now, std::set<std::string>& patients,
+                    const std::function<void()>& on_page_committed = {});
+
+private:
+    fhir::FhirClient& client_;
+    state::StateStore& store_;
+};
+
+}  // namespace calcalert::poll

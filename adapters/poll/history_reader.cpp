@@ -1,0 +1,175 @@
+#include "adapters/poll/history_reader.hpp"
+
+#include <algorithm>
+#include <set>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "adapters/poll/paging.hpp"
+#include "adapters/poll/url.hpp"
+#include "fhir/datetime.hpp"
+#include "fhir/resource_reader.hpp"
+#include "fhir/views.hpp"
+#include "mappings/fact_builder.hpp"
+
+namespace calcalert::poll {
+namespace {
+
+using Json = rapidjson::Value;
+
+std::string str(const Json& obj, const char* name) {
+    const Json* v = fhir::member(obj, name);
+    return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
+}
+
+std::string to_json(const Json& v) {
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    v.Accept(w);
+    return sb.GetString();
+}
+
+}  // namespace
+
+const char* to_string(LabCodeSearch s) {
+    switch (s) {
+        case LabCodeSearch::combo_code: return "combo-code";
+        case LabCodeSearch::code_and_component_code: return "code + component-code";
+        case LabCodeSearch::code_and_panels: return "code + laboratory panels read whole";
+    }
+    return "?";
+}
+
+LabCodeSearch lab_code_search_from_capabilities(const rapidjson::Value& cs) {
+    std::set<std::string> params;
+    if (const Json* rest = fhir::member(cs, "rest"); rest && rest->IsArray())
+        for (const auto& r : rest->GetArray())
+            if (const Json* resources = fhir::member(r, "resource"); resources && resources->IsArray())
+                for (const auto& res : resources->GetArray())
+                    if (res.IsObject() && str(res, "type") == "Observation")
+                        if (const Json* sp = fhir::member(res, "searchParam"); sp && sp->IsArray())
+                            for (const auto& p : sp->GetArray())
+                                if (p.IsObject()) params.insert(str(p, "name"));
+    if (params.count("combo-code")) return LabCodeSearch::combo_code;
+    if (params.count("component-code")) return LabCodeSearch::code_and_component_code;
+    return LabCodeSearch::code_and_panels;
+}
+
+LabCodeSearch discover_lab_code_search(fhir::FhirClient& client) {
+    try {
+        const rapidjson::Document cs = client.get_resource("metadata");
+        return lab_code_search_from_capabilities(cs);
+    } catch (const fhir::FhirError&) {
+        return LabCodeSearch::code_and_panels;
+    }
+}
+
+bool read_server_alert(const rapidjson::Value& res, const std::string& identifier_system,
+                       const std::string& evidence_hash_extension, ServerAlert& x) {
+    if (!res.IsObject() || str(res, "resourceType") != "DetectedIssue") return false;
+    const Json* ids = fhir::member(res, "identifier");
+    if (!ids || !ids->IsArray()) return false;
+    x = {};
+    for (const auto& idv : ids->GetArray())
+        if (idv.IsObject() && str(idv, "system") == identifier_system) x.identifier = str(idv, "value");
+    if (x.identifier.empty()) return false;
+    x.id = str(res, "id");
+    if (const Json* meta = fhir::member(res, "meta"); meta && meta->IsObject()) x.version = str(*meta, "versionId");
+    x.status = str(res, "status");
+    x.severity = str(res, "severity");
+    if (const Json* code = fhir::member(res, "code"); code && code->IsObject())
+        if (const Json* coding = fhir::member(*code, "coding"); coding && coding->IsArray() && !coding->Empty() &&
+                                                              (*coding)[0].IsObject())
+            x.rule_id = str((*coding)[0], "code");
+    if (const Json* ext = fhir::member(res, "extension"); ext && ext->IsArray())
+        for (const auto& e : ext->GetArray())
+            if (e.IsObject() && str(e, "url") == evidence_hash_extension) x.evidence_hash = str(e, "valueString");
+    x.resource = to_json(res);
+    return true;
+}
+
+HistoryReader::HistoryReader(fhir::FhirClient& client, const mappings::Terminology& terminology,
+                             const rules::RuleCatalog& catalog, HistoryOptions options)
+    : client_(client), term_(terminology), catalog_(catalog), opt_(std::move(options)) {
+    for (const auto& t : term_.lab_tokens()) codes_ += (codes_.empty() ? "" : ",") + url_encode(t);
+}
+
+std::string HistoryReader::subject_param(const std::string& patient) const {
+    return "subject=" + url_encode(patient) + "," + url_encode(client_.base_url() + "/" + patient);
+}
+
+PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSeconds now) {
+    const auto& p = catalog_.parameters();
+    const double window_days = std::max({p.caxp_window_days, p.hypercalcemia_window_days, p.phosphate_window_days,
+                                         p.pth_window_days, p.egfr_window_days}) +
+                               2;  // + pairing and albumin margins
+    const std::string since =
+        url_encode(fhir::format_datetime(now - static_cast<rules::EpochSeconds>(window_days * 86400)));
+    const std::string count = "&_count=" + std::to_string(opt_.page_size);
+    const std::string subject = subject_param(patient);
+
+    std::vector<std::string> queries;
+    const std::string code_param = opt_.lab_search == LabCodeSearch::combo_code ? "combo-code=" : "code=";
+    for (const std::string& dated : {"&date=ge" + since, std::string("&date:missing=true")}) {
+        queries.push_back("Observation?" + subject + "&" + code_param + codes_ + dated + count);
+        if (opt_.lab_search == LabCodeSearch::code_and_component_code)
+            queries.push_back("Observation?" + subject + "&component-code=" + codes_ + dated + count);
+        else if (opt_.lab_search == LabCodeSearch::code_and_panels)
+            queries.push_back("Observation?" + subject + "&category=laboratory" + dated + count);
+    }
+    queries.push_back("Condition?" + subject + count);
+
+    PatientHistory h;
+    mappings::FactBuilder builder(term_);
+    std::set<std::string> read;  // "Type/id": a resource on two pages or in two searches counts once
+    for (const auto& q : queries) {
+        search_pages(client_, q, [&](const rapidjson::Document& page, const std::string&) {
+            const Json* entries = fhir::member(page, "entry");
+            if (!entries || !entries->IsArray()) return;
+            for (rapidjson::SizeType i = 0; i < entries->Size(); ++i) {
+                const Json* res = fhir::member((*entries)[i], "resource");
+                if (!res || !res->IsObject()) continue;
+                const std::string type = str(*res, "resourceType");
+                if (type != "Observation" && type != "Condition") continue;  // OperationOutcome, _include
+                const std::string id = str(*res, "id");
+                if (!id.empty() && !read.insert(type + "/" + id).second) continue;
+                fhir::read_value(*res, "GET " + q + " entry[" + std::to_string(i) + "]", builder);
+            }
+        }, h.notes);
+    }
+
+    for (const auto& problem : builder.problems()) {
+        if (problem.severity == fhir::Severity::error || problem.severity == fhir::Severity::fatal)
+            h.unreadable.push_back(problem);
+        else
+            ++h.data_quality_notes;
+    }
+    if (const auto it = builder.patients().find(patient); it != builder.patients().end()) h.facts = std::move(it->second);
+    else h.facts = rules::PatientFacts{patient, {}, {}, {}};
+    h.alerts = read_alerts(patient);
+    h.notes.insert(h.notes.end(), notes_.begin(), notes_.end());
+    notes_.clear();
+    return h;
+}
+
+std::vector<ServerAlert> HistoryReader::read_alerts(const std::string& patient) {
+    std::vector<ServerAlert> out;
+    std::set<std::string> ids;
+    const std::string q = "DetectedIssue?patient=" + url_encode(patient) + "," +
+                          url_encode(client_.base_url() + "/" + patient) + "&_count=" + std::to_string(opt_.page_size);
+    search_pages(client_, q, [&](const rapidjson::Document& page, const std::string&) {
+        const Json* entries = fhir::member(page, "entry");
+        if (!entries || !entries->IsArray()) return;
+        for (const auto& e : entries->GetArray()) {
+            const Json* res = fhir::member(e, "resource");
+            ServerAlert x;
+            if (res && read_server_alert(*res, opt_.identifier_system, opt_.evidence_hash_extension, x) &&
+                ids.insert(x.id).second)
+                out.push_back(std::move(x));
+        }
+    }, notes_);
+    return out;
+}
+
+}  // namespace calcalert::poll

@@ -1,0 +1,77 @@
+// Reads what the rules need about one patient from the FHIR server: the lab Observations of the
+// codes the rules read within the rule windows (also those dated only by `issued`, and labs that sit
+// only in a `component` of a panel), the Conditions, and calcalert's own DetectedIssues. Subjects
+// may be written relative or as absolute URLs on this server's base.
+//
+// How lab codes are searched follows the server's CapabilityStatement (`LabCodeSearch`):
+// `combo-code` (code or component code) where offered; else `code` plus a second search on
+// `component-code`; else `code` plus the patient's laboratory Observations read whole ("the panels").
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "adapters/poll/reconcile.hpp"
+#include "fhir/client.hpp"
+#include "fhir/problem.hpp"
+#include "mappings/terminology.hpp"
+#include "rules/catalog.hpp"
+#include "rules/facts.hpp"
+
+namespace calcalert::poll {
+
+enum class LabCodeSearch { combo_code, code_and_component_code, code_and_panels };
+const char* to_string(LabCodeSearch s);
+
+// The lab code search a server offers, from its CapabilityStatement's Observation searchParams.
+// A server whose /metadata cannot be read or does not list them gets code_and_panels (correct
+// everywhere, only slower).
+LabCodeSearch lab_code_search_from_capabilities(const rapidjson::Value& capability_statement);
+LabCodeSearch discover_lab_code_search(fhir::FhirClient& client);
+
+struct PatientHistory {
+    rules::PatientFacts facts;
+    std::vector<fhir::Problem> unreadable;   // resources that could not be read (severity error)
+    std::size_t data_quality_notes = 0;      // other input problems (warnings), for the summary
+    std::vector<ServerAlert> alerts;         // calcalert's DetectedIssues for the patient
+    std::vector<std::string> notes;          // server oddities met (a looping next link)
+};
+
+struct HistoryOptions {
+    std::string identifier_system;           // calcalert's DetectedIssue.identifier system
+    std::string evidence_hash_extension;     // the extension carrying the evidence hash
+    std::size_t page_size = 200;
+    LabCodeSearch lab_search = LabCodeSearch::combo_code;
+};
+
+class HistoryReader {
+public:
+    HistoryReader(fhir::FhirClient& client, const mappings::Terminology& terminology, const rules::RuleCatalog& catalog,
+                  HistoryOptions options);
+
+    PatientHistory read(const std::string& patient, rules::EpochSeconds now);
+    // calcalert's DetectedIssues for the patient as the server holds them (also after a write whose
+    // answer was lost, to decide again). Notes on odd paging are kept for the next read().
+    std::vector<ServerAlert> read_alerts(const std::string& patient);
+
+    // The codes the rules read, as a token search value list (comma-separated, each system|code).
+    const std::string& code_list() const { return codes_; }
+
+private:
+    // "subject=Patient/x,<base>/Patient/x"
+    std::string subject_param(const std::string& patient) const;
+
+    fhir::FhirClient& client_;
+    const mappings::Terminology& term_;
+    const rules::RuleCatalog& catalog_;
+    HistoryOptions opt_;
+    std::string codes_;
+    std::vector<std::string> notes_;  // of read_alerts(), until handed out
+};
+
+// Reads one of calcalert's DetectedIssues (its identifier in `identifier_system`); false when the
+// resource is not one.
+bool read_server_alert(const rapidjson::Value& resource, const std::string& identifier_system,
+                       const std::string& evidence_hash_extension, ServerAlert& out);
+
+}  // namespace calcalert::poll
