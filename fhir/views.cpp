@@ -268,6 +268,11 @@ std::vector<std::string> operation_outcome_issues(const Json& json) {
     return out;
 }
 
+std::string string_or_empty(const Json& obj, std::string_view name) {
+    const Json* v = member(obj, name);
+    return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
+}
+
 std::optional<std::string> normalize_patient_reference(std::string_view ref) {
     if (ref.rfind("urn:uuid:", 0) == 0 || ref.rfind("urn:oid:", 0) == 0) return std::string(ref);
     // Drop a version suffix.

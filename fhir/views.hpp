@@ -22,6 +22,9 @@ const char* json_type_name(const Json& v);
 // Typed member access; `path` is the FHIR path of `obj`, used in errors.
 const Json* member(const Json& obj, std::string_view name);
 std::optional<std::string_view> string_member(const Json& obj, std::string_view name, const std::string& path);
+// Lenient: the member's string, or "" when it is absent or not a string (for reading what a server
+// answered, where a wrong type is simply "not there").
+std::string string_or_empty(const Json& obj, std::string_view name);
 std::optional<double> number_member(const Json& obj, std::string_view name, const std::string& path);
 const Json* object_member(const Json& obj, std::string_view name, const std::string& path);
 const Json* array_member(const Json& obj, std::string_view name, const std::string& path);

@@ -10,11 +10,6 @@ namespace {
 
 using Json = rapidjson::Value;
 
-std::string str(const Json& obj, const char* name) {
-    const Json* v = fhir::member(obj, name);
-    return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
-}
-
 }  // namespace
 
 std::optional<std::string> local_patient(const std::string& reference, const std::string& base_url) {
@@ -62,13 +57,13 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
         if (const Json* entries = fhir::member(page, "entry"); entries && entries->IsArray()) {
             for (const auto& e : entries->GetArray()) {
                 const Json* res = fhir::member(e, "resource");
-                if (!res || !res->IsObject() || str(*res, "resourceType") != o.type) continue;  // outcomes, includes
+                if (!res || !res->IsObject() || fhir::string_or_empty(*res, "resourceType") != o.type) continue;  // outcomes, includes
                 ++result.resources_read;
-                const std::string ref = o.type + "/" + str(*res, "id");
+                const std::string ref = o.type + "/" + fhir::string_or_empty(*res, "id");
                 std::string version, updated;
                 if (const Json* meta = fhir::member(*res, "meta"); meta && meta->IsObject()) {
-                    version = str(*meta, "versionId");
-                    updated = str(*meta, "lastUpdated");
+                    version = fhir::string_or_empty(*meta, "versionId");
+                    updated = fhir::string_or_empty(*meta, "lastUpdated");
                 }
                 const auto t = fhir::parse_datetime(updated);
                 if (t && (cursor.max_last_updated.empty() || *t > cursor.max_last_updated_at)) {
@@ -85,7 +80,7 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
                 versions.emplace_back(ref, version);
                 version_times.push_back(t.value_or(now));
                 if (const Json* subj = fhir::member(*res, "subject"); subj && subj->IsObject())
-                    if (auto p = local_patient(str(*subj, "reference"), server)) patients.insert(*p);
+                    if (auto p = local_patient(fhir::string_or_empty(*subj, "reference"), server)) patients.insert(*p);
             }
         }
         named.insert(patients.begin(), patients.end());

@@ -18,11 +18,6 @@ namespace {
 
 using Json = rapidjson::Value;
 
-std::string str(const Json& obj, const char* name) {
-    const Json* v = fhir::member(obj, name);
-    return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
-}
-
 std::string to_json(const Json& v) {
     rapidjson::StringBuffer sb;
     rapidjson::Writer<rapidjson::StringBuffer> w(sb);
@@ -47,10 +42,10 @@ LabCodeSearch lab_code_search_from_capabilities(const rapidjson::Value& cs) {
         for (const auto& r : rest->GetArray())
             if (const Json* resources = fhir::member(r, "resource"); resources && resources->IsArray())
                 for (const auto& res : resources->GetArray())
-                    if (res.IsObject() && str(res, "type") == "Observation")
+                    if (res.IsObject() && fhir::string_or_empty(res, "type") == "Observation")
                         if (const Json* sp = fhir::member(res, "searchParam"); sp && sp->IsArray())
                             for (const auto& p : sp->GetArray())
-                                if (p.IsObject()) params.insert(str(p, "name"));
+                                if (p.IsObject()) params.insert(fhir::string_or_empty(p, "name"));
     if (params.count("combo-code")) return LabCodeSearch::combo_code;
     if (params.count("component-code")) return LabCodeSearch::code_and_component_code;
     return LabCodeSearch::code_and_panels;
@@ -67,24 +62,24 @@ LabCodeSearch discover_lab_code_search(fhir::FhirClient& client) {
 
 bool read_server_alert(const rapidjson::Value& res, const std::string& identifier_system,
                        const std::string& evidence_hash_extension, ServerAlert& x) {
-    if (!res.IsObject() || str(res, "resourceType") != "DetectedIssue") return false;
+    if (!res.IsObject() || fhir::string_or_empty(res, "resourceType") != "DetectedIssue") return false;
     const Json* ids = fhir::member(res, "identifier");
     if (!ids || !ids->IsArray()) return false;
     x = {};
     for (const auto& idv : ids->GetArray())
-        if (idv.IsObject() && str(idv, "system") == identifier_system) x.identifier = str(idv, "value");
+        if (idv.IsObject() && fhir::string_or_empty(idv, "system") == identifier_system) x.identifier = fhir::string_or_empty(idv, "value");
     if (x.identifier.empty()) return false;
-    x.id = str(res, "id");
-    if (const Json* meta = fhir::member(res, "meta"); meta && meta->IsObject()) x.version = str(*meta, "versionId");
-    x.status = str(res, "status");
-    x.severity = str(res, "severity");
+    x.id = fhir::string_or_empty(res, "id");
+    if (const Json* meta = fhir::member(res, "meta"); meta && meta->IsObject()) x.version = fhir::string_or_empty(*meta, "versionId");
+    x.status = fhir::string_or_empty(res, "status");
+    x.severity = fhir::string_or_empty(res, "severity");
     if (const Json* code = fhir::member(res, "code"); code && code->IsObject())
         if (const Json* coding = fhir::member(*code, "coding"); coding && coding->IsArray() && !coding->Empty() &&
                                                               (*coding)[0].IsObject())
-            x.rule_id = str((*coding)[0], "code");
+            x.rule_id = fhir::string_or_empty((*coding)[0], "code");
     if (const Json* ext = fhir::member(res, "extension"); ext && ext->IsArray())
         for (const auto& e : ext->GetArray())
-            if (e.IsObject() && str(e, "url") == evidence_hash_extension) x.evidence_hash = str(e, "valueString");
+            if (e.IsObject() && fhir::string_or_empty(e, "url") == evidence_hash_extension) x.evidence_hash = fhir::string_or_empty(e, "valueString");
     x.resource = to_json(res);
     return true;
 }
@@ -130,9 +125,9 @@ PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSecon
             for (rapidjson::SizeType i = 0; i < entries->Size(); ++i) {
                 const Json* res = fhir::member((*entries)[i], "resource");
                 if (!res || !res->IsObject()) continue;
-                const std::string type = str(*res, "resourceType");
+                const std::string type = fhir::string_or_empty(*res, "resourceType");
                 if (type != "Observation" && type != "Condition") continue;  // OperationOutcome, _include
-                const std::string id = str(*res, "id");
+                const std::string id = fhir::string_or_empty(*res, "id");
                 if (!id.empty() && !read.insert(type + "/" + id).second) continue;
                 fhir::read_value(*res, "GET " + q + " entry[" + std::to_string(i) + "]", builder);
             }

@@ -15,11 +15,6 @@ namespace {
 
 using Json = rapidjson::Value;
 
-std::string str(const Json& obj, const char* name) {
-    const Json* v = fhir::member(obj, name);
-    return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
-}
-
 std::string lower(std::string s) {
     for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return s;
@@ -42,9 +37,9 @@ std::string outcome_text(const Json& response) {
     if (!outcome || !outcome->IsObject()) return {};
     const Json* issues = fhir::member(*outcome, "issue");
     if (!issues || !issues->IsArray() || issues->Empty() || !(*issues)[0].IsObject()) return {};
-    std::string text = str((*issues)[0], "diagnostics");
+    std::string text = fhir::string_or_empty((*issues)[0], "diagnostics");
     if (text.empty())
-        if (const Json* details = fhir::member((*issues)[0], "details"); details && details->IsObject()) text = str(*details, "text");
+        if (const Json* details = fhir::member((*issues)[0], "details"); details && details->IsObject()) text = fhir::string_or_empty(*details, "text");
     return text.substr(0, 300);
 }
 
@@ -186,11 +181,11 @@ void WriteBack::send(std::vector<Pending> entries, state::EpochSeconds now) {
     for (std::size_t i = 0; i < entries.size(); ++i) {
         const Json* r = nullptr;
         if (rentries && rentries->IsArray() && i < rentries->Size()) r = fhir::member((*rentries)[static_cast<rapidjson::SizeType>(i)], "response");
-        const std::string status = r ? str(*r, "status") : std::string();
+        const std::string status = r ? fhir::string_or_empty(*r, "status") : std::string();
         const long code = std::strtol(status.c_str(), nullptr, 10);
         if (code >= 200 && code < 300) {
             ok[i] = true;
-            ids[i] = id_and_version(str(*r, "location"));
+            ids[i] = id_and_version(fhir::string_or_empty(*r, "location"));
         } else if (code == 412 || code == 409) {
             ++stats_.conflicts;
             mark_stale(entries[i].patient);
