@@ -1,6 +1,7 @@
 // The baseline for the evaluate benchmark: read NDJSON files line by line and parse every line with
-// RapidJSON (in situ, as calcalert's reader does), doing nothing else. calcalert evaluate on the same
-// bytes costs this plus mapping, grouping by patient, the rules and writing the output.
+// RapidJSON in situ, doing nothing else. calcalert evaluate on the same bytes costs this plus the
+// checks of fhir/json_parse.hpp (UTF-8, depth, finite numbers), mapping, grouping by patient, the
+// rules and writing the output.
 //
 //   ndjson_parse_baseline FILE.ndjson...
 #include <cstdio>

@@ -1,16 +1,20 @@
 #include "adapters/cds_hooks/auth.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
 #include <curl/curl.h>
 #include <rapidjson/document.h>
 
+#include "fhir/json_parse.hpp"
+
 namespace calcalert::cds {
 namespace {
 
 constexpr std::size_t kMaxJwksBytes = 256 * 1024;
+constexpr std::size_t kMaxJwtPartBytes = 64 * 1024;  // a decoded JWT header or payload
 constexpr std::int64_t kUnknownKidRefetchSeconds = 60;
 
 std::size_t write_body(char* data, std::size_t size, std::size_t n, void* user) {
@@ -30,7 +34,9 @@ std::optional<std::int64_t> time_claim(const rapidjson::Value& o, const char* na
     auto it = o.FindMember(name);
     if (it == o.MemberEnd()) return std::nullopt;
     if (it->value.IsInt64()) return it->value.GetInt64();
-    if (it->value.IsDouble()) return static_cast<std::int64_t>(it->value.GetDouble());
+    // A double beyond int64 would be undefined behaviour to convert: not a time.
+    if (it->value.IsDouble() && std::fabs(it->value.GetDouble()) < 9.0e18)
+        return static_cast<std::int64_t>(it->value.GetDouble());
     return std::nullopt;
 }
 
@@ -138,10 +144,14 @@ AuthResult JwtVerifier::verify(std::string_view token, const std::string& audien
     if (signature->empty()) return fail("unsigned token");
 
     rapidjson::Document header, payload;
-    header.Parse(header_text->c_str(), header_text->size());
-    if (header.HasParseError() || !header.IsObject()) return fail("header is not a JSON object");
-    payload.Parse(payload_text->c_str(), payload_text->size());
-    if (payload.HasParseError() || !payload.IsObject()) return fail("payload is not a JSON object");
+    fhir::JsonLimits limits;
+    limits.max_bytes = kMaxJwtPartBytes;
+    if (const auto parsed = fhir::parse_untrusted_json(header, *header_text, limits); !parsed)
+        return fail("header is not acceptable JSON: " + parsed.error->describe());
+    if (!header.IsObject()) return fail("header is not a JSON object");
+    if (const auto parsed = fhir::parse_untrusted_json(payload, *payload_text, limits); !parsed)
+        return fail("payload is not acceptable JSON: " + parsed.error->describe());
+    if (!payload.IsObject()) return fail("payload is not a JSON object");
 
     const auto alg = string_claim(header, "alg");
     if (!alg || (*alg != "ES384" && *alg != "RS384")) return fail("alg not allowed: " + alg.value_or("(none)"));

@@ -12,6 +12,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "fhir/json_parse.hpp"
+
 namespace calcalert::cds {
 namespace {
 
@@ -182,8 +184,11 @@ bool PublicKey::usable_for(std::string_view a) const {
 
 std::vector<PublicKey> parse_jwks(std::string_view json) {
     rapidjson::Document doc;
-    doc.Parse(json.data(), json.size());
-    if (doc.HasParseError() || !doc.IsObject()) throw JwkError("the JWK Set is not a JSON object");
+    fhir::JsonLimits limits;
+    limits.max_bytes = 256 * 1024;  // as much as a jku fetch may bring
+    if (const auto parsed = fhir::parse_untrusted_json(doc, json, limits); !parsed)
+        throw JwkError("the JWK Set is not acceptable JSON: " + parsed.error->describe());
+    if (!doc.IsObject()) throw JwkError("the JWK Set is not a JSON object");
     auto keys = doc.FindMember("keys");
     if (keys == doc.MemberEnd() || !keys->value.IsArray()) throw JwkError("the JWK Set has no \"keys\" array");
     std::vector<PublicKey> out;

@@ -10,6 +10,7 @@
 
 #include "fhir/client.hpp"
 #include "fhir/datetime.hpp"
+#include "fhir/json_parse.hpp"
 #include "fhir/resource_reader.hpp"
 #include "mappings/cds_card.hpp"
 #include "mappings/detected_issue.hpp"
@@ -37,6 +38,13 @@ const Json* member(const Json& o, const char* name) {
 }
 
 std::string string_of(const Json& v) { return std::string(v.GetString(), v.GetStringLength()); }
+
+// A request body: the server already refused larger ones (413); the nesting depth is the default.
+fhir::JsonLimits request_limits(const ServeConfig& config) {
+    fhir::JsonLimits limits;
+    limits.max_bytes = static_cast<std::size_t>(config.max_body_bytes);
+    return limits;
+}
 
 std::string resource_type_of(const Json& v) {
     const Json* t = v.IsObject() ? member(v, "resourceType") : nullptr;
@@ -280,8 +288,8 @@ CdsService::CdsService(const ServeConfig& config, const mappings::Terminology& t
 HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std::int64_t now) {
     try {
         rapidjson::Document req;
-        req.Parse(body.data(), body.size());
-        if (req.HasParseError()) refuse(400, "structure", "the request body is not JSON");
+        if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
+            refuse(400, "structure", "the request body is not acceptable JSON: " + parsed.error->describe());
         if (!req.IsObject()) refuse(400, "structure", "the request body is not a JSON object");
         const Json* hook = member(req, "hook");
         if (!hook || !hook->IsString()) refuse(400, "required", "hook: required string");
@@ -462,8 +470,9 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
 HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body, std::int64_t now) {
     try {
         rapidjson::Document req;
-        req.Parse(body.data(), body.size());
-        if (req.HasParseError() || !req.IsObject()) refuse(400, "structure", "the feedback body is not a JSON object");
+        if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
+            refuse(400, "structure", "the feedback body is not acceptable JSON: " + parsed.error->describe());
+        if (!req.IsObject()) refuse(400, "structure", "the feedback body is not a JSON object");
         const Json* list = member(req, "feedback");
         if (!list || !list->IsArray() || list->Empty()) refuse(400, "required", "feedback: required non-empty list");
         std::vector<state::FeedbackRecord> records;

@@ -511,3 +511,61 @@ TEST_CASE("calcalert serve: stops gracefully on SIGTERM; --insecure-dev only on 
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
 }
+
+TEST_CASE("calcalert serve: a body nested 120,000 levels deep is a 400 and the server keeps answering /healthz") {
+    const fs::path bin = fs::path(CALCALERT_BINARY);
+    const fs::path cfg = env().dir / "serve-deep.json";
+    std::ofstream(cfg) << R"({"state_file": ":memory:", "insecure_dev": true})";
+    int out_pipe[2];
+    REQUIRE(::pipe(out_pipe) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::dup2(out_pipe[1], 1);
+        ::close(out_pipe[0]);
+        const int devnull = ::open("/dev/null", O_WRONLY);
+        ::dup2(devnull, 2);
+        ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    std::string line;
+    char ch = 0;
+    while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') line += ch;
+    ::close(out_pipe[0]);
+    REQUIRE_MESSAGE(line.rfind("listening http://127.0.0.1:", 0) == 0, line);
+    const auto port = static_cast<Poco::UInt16>(std::stoi(line.substr(line.rfind(':') + 1)));
+    auto request = [port](const std::string& method, const std::string& path, const std::string& body) {
+        Poco::Net::HTTPClientSession s("127.0.0.1", port);
+        s.setTimeout(Poco::Timespan(20, 0));
+        Poco::Net::HTTPRequest req(method, path, Poco::Net::HTTPMessage::HTTP_1_1);
+        if (!body.empty()) {
+            req.setContentType("application/json");
+            req.setContentLength(static_cast<std::streamsize>(body.size()));
+        }
+        s.sendRequest(req) << body;
+        Poco::Net::HTTPResponse resp;
+        std::string out;
+        Poco::StreamCopier::copyToString(s.receiveResponse(resp), out);
+        return std::make_pair(static_cast<int>(resp.getStatus()), out);
+    };
+    const std::string deep = std::string(120000, '[') + std::string(120000, ']');
+    const std::string deep_objects = [] {
+        std::string s;
+        for (int i = 0; i < 120000; ++i) s += "{\"a\":";
+        return s + "1" + std::string(120000, '}');
+    }();
+    for (const std::string& body : {deep, deep_objects, cdstest::call_body("patient-view", "a", "{\"observations\":" + deep + "}")}) {
+        const auto [status, reply] = request("POST", kPV, body);
+        CHECK(status == 400);
+        CHECK_MESSAGE(reply.find("nested deeper than 100 levels") != std::string::npos, reply.substr(0, 300));
+        CHECK(request("GET", "/healthz", "").first == 200);
+    }
+    CHECK(request("POST", kPV + "/feedback", deep).first == 400);
+    CHECK(request("GET", "/healthz", "").first == 200);
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -81,6 +82,10 @@ TEST_CASE("JWK Sets: malformed keys are errors naming the key; foreign key types
 }
 
 TEST_CASE("the public CDS Hooks sandbox token verifies inside its window only") {
+    if (!std::filesystem::is_directory(kSandboxDir)) {  // third-party data beside the checkout, not in it
+        std::printf("SKIP: ../shared/thirdparty/cds-hooks-sandbox not found: the CDS Hooks sandbox token test is skipped\n");
+        return;
+    }
     const std::string token = trimmed(cdstest::read_file(kSandboxDir + "/patient-view-token.jwt"));
     auto store = state::open_sqlite_store(":memory:");
     ServeConfig config = sandbox_config();

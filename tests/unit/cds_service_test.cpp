@@ -213,6 +213,43 @@ TEST_CASE("malformed requests are 400 with an OperationOutcome; an unregistered 
     CHECK(fx.fhir.tokens.empty());
 }
 
+TEST_CASE("request bodies go through the untrusted-JSON policy: too deep, invalid UTF-8, numbers out of range are 400") {
+    Fixture fx;
+    auto diagnostics = [](const HttpReply& r) {
+        rapidjson::Document d;
+        d.Parse(r.body.c_str());
+        REQUIRE(d.IsObject());
+        return std::string(d["issue"][0]["diagnostics"].GetString());
+    };
+    const std::string deep = std::string(120000, '[') + std::string(120000, ']');
+    const std::string deep_prefetch =
+        cdstest::call_body("patient-view", "a", R"({"observations":{"resourceType":"Bundle","entry":)" + deep + "}}");
+    for (const std::string& body : {deep, deep_prefetch}) {
+        const HttpReply r = fx.call(body);
+        CHECK(r.status == 400);
+        CHECK(diagnostics(r).find("nested deeper than 100 levels") != std::string::npos);
+    }
+    const HttpReply utf8 = fx.call(cdstest::call_body("patient-view", "a\xFF", ""));
+    CHECK(utf8.status == 400);
+    const HttpReply raw = fx.call(cdstest::call_body("patient-view", std::string("a\xC3\x28"), ""));
+    CHECK(raw.status == 400);
+    CHECK(diagnostics(raw).find("invalid UTF-8 (byte 0xC3) in a string") != std::string::npos);
+    CHECK(diagnostics(raw).find("$.context.patientId") != std::string::npos);
+    CHECK(raw.body.find("\xC3\x28") == std::string::npos);
+    const HttpReply big = fx.call(cdstest::call_body(
+        "patient-view", "a", R"({"observations":{"resourceType":"Observation","valueQuantity":{"value":1e309}}})"));
+    CHECK(big.status == 400);
+    CHECK(diagnostics(big).find("the number 1e309 is out of range") != std::string::npos);
+    const HttpReply nan = fx.call(R"({"hook":"patient-view","hookInstance":"x","context":{"patientId":"a"},"n":NaN})");
+    CHECK(nan.status == 400);
+    CHECK(diagnostics(nan).find("non-finite") != std::string::npos);
+    // A BOM is accepted; feedback bodies follow the same policy.
+    CHECK(fx.call("\xEF\xBB\xBF" + cdstest::call_body("patient-view", "a", R"({"observations":null,"conditions":null})")).status == 200);
+    const HttpReply fb = fx.service->feedback(*find_service("calcalert-patient-view"), deep, test::kNow);
+    CHECK(fb.status == 400);
+    CHECK(diagnostics(fb).find("nested deeper than 100 levels") != std::string::npos);
+}
+
 TEST_CASE("order hooks: the order rules over draftOrders (as the sandbox sends them) plus critical patient findings") {
     Fixture fx;
     auto draft = [](const std::string& pid, const std::string& id, const std::string& med) {
