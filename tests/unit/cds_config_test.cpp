@@ -11,10 +11,19 @@ using namespace calcalert::cds;
 
 namespace {
 
+// The files of these tests, in one directory removed when the test program ends.
+struct TempDir {
+    std::filesystem::path dir = std::filesystem::temp_directory_path() / ("cds-config-test-" + std::to_string(::getpid()));
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(dir, ignored);
+    }
+};
+
 std::string write_temp(const std::string& name, const std::string& text) {
-    const auto dir = std::filesystem::temp_directory_path() / ("cds-config-test-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir);
-    const auto p = dir / name;
+    static const TempDir temp;
+    std::filesystem::create_directories(temp.dir);
+    const auto p = temp.dir / name;
     std::ofstream(p) << text;
     return p.string();
 }

@@ -11,20 +11,33 @@
 using namespace calcalert::state;
 
 namespace {
-std::string temp_file(const char* name) {
-    auto p = std::filesystem::temp_directory_path() / (std::string("calcalert-") + name + "-" + std::to_string(::getpid()) + ".sqlite");
-    std::filesystem::remove(p);
-    std::filesystem::remove(p.string() + "-wal");
-    std::filesystem::remove(p.string() + "-shm");
-    return p.string();
-}
+// A SQLite file in the temp directory, removed with its -wal and -shm when it goes out of scope
+// (declare it before the store that uses it, so that the store is closed first).
+struct TempFile {
+    std::string path;
+    explicit TempFile(const char* name)
+        : path((std::filesystem::temp_directory_path() /
+                (std::string("calcalert-") + name + "-" + std::to_string(::getpid()) + ".sqlite"))
+                   .string()) {
+        remove();
+    }
+    ~TempFile() { remove(); }
+    TempFile(const TempFile&) = delete;
+    TempFile& operator=(const TempFile&) = delete;
+    void remove() const {
+        std::error_code ignored;
+        for (const char* suffix : {"", "-wal", "-shm", "-journal"}) std::filesystem::remove(path + suffix, ignored);
+    }
+    operator const std::string&() const { return path; }
+    const char* c_str() const { return path.c_str(); }
+};
 AlertRecord record(const char* id, const char* patient, const char* status, const char* hash) {
     return AlertRecord{"http://s/fhir", id, patient, "rule-x", hash, status, "srv-" + std::string(id), "1", 100};
 }
 }  // namespace
 
 TEST_CASE("state survives reopening the file: watermarks, ledger, runs") {
-    const auto path = temp_file("reopen");
+    const TempFile path("reopen");
     {
         auto s = open_sqlite_store(path);
         CHECK_FALSE(s->watermark("http://s/fhir", "Observation"));
@@ -49,7 +62,6 @@ TEST_CASE("state survives reopening the file: watermarks, ledger, runs") {
     REQUIRE(runs.size() == 1);
     CHECK(runs[0].outcome == "ok");
     CHECK(runs[0].summary_json == "{\"patients\":2}");
-    std::filesystem::remove(path);
 }
 
 TEST_CASE("a transaction lands whole or not at all") {
@@ -115,13 +127,12 @@ TEST_CASE("calls from several threads are serialized") {
 }
 
 TEST_CASE("a file that is not a state file is a clear error") {
-    const auto path = temp_file("garbage");
+    const TempFile path("garbage");
     {
         std::FILE* f = std::fopen(path.c_str(), "w");
         std::fputs("this is not sqlite at all, just text that is long enough to be read as a header......", f);
         std::fclose(f);
     }
     CHECK_THROWS_AS(open_sqlite_store(path), StateError);
-    std::filesystem::remove(path);
     CHECK_THROWS_AS(open_sqlite_store("/nonexistent-dir/x/state.sqlite"), StateError);
 }
