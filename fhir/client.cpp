@@ -19,6 +19,7 @@
 
 #include <rapidjson/error/en.h>
 
+#include "fhir/json_parse.hpp"
 #include "fhir/problem.hpp"
 #include "fhir/views.hpp"
 
@@ -268,8 +269,7 @@ std::string error_body_summary(const Response& r) {
     if (trim(r.body).empty()) return "";
     if (const char* kind = markup_kind(r)) return std::string(": the body is ") + kind + ": " + quoted_snippet(r.body);
     rapidjson::Document d;
-    d.Parse(r.body.data(), r.body.size());
-    if (d.HasParseError() || !d.IsObject()) return ": " + quoted_snippet(r.body);
+    if (!parse_untrusted_json(d, r.body) || !d.IsObject()) return ": " + quoted_snippet(r.body);
     const auto rt = d.FindMember("resourceType");
     if (rt == d.MemberEnd() || !rt->value.IsString()) return ": " + quoted_snippet(r.body);
     const std::string type = rt->value.GetString();
@@ -792,11 +792,10 @@ rapidjson::Document FhirClient::parse_resource(const Response& r) const {
              FhirErrorKind::bad_body);
     if (trim(r.body).empty())
         fail(describe(r) + ": " + status + " but the body is empty, not a FHIR resource", r.status, FhirErrorKind::bad_body);
+    // The project's policy for untrusted JSON: depth and size limits, strict UTF-8, finite numbers.
     rapidjson::Document d;
-    d.Parse(r.body.data(), r.body.size());
-    if (d.HasParseError())
-        fail(describe(r) + ": " + status + " but the body is not JSON (JSON parse error at offset " +
-                 std::to_string(d.GetErrorOffset()) + ": " + rapidjson::GetParseError_En(d.GetParseError()) +
+    if (const auto parsed = parse_untrusted_json(d, r.body); !parsed)
+        fail(describe(r) + ": " + status + " but the body is not JSON (JSON parse error at " + parsed.error->describe() +
                  "): " + quoted_snippet(r.body),
              r.status, FhirErrorKind::bad_body);
     if (!d.IsObject())

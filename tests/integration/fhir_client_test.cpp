@@ -1100,7 +1100,7 @@ TEST_CASE("errors name the request and say what came back") {
                                        std::string(67, 'x') + "...\"");
 
     e = error_of([&] { client.get_resource("Patient/3"); });
-    CHECK_MESSAGE(contains(e.what(), "GET " + base + "/Patient/3: HTTP 200 but the body is not JSON (JSON parse error at offset 28: "),
+    CHECK_MESSAGE(contains(e.what(), "GET " + base + "/Patient/3: HTTP 200 but the body is not JSON (JSON parse error at byte offset 28 "),
                   e.what());
 
     e = error_of([&] { client.get_resource("Patient/4"); });
@@ -1118,6 +1118,29 @@ TEST_CASE("errors name the request and say what came back") {
 
     e = error_of([&] { client.get_resource("Patient/8"); });
     CHECK(std::string(e.what()) == "GET " + base + "/Patient/8: HTTP 200 but the body is empty, not a FHIR resource");
+}
+
+TEST_CASE("a hostile answer is a clear error, not a crash: deep nesting, invalid UTF-8, a number out of range") {
+    const std::string deep = R"({"resourceType":"Patient","x":)" + std::string(120000, '[') + std::string(120000, ']') + "}";
+    auto server = ScriptServer::sequence({
+        {200, deep},
+        {200, "{\"resourceType\":\"Patient\",\"name\":\"\xff\xfe\"}"},
+        {200, R"({"resourceType":"Observation","valueQuantity":{"value":2e308}})"},
+        {200, "\xef\xbb\xbf{\"resourceType\":\"Patient\",\"id\":\"bom\"}"},
+    });
+    Sleeps sleeps;
+    auto o = options_for(server->base_url(), sleeps);
+    o.max_retries = 0;
+    FhirClient client(o);
+    for (const char* expect : {"nested deeper than 100 levels", "UTF-8", "out of range"}) {
+        CAPTURE(expect);
+        const auto e = error_of([&] { client.get_resource("Patient/1"); });
+        CHECK_MESSAGE(contains(e.what(), "HTTP 200 but the body is not JSON (JSON parse error at byte offset "), e.what());
+        CHECK_MESSAGE(contains(e.what(), expect), e.what());
+        CHECK(e.kind() == FhirErrorKind::bad_body);
+        CHECK_FALSE(contains(e.what(), "\xff\xfe"));  // invalid bytes are never copied into a message
+    }
+    CHECK(std::string(client.get_resource("Patient/bom")["id"].GetString()) == "bom");  // a BOM is accepted
 }
 
 TEST_CASE("search and transaction insist on the Bundle type") {
