@@ -1,6 +1,8 @@
 #include "mappings/order_facts.hpp"
 
 #include <algorithm>
+#include <limits>
+#include <unordered_map>
 
 #include "fhir/views.hpp"
 #include "rules/catalog.hpp"
@@ -57,9 +59,66 @@ std::string join(const std::vector<std::string>& parts, const char* sep) {
     return out;
 }
 
+// The resources of draftOrders by the keys a medicationReference can name, built once per call so that
+// resolving every order's reference is linear in the Bundle (a scan per order would be quadratic).
+// A reference names an entry by its fullUrl, by "Type/id", or by a URL ending in "/Type/id"; when several
+// entries fit, the first one wins (as the former scan did).
+class BundleIndex {
+public:
+    explicit BundleIndex(const Json* bundle) {
+        if (!bundle || !bundle->IsObject()) return;
+        const Json* entries = fhir::member(*bundle, "entry");
+        if (!entries || !(entries->IsArray() || entries->IsObject())) return;
+        const rapidjson::SizeType n = entries->IsArray() ? entries->Size() : 1;
+        resources_.assign(n, nullptr);
+        for (rapidjson::SizeType i = 0; i < n; ++i) {
+            const Json& e = entries->IsArray() ? (*entries)[i] : *entries;
+            const Json* res = fhir::member(e, "resource");
+            if (!res || !res->IsObject()) continue;
+            resources_[i] = res;
+            const Json* full = fhir::member(e, "fullUrl");
+            if (full && full->IsString()) by_full_.emplace(std::string(full->GetString(), full->GetStringLength()), i);
+            const Json* rt = fhir::member(*res, "resourceType");
+            const Json* id = fhir::member(*res, "id");
+            if (rt && rt->IsString() && id && id->IsString()) {
+                std::string local = std::string(rt->GetString(), rt->GetStringLength()) + "/" +
+                                    std::string(id->GetString(), id->GetStringLength());
+                if (std::count(local.begin(), local.end(), '/') == 1) by_local_.emplace(std::move(local), i);
+                else odd_.emplace_back(std::move(local), i);  // a '/' in the type or id (not a FHIR id): scanned
+            }
+        }
+    }
+
+    // The resource `reference` names (its path in `path`), or null.
+    const Json* find(std::string_view reference, std::string& path) const {
+        constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+        std::size_t best = none;
+        if (auto it = by_full_.find(std::string(reference)); it != by_full_.end()) best = it->second;
+        // "Type/id" is the reference itself (one '/') or the part after its second-to-last '/'.
+        if (const auto last = reference.rfind('/'); last != std::string_view::npos) {
+            const auto prev = last == 0 ? std::string_view::npos : reference.rfind('/', last - 1);
+            const std::string local(prev == std::string_view::npos ? reference : reference.substr(prev + 1));
+            if (auto it = by_local_.find(local); it != by_local_.end()) best = std::min(best, it->second);
+        }
+        for (const auto& [local, i] : odd_)
+            if (reference == local || (reference.size() > local.size() &&
+                                       reference.substr(reference.size() - local.size() - 1) == "/" + local))
+                best = std::min(best, i);
+        if (best == none) return nullptr;
+        path = "Bundle.entry[" + std::to_string(best) + "].resource";
+        return resources_[best];
+    }
+
+private:
+    std::vector<const Json*> resources_;  // by entry index (null: no resource object)
+    std::unordered_map<std::string, std::size_t> by_full_;
+    std::unordered_map<std::string, std::size_t> by_local_;
+    std::vector<std::pair<std::string, std::size_t>> odd_;
+};
+
 class OrderReader {
 public:
-    OrderReader(const Medications& meds, const Json* bundle, OrderReading& out) : meds_(meds), bundle_(bundle), out_(out) {}
+    OrderReader(const Medications& meds, const BundleIndex& bundle, OrderReading& out) : meds_(meds), bundle_(bundle), out_(out) {}
 
     void read(const Json& mr, const std::string& source_if_no_id) {
         const std::string_view type = fhir::resource_type(mr, "MedicationRequest");
@@ -148,29 +207,7 @@ private:
             }
             return nullptr;
         }
-        if (!bundle_ || !bundle_->IsObject()) return nullptr;
-        const Json* entries = fhir::member(*bundle_, "entry");
-        if (!entries || !(entries->IsArray() || entries->IsObject())) return nullptr;
-        const rapidjson::SizeType n = entries->IsArray() ? entries->Size() : 1;
-        for (rapidjson::SizeType i = 0; i < n; ++i) {
-            const Json& e = entries->IsArray() ? (*entries)[i] : *entries;
-            const Json* res = fhir::member(e, "resource");
-            if (!res || !res->IsObject()) continue;
-            const Json* full = fhir::member(e, "fullUrl");
-            const Json* rt = fhir::member(*res, "resourceType");
-            const Json* id = fhir::member(*res, "id");
-            bool hit = full && full->IsString() && reference == full->GetString();
-            if (!hit && rt && rt->IsString() && id && id->IsString()) {
-                const std::string local = std::string(rt->GetString()) + "/" + id->GetString();
-                hit = reference == local || (reference.size() > local.size() &&
-                                             reference.substr(reference.size() - local.size() - 1) == "/" + local);
-            }
-            if (hit) {
-                path = "Bundle.entry[" + std::to_string(i) + "].resource";
-                return res;
-            }
-        }
-        return nullptr;
+        return bundle_.find(reference, path);
     }
 
     Route route(const fhir::CodeableConcept& cc) const {
@@ -372,7 +409,7 @@ private:
     }
 
     const Medications& meds_;
-    const Json* bundle_;
+    const BundleIndex& bundle_;
     OrderReading& out_;
     std::string source_;
     std::vector<Concept> drug_;         // medicationCodeableConcept, Medication.code
@@ -386,12 +423,14 @@ private:
 OrderReading read_order(const rapidjson::Value& medication_request, const Medications& medications,
                         const rapidjson::Value* draft_orders) {
     OrderReading out;
-    OrderReader(medications, draft_orders, out).read(medication_request, "MedicationRequest (no id)");
+    const BundleIndex index(draft_orders);
+    OrderReader(medications, index, out).read(medication_request, "MedicationRequest (no id)");
     return out;
 }
 
 OrderReading read_draft_orders(const rapidjson::Value& draft_orders, const Medications& medications) {
     OrderReading out;
+    const BundleIndex index(&draft_orders);  // once for all orders
     fhir::Location where;
     where.file = "draftOrders";
     auto problem = [&](const fhir::Location& at, const std::string& path, const std::string& message) {
@@ -404,7 +443,7 @@ OrderReading read_draft_orders(const rapidjson::Value& draft_orders, const Medic
         if (id && id->IsString()) loc.resource += std::string("/") + id->GetString();
         OrderReading single;
         try {
-            OrderReader(medications, &draft_orders, single).read(res, fallback);
+            OrderReader(medications, index, single).read(res, fallback);
         } catch (const ElementError& e) {
             problem(loc, e.path(), e.what());
             return;
@@ -462,6 +501,29 @@ OrderReading read_draft_orders(const rapidjson::Value& draft_orders, const Medic
         one(*res, at, "MedicationRequest (draftOrders entry[" + std::to_string(i) + "])");
     }
     return out;
+}
+
+std::size_t count_draft_orders(const rapidjson::Value& draft_orders) {
+    if (!draft_orders.IsObject()) return 0;
+    auto is_order = [](const Json& res) {
+        const Json* rt = fhir::member(res, "resourceType");
+        return rt && rt->IsString() && std::string_view(rt->GetString(), rt->GetStringLength()) == "MedicationRequest";
+    };
+    if (is_order(draft_orders)) return 1;
+    const Json* entries = fhir::member(draft_orders, "entry");
+    if (!entries) return 0;
+    if (entries->IsObject()) {
+        const Json* res = fhir::member(*entries, "resource");
+        return res && res->IsObject() && is_order(*res) ? 1 : 0;
+    }
+    if (!entries->IsArray()) return 0;
+    std::size_t n = 0;
+    for (const auto& e : entries->GetArray()) {
+        if (!e.IsObject()) continue;
+        const Json* res = fhir::member(e, "resource");
+        if (res && res->IsObject() && is_order(*res)) ++n;
+    }
+    return n;
 }
 
 }  // namespace calcalert::mappings

@@ -10,6 +10,7 @@
 // Only drafts count (status `draft`, or no status): CDS Hooks draftOrders holds the orders being drafted.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -41,9 +42,19 @@ struct OrderReading {
 OrderReading read_order(const rapidjson::Value& medication_request, const Medications& medications,
                         const rapidjson::Value* draft_orders = nullptr);
 
+// The most MedicationRequests one CDS Hooks call may carry in context.draftOrders: above it the service
+// answers 400 (OperationOutcome code `too-costly`, naming the limit) and evaluates none.
+inline constexpr std::size_t kMaxDraftOrders = 500;
+
+// The MedicationRequests of context.draftOrders (Bundle entries, or 1 for a single MedicationRequest),
+// counted without reading them; 0 for anything else.
+std::size_t count_draft_orders(const rapidjson::Value& draft_orders);
+
 // CDS Hooks context.draftOrders: a Bundle (any type or none; entry as a list or a single object) or a
 // single MedicationRequest. Resources other than MedicationRequest (Medication, ServiceRequest,
-// NutritionOrder, ...) give no facts. Never throws for bad input: problems are returned.
+// NutritionOrder, ...) give no facts. Never throws for bad input: problems are returned. Linear in the
+// Bundle: medicationReferences resolve through an index of its entries built once. No cap here (the
+// service applies kMaxDraftOrders).
 OrderReading read_draft_orders(const rapidjson::Value& draft_orders, const Medications& medications);
 
 }  // namespace calcalert::mappings

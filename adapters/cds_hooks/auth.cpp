@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <curl/curl.h>
@@ -16,6 +17,8 @@ namespace {
 constexpr std::size_t kMaxJwksBytes = 256 * 1024;
 constexpr std::size_t kMaxJwtPartBytes = 64 * 1024;  // a decoded JWT header or payload
 constexpr std::int64_t kUnknownKidRefetchSeconds = 60;
+// A time claim further than this from now (either way) is not a time a client means.
+constexpr std::int64_t kMaxClaimDistanceSeconds = std::int64_t{10} * 366 * 86400;
 
 std::size_t write_body(char* data, std::size_t size, std::size_t n, void* user) {
     auto* out = static_cast<std::string*>(user);
@@ -38,6 +41,22 @@ std::optional<std::int64_t> time_claim(const rapidjson::Value& o, const char* na
     if (it->value.IsDouble() && std::fabs(it->value.GetDouble()) < 9.0e18)
         return static_cast<std::int64_t>(it->value.GetDouble());
     return std::nullopt;
+}
+
+// |a - b| without overflow: nullopt when it does not fit an int64.
+std::optional<std::int64_t> distance(std::int64_t a, std::int64_t b) {
+    std::int64_t d = 0;
+    if (__builtin_sub_overflow(a, b, &d)) return std::nullopt;
+    if (d == std::numeric_limits<std::int64_t>::min()) return std::nullopt;
+    return d < 0 ? -d : d;
+}
+
+// Why a time claim (seconds since the epoch, from an untrusted token) is not plausible, or "".
+std::string implausible_time(const char* name, std::int64_t value, std::int64_t now) {
+    if (value < 0) return std::string(name) + " is negative";
+    const auto d = distance(value, now);
+    if (!d || *d > kMaxClaimDistanceSeconds) return std::string(name) + " is more than 10 years from now";
+    return {};
 }
 
 AuthResult fail(std::string reason) {
@@ -203,13 +222,24 @@ AuthResult JwtVerifier::verify(std::string_view token, const std::string& audien
                 if (a.IsString() && audience == a.GetString()) aud_ok = true;
     }
     if (!aud_ok) return fail("aud is not " + audience);
+    // Time claims, untrusted int64 values: each is first bounded to within 10 years of now (so that no
+    // difference below can overflow), then compared. No `now - iat` on an unchecked value.
     const auto exp = time_claim(payload, "exp");
     const auto iat = time_claim(payload, "iat");
     if (!exp || !iat) return fail("exp and iat are required");
+    const auto nbf = time_claim(payload, "nbf");
+    if (payload.HasMember("nbf") && !nbf) return fail("nbf is not a number of seconds");
+    if (auto why = implausible_time("iat", *iat, now); !why.empty()) return fail(why);
+    if (auto why = implausible_time("exp", *exp, now); !why.empty()) return fail(why);
+    if (nbf)
+        if (auto why = implausible_time("nbf", *nbf, now); !why.empty()) return fail(why);
+    if (*exp <= *iat) return fail("exp is not after iat");
+    // From here every value is in [now - 10 years, now + 10 years] and skew <= 600 (config): no overflow.
     const std::int64_t skew = config_.clock_skew_seconds;
     if (*exp <= now - skew) return fail("expired");
     if (*iat > now + skew) return fail("issued in the future");
-    if (*exp < *iat || *exp - *iat > config_.max_token_lifetime_seconds + skew) return fail("lifetime too long");
+    if (nbf && *nbf > now + skew) return fail("not yet valid (nbf)");
+    if (*exp - *iat > config_.max_token_lifetime_seconds + skew) return fail("lifetime too long");
     const auto jti = string_claim(payload, "jti");
     if (!jti || jti->empty()) return fail("no jti");
     try {

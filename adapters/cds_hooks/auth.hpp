@@ -2,8 +2,9 @@
 // JWT in "Authorization: Bearer". Accepted only when: alg is ES384 or RS384 (never none, never
 // HMAC); the header has kid and typ JWT; iss is a configured issuer; the key with that kid comes from
 // the issuer's JWK Set file, or from a jku URL on that issuer's allow-list (fetched, cached); the
-// signature verifies; aud is exactly the endpoint URL; iat and exp hold with a small skew and a
-// bounded lifetime; jti was not seen before within the token's lifetime (the state store, shared
+// signature verifies; aud is exactly the endpoint URL; iat, exp (and nbf when present) are not
+// negative, within 10 years of now, exp after iat, hold with a small skew and a bounded lifetime
+// (checked without overflow on the untrusted values); jti was not seen before within the token's lifetime (the state store, shared
 // by replicas). A failure gives a reason for the server's log; it never contains the token.
 #pragma once
 

@@ -307,6 +307,13 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
         const Json* draft = member(*context, "draftOrders");
         if (draft && !draft->IsObject() && !draft->IsNull())
             refuse(400, "structure", "context.draftOrders: expected a Bundle object");
+        if (draft && draft->IsObject() && service.order_hook) {
+            // Issue 9: a bounded number of orders per call, before anything is read or fetched.
+            if (const std::size_t n = mappings::count_draft_orders(*draft); n > mappings::kMaxDraftOrders)
+                refuse(400, "too-costly",
+                       "context.draftOrders: " + std::to_string(n) + " MedicationRequests; at most " +
+                           std::to_string(mappings::kMaxDraftOrders) + " draft orders per call");
+        }
 
         std::string fhir_server;
         if (const Json* fs = member(req, "fhirServer"); fs && !fs->IsNull()) {

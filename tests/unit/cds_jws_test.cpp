@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "adapters/cds_hooks/auth.hpp"
 #include "adapters/cds_hooks/jws.hpp"
@@ -208,5 +209,80 @@ TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
     CHECK_FALSE(v.verify("not-a-jwt", aud, now).ok);
     CHECK_FALSE(v.verify("a.b", aud, now).ok);
     CHECK_FALSE(v.verify("%%%.%%%.%%%", aud, now).ok);
+    std::filesystem::remove_all(dir);
+}
+
+// Issue 9: time claims are untrusted int64 values. iat = INT64_MIN with a far exp once passed the
+// lifetime check through signed overflow (exp - iat) and could be replayed; every such token is now a
+// 401 with a reason, checked without overflow (this test also runs under UBSan).
+TEST_CASE("JWT time claims: negative, extreme, reversed and nbf values are refused without overflow") {
+    const PrivateKey ec = generate_es384_key("ec-t");
+    const auto dir = std::filesystem::temp_directory_path() / ("cds-jws-time-test-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    {
+        std::ofstream(dir / "jwks.json") << cdstest::jwks_of({&ec});
+    }
+    ServeConfig config;
+    config.issuers.push_back({"https://ehr.example.org", (dir / "jwks.json").string(), {}});
+    config.clock_skew_seconds = 30;
+    auto store = state::open_sqlite_store(":memory:");
+    JwtVerifier v(config, *store, nullptr);
+    const std::int64_t now = 2000000000;
+    const std::string aud = "https://cds.example.org/cds-services/calcalert-order-sign";
+    constexpr std::int64_t kMin = std::numeric_limits<std::int64_t>::min();
+    constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+    constexpr std::int64_t kYear = 366 * 86400;
+    int n = 0;
+    // The time members are written as given (numbers or any JSON text), so that each can be odd.
+    auto token = [&](const std::string& times) {
+        const std::string payload = "{\"iss\":\"https://ehr.example.org\",\"sub\":\"client-1\",\"aud\":\"" + aud +
+                                    "\"," + times + ",\"jti\":\"t-" + std::to_string(++n) + "\"}";
+        return sign_compact_jws("{\"alg\":\"ES384\",\"typ\":\"JWT\",\"kid\":\"ec-t\"}", payload, ec);
+    };
+    auto times = [](std::int64_t iat, std::int64_t exp) {
+        return "\"iat\":" + std::to_string(iat) + ",\"exp\":" + std::to_string(exp);
+    };
+    auto reason = [&](const std::string& t) {
+        const AuthResult r = v.verify(token(t), aud, now);
+        CHECK_FALSE(r.ok);
+        return r.reason;
+    };
+
+    // The control: a plain token passes, and so does one with a past nbf.
+    CHECK(v.verify(token(times(now, now + 300)), aud, now).ok);
+    CHECK(v.verify(token(times(now, now + 300) + ",\"nbf\":" + std::to_string(now - 10)), aud, now).ok);
+
+    CHECK(reason(times(kMin, now + 300)) == "iat is negative");
+    CHECK(reason(times(kMin, kMax)) == "iat is negative");
+    CHECK(reason(times(kMin, kMin)) == "iat is negative");
+    CHECK(reason(times(-1, now + 300)) == "iat is negative");
+    CHECK(reason(times(now, kMax)) == "exp is more than 10 years from now");
+    CHECK(reason(times(now, kMin)) == "exp is negative");
+    CHECK(reason(times(now, -1)) == "exp is negative");
+    CHECK(reason(times(kMax, kMax)) == "iat is more than 10 years from now");
+    CHECK(reason(times(kMax - 100, kMax)) == "iat is more than 10 years from now");
+    CHECK(reason(times(now - 11 * kYear, now + 300)) == "iat is more than 10 years from now");
+    CHECK(reason(times(now, now + 11 * kYear)) == "exp is more than 10 years from now");
+    CHECK(reason(times(0, now + 300)) == "iat is more than 10 years from now");
+    CHECK(reason(times(now, now - 10)) == "exp is not after iat");
+    CHECK(reason(times(now, now)) == "exp is not after iat");
+    CHECK(reason(times(now - 5 * kYear, now + 5 * kYear)) == "lifetime too long");
+    CHECK(reason(times(now - 1000, now - 700)) == "expired");
+    CHECK(reason(times(now + 100, now + 200)) == "issued in the future");
+    // Numbers that are not int64 values.
+    CHECK(reason("\"iat\":-1.5e18,\"exp\":" + std::to_string(now + 300)) == "iat is negative");
+    CHECK(reason("\"iat\":1e300,\"exp\":" + std::to_string(now + 300)) == "exp and iat are required");
+    CHECK(reason("\"iat\":18446744073709551615,\"exp\":" + std::to_string(now + 300)) == "exp and iat are required");
+    CHECK(reason("\"iat\":\"" + std::to_string(now) + "\",\"exp\":" + std::to_string(now + 300)) ==
+          "exp and iat are required");
+    // nbf, optional, checked as strictly as iat and exp.
+    CHECK(reason(times(now, now + 300) + ",\"nbf\":" + std::to_string(kMin)) == "nbf is negative");
+    CHECK(reason(times(now, now + 300) + ",\"nbf\":" + std::to_string(kMax)) == "nbf is more than 10 years from now");
+    CHECK(reason(times(now, now + 300) + ",\"nbf\":\"soon\"") == "nbf is not a number of seconds");
+    CHECK(reason(times(now, now + 300) + ",\"nbf\":" + std::to_string(now + 120)) == "not yet valid (nbf)");
+
+    // iat INT64_MIN with a far exp (once accepted through signed overflow): refused every time, and never remembered.
+    const std::string replay = token(times(kMin, now + 9 * kYear));
+    for (int i = 0; i < 3; ++i) CHECK(v.verify(replay, aud, now + i).reason == "iat is negative");
     std::filesystem::remove_all(dir);
 }

@@ -8,6 +8,7 @@
 #include "adapters/cds_hooks/service.hpp"
 #include "cds_test_support.hpp"
 #include "mappings/detected_issue.hpp"
+#include "mappings/order_facts.hpp"
 #include "test_support.hpp"
 
 using namespace calcalert;
@@ -295,6 +296,26 @@ TEST_CASE("order hooks: the order rules over draftOrders (as the sandbox sends t
                                     "calcalert-order-select");
         REQUIRE(card_rules(r).size() == 1);
         CHECK(r.body.find("MedicationRequest/o2") != std::string::npos);
+    }
+    SUBCASE("more than kMaxDraftOrders draft orders is a 400 naming the limit; exactly the limit is evaluated") {
+        auto many = [&](std::size_t n) {
+            std::vector<std::string> orders;
+            for (std::size_t i = 0; i < n; ++i) orders.push_back(draft("harold-kim", "o" + std::to_string(i), iv_calcium));
+            return orders;
+        };
+        for (const char* hook : {"order-sign", "order-select"}) {
+            const std::string id = std::string("calcalert-") + hook;
+            const HttpReply over = fx.call(body(hook, "harold-kim", many(mappings::kMaxDraftOrders + 1)), id.c_str());
+            CHECK(over.status == 400);
+            CHECK(over.body.find("\"OperationOutcome\"") != std::string::npos);
+            CHECK(over.body.find("too-costly") != std::string::npos);
+            CHECK(over.body.find("at most " + std::to_string(mappings::kMaxDraftOrders) + " draft orders per call") !=
+                  std::string::npos);
+            CHECK(over.body.find("\"cards\"") == std::string::npos);  // none evaluated
+        }
+        const HttpReply at = fx.call(body("order-sign", "harold-kim", many(mappings::kMaxDraftOrders)), "calcalert-order-sign");
+        REQUIRE(at.status == 200);
+        CHECK(card_rules(at).size() == mappings::kMaxDraftOrders);
     }
     SUBCASE("order-select with no orders yet (the sandbox's first call)") {
         const HttpReply r = fx.call(body("order-select", "margaret-okafor", {}), "calcalert-order-select");

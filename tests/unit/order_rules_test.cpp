@@ -672,3 +672,67 @@ TEST_CASE("evaluate() still runs only the patient rules") {
     CHECK(ev.findings[0].rule->id == "calciphylaxis-wound-sepsis-risk");
     CHECK(ev.findings[0].order.empty());
 }
+
+// Issue 9: 43,000 draft orders took 94 s, each medicationReference scanning the whole Bundle. References
+// now resolve through an index built once; this checks that 20,000 orders referencing 20,000 Medications
+// (by "Type/id", by fullUrl, by an absolute URL, or to nothing) each get their own Medication. No timing
+// assertion: a quadratic scan would still pass, only slowly.
+TEST_CASE("20,000 draft orders with medicationReferences to as many Medications: each resolves to its own") {
+    constexpr int kOrdersN = 20000;
+    std::string bundle = R"({"resourceType":"Bundle","entry":[)";
+    auto code_of = [](int i) { return i % 4 == 0 ? "197582" : i % 4 == 1 ? "1743707" : "0000000"; };
+    // Medications first, in reverse order, so that no reference is resolved by position.
+    for (int i = kOrdersN - 1; i >= 0; --i) {
+        const std::string id = "m-" + std::to_string(i);
+        bundle += R"({"fullUrl":"urn:uuid:med-)" + std::to_string(i) + R"(","resource":{"resourceType":"Medication","id":")" +
+                  id + R"(","code":)" + rx(code_of(i)) + "}},";
+    }
+    for (int i = 0; i < kOrdersN; ++i) {
+        const std::string n = std::to_string(i);
+        const std::string ref = i % 4 == 0   ? "Medication/m-" + n
+                                : i % 4 == 1 ? "urn:uuid:med-" + n
+                                : i % 4 == 2 ? "https://ehr.example.org/fhir/Medication/m-" + n
+                                             : "Medication/missing-" + n;
+        bundle += std::string(i ? "," : "") + R"({"resource":{"resourceType":"MedicationRequest","id":"o-)" + n +
+                  R"(","status":"draft","intent":"order","medicationReference":{"reference":")" + ref + R"("}}})";
+    }
+    bundle += "]}";
+    const auto d = parse(bundle);
+    CHECK(mappings::count_draft_orders(d) == kOrdersN);
+    const OrderReading r = mappings::read_draft_orders(d, meds());
+    CHECK(r.problems.empty());
+    CHECK(r.orders == kOrdersN);
+    REQUIRE(r.facts.size() == kOrdersN / 2);
+    int wrong = 0;
+    for (const auto& f : r.facts) {
+        const int i = std::stoi(f.source.substr(std::string("MedicationRequest/o-").size()));
+        if (f.order_class != "systemic-corticosteroid" || i % 4 > 1 || f.code != code_of(i)) ++wrong;
+    }
+    CHECK(wrong == 0);
+    std::size_t unresolved = 0;
+    for (const auto& note : r.notes)
+        if (note.message.find("names no contained Medication and no Medication of draftOrders") != std::string::npos) {
+            ++unresolved;
+            CHECK(note.message.find("'Medication/missing-") != std::string::npos);
+        }
+    CHECK(unresolved == kOrdersN / 4);
+}
+
+TEST_CASE("medicationReference into draftOrders: the first entry that fits wins; the path names it") {
+    const std::string med197582 = R"({"resourceType":"Medication","id":"dup","code":)" + rx("197582") + "}";
+    const std::string med1743707 = R"({"resourceType":"Medication","id":"dup","code":)" + rx("1743707") + "}";
+    const auto d = parse(R"({"resourceType":"Bundle","entry":[{"resource":)" + med1743707 + "},{\"resource\":" + med197582 +
+                         R"(},{"resource":{"resourceType":"MedicationRequest","id":"o","status":"draft",)"
+                         R"("medicationReference":{"reference":"http://x.example/fhir/Medication/dup"}}}]})");
+    const OrderReading r = mappings::read_draft_orders(d, meds());
+    REQUIRE(r.facts.size() == 1);
+    CHECK(r.facts[0].code == "1743707");
+    // A reference to a Patient entry is still an error naming that entry.
+    const auto p = parse(R"({"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Patient","id":"x"}},)"
+                         R"({"resource":{"resourceType":"MedicationRequest","id":"o","status":"draft",)"
+                         R"("medicationReference":{"reference":"Patient/x"}}}]})");
+    const OrderReading rp = mappings::read_draft_orders(p, meds());
+    REQUIRE(rp.problems.size() == 1);
+    CHECK(rp.problems[0].path == "Bundle.entry[0].resource.resourceType");
+    CHECK(mappings::count_draft_orders(p) == 1);
+}
