@@ -33,6 +33,25 @@ ServeConfig sandbox_config() {
 
 }  // namespace
 
+namespace {
+// A fresh directory in the temp directory, removed with what is in it when it goes out of scope
+// (also when a check fails half way).
+struct TempDir {
+    std::filesystem::path path;
+    explicit TempDir(const std::string& prefix)
+        : path(std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()))) {
+        std::filesystem::remove_all(path);
+        std::filesystem::create_directories(path);
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+};
+}  // namespace
+
 TEST_CASE("base64url is strict and round-trips") {
     for (const std::string& s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar", std::string("\xff\xfe\x00\x01", 4)})
         CHECK(base64url_decode(base64url_encode(s)) == s);
@@ -135,8 +154,8 @@ TEST_CASE("the public CDS Hooks sandbox token verifies inside its window only") 
 TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
     const PrivateKey ec = generate_es384_key("ec-1");
     const PrivateKey rsa = generate_rs384_key("rsa-1");
-    const auto dir = std::filesystem::temp_directory_path() / ("cds-jws-test-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir);
+    const TempDir tmp("cds-jws-test-");
+    const auto& dir = tmp.path;
     {
         std::ofstream(dir / "jwks.json") << cdstest::jwks_of({&ec});
     }
@@ -209,16 +228,15 @@ TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
     CHECK_FALSE(v.verify("not-a-jwt", aud, now).ok);
     CHECK_FALSE(v.verify("a.b", aud, now).ok);
     CHECK_FALSE(v.verify("%%%.%%%.%%%", aud, now).ok);
-    std::filesystem::remove_all(dir);
 }
 
-// Issue 9: time claims are untrusted int64 values. iat = INT64_MIN with a far exp once passed the
+// Time claims are untrusted int64 values. iat = INT64_MIN with a far exp once passed the
 // lifetime check through signed overflow (exp - iat) and could be replayed; every such token is now a
 // 401 with a reason, checked without overflow (this test also runs under UBSan).
 TEST_CASE("JWT time claims: negative, extreme, reversed and nbf values are refused without overflow") {
     const PrivateKey ec = generate_es384_key("ec-t");
-    const auto dir = std::filesystem::temp_directory_path() / ("cds-jws-time-test-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir);
+    const TempDir tmp("cds-jws-time-test-");
+    const auto& dir = tmp.path;
     {
         std::ofstream(dir / "jwks.json") << cdstest::jwks_of({&ec});
     }
@@ -284,5 +302,4 @@ TEST_CASE("JWT time claims: negative, extreme, reversed and nbf values are refus
     // iat INT64_MIN with a far exp (once accepted through signed overflow): refused every time, and never remembered.
     const std::string replay = token(times(kMin, now + 9 * kYear));
     for (int i = 0; i < 3; ++i) CHECK(v.verify(replay, aud, now + i).reason == "iat is negative");
-    std::filesystem::remove_all(dir);
 }
