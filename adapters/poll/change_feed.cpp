@@ -84,7 +84,6 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
             }
         }
         named.insert(patients.begin(), patients.end());
-        result.patients_named += patients.size();
         if (!o.dry_run) {
             store_.transaction([&] {
                 for (const auto& p : patients) store_.enqueue_patient(server, p, now);

@@ -27,7 +27,6 @@ struct FeedResult {
     std::size_t pages = 0;
     std::size_t resources_read = 0;
     std::size_t resources_skipped = 0;   // already processed (same id and versionId), or repeated
-    std::size_t patients_named = 0;      // by the pages read (a patient on two pages counts twice)
     bool resumed = false;                // continued from a saved cursor
     std::vector<std::string> notes;      // what the server did oddly (looping next links ...)
 };

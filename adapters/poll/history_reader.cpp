@@ -51,6 +51,12 @@ LabCodeSearch lab_code_search_from_capabilities(const rapidjson::Value& cs) {
     return LabCodeSearch::code_and_panels;
 }
 
+std::string lab_code_list(const mappings::Terminology& terminology) {
+    std::string codes;
+    for (const auto& t : terminology.lab_tokens()) codes += (codes.empty() ? "" : ",") + url_encode(t);
+    return codes;
+}
+
 LabCodeSearch discover_lab_code_search(fhir::FhirClient& client) {
     try {
         const rapidjson::Document cs = client.get_resource("metadata");
@@ -86,9 +92,7 @@ bool read_server_alert(const rapidjson::Value& res, const std::string& identifie
 
 HistoryReader::HistoryReader(fhir::FhirClient& client, const mappings::Terminology& terminology,
                              const rules::RuleCatalog& catalog, HistoryOptions options)
-    : client_(client), term_(terminology), catalog_(catalog), opt_(std::move(options)) {
-    for (const auto& t : term_.lab_tokens()) codes_ += (codes_.empty() ? "" : ",") + url_encode(t);
-}
+    : client_(client), term_(terminology), catalog_(catalog), opt_(std::move(options)), codes_(lab_code_list(terminology)) {}
 
 std::string HistoryReader::subject_param(const std::string& patient) const {
     return "subject=" + url_encode(patient) + "," + url_encode(client_.base_url() + "/" + patient);

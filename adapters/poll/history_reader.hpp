@@ -27,6 +27,10 @@ const char* to_string(LabCodeSearch s);
 // A server whose /metadata cannot be read or does not list them gets code_and_panels (correct
 // everywhere, only slower).
 LabCodeSearch lab_code_search_from_capabilities(const rapidjson::Value& capability_statement);
+
+// The codes the rules read, as a token search value list (comma-separated, each system|code,
+// percent-encoded), for the change feed and the history searches alike.
+std::string lab_code_list(const mappings::Terminology& terminology);
 LabCodeSearch discover_lab_code_search(fhir::FhirClient& client);
 
 struct PatientHistory {
@@ -53,9 +57,6 @@ public:
     // calcalert's DetectedIssues for the patient as the server holds them (also after a write whose
     // answer was lost, to decide again). Notes on odd paging are kept for the next read().
     std::vector<ServerAlert> read_alerts(const std::string& patient);
-
-    // The codes the rules read, as a token search value list (comma-separated, each system|code).
-    const std::string& code_list() const { return codes_; }
 
 private:
     // "subject=Patient/x,<base>/Patient/x"

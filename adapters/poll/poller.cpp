@@ -9,7 +9,6 @@
 #include <rapidjson/writer.h>
 
 #include "adapters/poll/change_feed.hpp"
-#include "adapters/poll/url.hpp"
 #include "rules/engine.hpp"
 
 namespace calcalert::poll {
@@ -103,8 +102,7 @@ void Poller::kill_point(const char* name) {
 
 void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named) {
     ChangeFeed feed(client_, store_);
-    std::string codes;
-    for (const auto& t : term_.lab_tokens()) codes += (codes.empty() ? "" : ",") + url_encode(t);
+    const std::string codes = lab_code_list(term_);
     std::vector<FeedOptions> feeds;
     auto add = [&](const std::string& type, const std::string& filter, const std::string& key) {
         FeedOptions f;
@@ -161,9 +159,16 @@ void Poller::count(const Reconciliation& r, const std::string& patient, PollSumm
     }
 }
 
-void Poller::work_on(const std::string& patient, PollSummary& sum, WriteBack& write_back, rules::EpochSeconds now) {
-    HistoryReader reader(client_, term_, catalog_,
-                         {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
+void Poller::close_patient(const std::string& patient, const InFlight& job, PollSummary& sum) {
+    if (job.complete) {
+        if (!opt_.dry_run) store_.finish_patient(server(), patient);
+    } else {
+        defer(patient, job.incomplete_reason, sum);
+    }
+}
+
+void Poller::work_on(HistoryReader& reader, const std::string& patient, PollSummary& sum, WriteBack& write_back,
+                     rules::EpochSeconds now) {
     PatientHistory h;
     try {
         h = reader.read(patient, now);
@@ -207,22 +212,15 @@ void Poller::work_on(const std::string& patient, PollSummary& sum, WriteBack& wr
         // The ledger learns every DetectedIssue of ours the server holds, also those a killed pass wrote.
         for (const auto& a : h.alerts)
             store_.put_alert({server(), a.identifier, patient, a.rule_id, a.evidence_hash, a.status, a.id, a.version, now});
-        if (no_writes) {
-            if (job.complete) store_.finish_patient(server(), patient);
-        }
+        if (no_writes) close_patient(patient, job, sum);
     });
-    if (no_writes) {
-        if (!job.complete) defer(patient, incomplete, sum);
-        return;
-    }
+    if (no_writes) return;
     in_flight_[patient] = std::move(job);
     write_back.add(patient, std::move(r.writes), now);
 }
 
-void Poller::decide_again(const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back,
-                          rules::EpochSeconds now) {
-    HistoryReader reader(client_, term_, catalog_,
-                         {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
+void Poller::decide_again(HistoryReader& reader, const std::set<std::string>& stale, PollSummary& sum,
+                          WriteBack& write_back, rules::EpochSeconds now) {
     for (const auto& patient : stale) {
         const auto it = in_flight_.find(patient);
         if (it == in_flight_.end()) continue;
@@ -233,10 +231,7 @@ void Poller::decide_again(const std::set<std::string>& stale, PollSummary& sum, 
         if (r.writes.empty()) {
             const InFlight job = it->second;
             in_flight_.erase(it);
-            store_.transaction([&] {
-                if (job.complete) store_.finish_patient(server(), patient);
-            });
-            if (!job.complete) defer(patient, job.incomplete_reason, sum);
+            close_patient(patient, job, sum);
             continue;
         }
         write_back.add(patient, std::move(r.writes), now);
@@ -266,13 +261,15 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
         for (const auto& a : store_.alerts(server()))
             if (a.status != "cancelled" && a.status != "entered-in-error") patients.insert(a.patient);
 
+        HistoryReader reader(client_, term_, catalog_,
+                             {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
         WriteBack write_back(
             client_, store_, opt_.write,
             [&](const std::string& patient) {  // inside the Bundle's state transaction
                 const auto it = in_flight_.find(patient);
                 if (it == in_flight_.end()) return;
-                if (it->second.complete) store_.finish_patient(server(), patient);
-                else store_.defer_patient(server(), patient, it->second.incomplete_reason);
+                close_patient(patient, it->second, sum);
+                in_flight_.erase(it);
             },
             [&](std::size_t, bool committed) { kill_point(committed ? "bundle-committed" : "bundle-sent"); });
 
@@ -281,7 +278,7 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
             for (int round = 0; round < 3; ++round) {
                 auto stale = write_back.take_stale();
                 if (stale.empty()) break;
-                decide_again(stale, sum, write_back, now);
+                decide_again(reader, stale, sum, write_back, now);
             }
             for (auto& p : write_back.take_stale()) {
                 in_flight_.erase(p);
@@ -295,7 +292,7 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
 
         std::size_t done = 0;
         for (const auto& patient : patients) {
-            work_on(patient, sum, write_back, now);
+            work_on(reader, patient, sum, write_back, now);
             settle();
             ++done;
             if (opt_.progress) opt_.progress(done, patients.size());
@@ -305,13 +302,6 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
             settle();
             write_back.flush(now);
         }
-        // Patients with unreadable resources whose writes landed were deferred in the Bundle's transaction.
-        for (const auto& [patient, job] : in_flight_)
-            if (!job.complete && std::none_of(sum.deferred.begin(), sum.deferred.end(), [&](const auto& d) { return d.first == patient; })) {
-                sum.deferred.emplace_back(patient, job.incomplete_reason);
-                ++sum.patients_deferred;
-            }
-
         const auto& ws = write_back.stats();
         sum.write_batches = ws.bundles;
         sum.bundle_splits = ws.splits;

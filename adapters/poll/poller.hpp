@@ -117,8 +117,14 @@ private:
     void kill_point(const char* name);
     void feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named);
     // Reads, evaluates and decides one patient; its writes go to `write_back`.
-    void work_on(const std::string& patient, PollSummary& sum, WriteBack& write_back, rules::EpochSeconds now);
-    void decide_again(const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back, rules::EpochSeconds now);
+    struct InFlight;
+    void work_on(HistoryReader& reader, const std::string& patient, PollSummary& sum, WriteBack& write_back,
+                 rules::EpochSeconds now);
+    void decide_again(HistoryReader& reader, const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back,
+                      rules::EpochSeconds now);
+    // A patient whose writes have all landed (or who needs none): off the queue when its data was read
+    // whole, else kept queued with the reason (and counted as deferred).
+    void close_patient(const std::string& patient, const InFlight& job, PollSummary& sum);
     void defer(const std::string& patient, const std::string& why, PollSummary& sum);
     void count(const Reconciliation& r, const std::string& patient, PollSummary& sum);
 
