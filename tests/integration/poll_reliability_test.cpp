@@ -115,21 +115,32 @@ int converge(const std::string& base, state::StateStore& store, const std::strin
     return limit;
 }
 
-void load_fixtures(fhir::FhirClient& client) {
-    for (const auto& [dir, file] : fixture_files()) load_bundle(client, dir + "/" + file);
-}
+// The sandbox loaded with the rule fixtures and the example cohort, a client straight to it, and the
+// fault-injecting proxy in front of it (`upstream` is filled in).
+struct ProxiedSandbox {
+    test::SandboxServer sandbox;
+    fhir::FhirClient direct{client_options(sandbox.base_url())};
+    test::FaultProxy proxy;
+
+    explicit ProxiedSandbox(test::FaultProxyOptions options) : proxy(with_upstream(std::move(options), sandbox.base_url())) {
+        for (const auto& [dir, file] : fixture_files()) load_bundle(direct, dir + "/" + file);
+    }
+    static test::FaultProxyOptions with_upstream(test::FaultProxyOptions o, const std::string& upstream) {
+        o.upstream = upstream;
+        return o;
+    }
+};
 
 }  // namespace
 
 TEST_CASE("under every fault kind at a combined 30 %, repeated passes converge to exactly the clean run's DetectedIssues") {
-    test::SandboxServer sandbox;
-    fhir::FhirClient direct(client_options(sandbox.base_url()));
-    load_fixtures(direct);
     test::FaultProxyOptions po;
-    po.upstream = sandbox.base_url();
     po.seed = 20261201;
     po.rates = {"all=0.3"};
-    test::FaultProxy proxy(po);
+    ProxiedSandbox world(po);
+    auto& sandbox = world.sandbox;
+    auto& direct = world.direct;
+    auto& proxy = world.proxy;
 
     const std::string clean_system = "urn:calcalert:test-clean";
     const std::string flaky_system = "urn:calcalert:test-flaky";
@@ -188,13 +199,11 @@ TEST_CASE("under every fault kind at a combined 30 %, repeated passes converge t
 }
 
 TEST_CASE("servers that page oddly: duplicate entries, a looping next link, pages out of order, no versionId") {
-    test::SandboxServer sandbox;
-    fhir::FhirClient direct(client_options(sandbox.base_url()));
-    load_fixtures(direct);
     test::FaultProxyOptions po;
-    po.upstream = sandbox.base_url();
     po.quirks = {"duplicate-entries", "loop-next", "shuffle", "drop-version"};
-    test::FaultProxy proxy(po);
+    ProxiedSandbox world(po);
+    auto& direct = world.direct;
+    auto& proxy = world.proxy;
     const std::string state_path = temp_state("quirks");
     auto store = state::open_sqlite_store(state_path);
 
@@ -248,12 +257,9 @@ TEST_CASE("SIGKILL at 50+ distinct points of a pass, then a clean pass: exactly 
 
     std::size_t tried = 0;
     for (std::size_t group = 0; group * per_server < points.size(); ++group) {
-        test::SandboxServer sandbox;
-        fhir::FhirClient direct(client_options(sandbox.base_url()));
-        load_fixtures(direct);
-        test::FaultProxyOptions po;
-        po.upstream = sandbox.base_url();
-        test::FaultProxy proxy(po);
+        ProxiedSandbox world{test::FaultProxyOptions{}};  // no faults: the proxy is there for its kill hook
+        auto& direct = world.direct;
+        auto& proxy = world.proxy;
 
         // The clean run, through the same proxy (no faults): at T1, then at T2.
         const std::string clean_system = "urn:calcalert:test-kill-clean";
