@@ -33,13 +33,15 @@ struct ServeConfig {
     std::string bind_address = "127.0.0.1";
     int port = 8080;                    // 0: any free port
     std::string public_base_url;        // e.g. https://cds.example.org; "" -> http://<bind_address>:<port>
-    int request_timeout_ms = 10000;     // socket receive/send timeout for a request
-    int keep_alive_timeout_ms = 15000;  // idle time of a kept-alive connection
+    int request_timeout_ms = 10000;     // a request must arrive whole (first to last byte) and its answer be taken within this
+    int keep_alive_timeout_ms = 15000;  // idle time of a connection before its (next) request
     int max_keep_alive_requests = 100;
-    int max_threads = 16;
-    int max_queued = 64;
+    int max_threads = 16;               // workers running calls; reading and writing take none
+    int max_queued = 64;                // whole requests waiting for a worker; beyond: 503 + Retry-After
+    int max_connections = 512;          // open connections; beyond: 503 + Retry-After and close
+    int call_deadline_ms = 10000;       // one call from its arrival, queue wait and fhirServer reads included
     std::int64_t max_body_bytes = 8 * 1024 * 1024;
-    std::string state_file = "calcalert-state.sqlite";
+    std::string state_file;  // "" : state::default_state_path(), never the current directory
     std::vector<IssuerConfig> issuers;
     std::vector<std::string> fhir_servers;  // allowed fhirServer base URLs (exact, trailing '/' ignored)
     std::vector<std::string> cors_origins;  // allowed browser origins ("*" allows any)

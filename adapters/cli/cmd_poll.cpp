@@ -106,20 +106,14 @@ std::size_t parse_count(const std::string& s, const char* option, long long min 
     return static_cast<std::size_t>(v);
 }
 
-// --state, else $CALCALERT_STATE, else the user's state directory (created when missing): never
-// the current directory, where a scheduler's working directory would scatter state files.
+// --state, else the user's state file (state::default_state_path).
 std::string state_path(const Options& opts) {
     if (auto v = opts.value("state")) return *v;
-    if (const char* env = std::getenv("CALCALERT_STATE"); env && *env) return env;
-    std::filesystem::path dir;
-    if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg && *xdg && xdg[0] == '/') dir = xdg;
-    else if (const char* home = std::getenv("HOME"); home && *home) dir = std::filesystem::path(home) / ".local" / "state";
-    else throw UsageError("--state FILE is required: neither $CALCALERT_STATE, $XDG_STATE_HOME nor $HOME is set");
-    dir /= "calcalert";
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) throw UsageError("cannot create the state directory " + dir.string() + ": " + ec.message() + " (give --state FILE)");
-    return (dir / "state.sqlite").string();
+    try {
+        return state::default_state_path();
+    } catch (const state::StateError& e) {
+        throw UsageError(std::string(e.what()) + " (give --state FILE)");
+    }
 }
 
 fhir::ClientOptions client_options(const Options& opts) {

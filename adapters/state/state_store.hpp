@@ -136,4 +136,10 @@ public:
 // Throws StateError naming the file when it cannot be opened or is not a calcalert state file.
 std::unique_ptr<StateStore> open_sqlite_store(const std::string& path);
 
+// Where poll and serve keep their state when no file is given: $CALCALERT_STATE, else
+// $XDG_STATE_HOME/calcalert/state.sqlite, else ~/.local/state/calcalert/state.sqlite (the directory
+// is created). Never the current directory, where a scheduler's working directory would scatter
+// state files. StateError when none of these is usable.
+std::string default_state_path();
+
 }  // namespace calcalert::state

@@ -86,3 +86,10 @@ TEST_CASE("validation: insecure_dev only on loopback, issuers needed otherwise")
     CHECK_FALSE(is_loopback_address("10.0.0.1"));
     CHECK(normalize_base_url("HTTPS://EHR.example.org/FHIR/") == "https://ehr.example.org/FHIR");
 }
+
+TEST_CASE("serve has no state file default in the current directory") {
+    const auto c = load_serve_config("", {});
+    CHECK(c.state_file.empty());  // serve then opens state::default_state_path()
+    const auto d = load_serve_config(write_temp("state.json", R"({"state_file": "s.sqlite"})"), {});
+    CHECK(std::filesystem::path(d.state_file).is_absolute());  // relative to the config file
+}

@@ -1,6 +1,9 @@
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <optional>
+#include <vector>
 #include <stdexcept>
 #include <thread>
 
@@ -135,4 +138,51 @@ TEST_CASE("a file that is not a state file is a clear error") {
     }
     CHECK_THROWS_AS(open_sqlite_store(path), StateError);
     CHECK_THROWS_AS(open_sqlite_store("/nonexistent-dir/x/state.sqlite"), StateError);
+}
+
+namespace {
+// Sets (or unsets) environment variables for one scope and restores what was there.
+struct ScopedEnv {
+    std::vector<std::pair<std::string, std::optional<std::string>>> saved;
+    void set(const std::string& name, const char* value) {
+        const char* old = std::getenv(name.c_str());
+        saved.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+        if (value) ::setenv(name.c_str(), value, 1);
+        else ::unsetenv(name.c_str());
+    }
+    ~ScopedEnv() {
+        for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
+            if (it->second) ::setenv(it->first.c_str(), it->second->c_str(), 1);
+            else ::unsetenv(it->first.c_str());
+        }
+    }
+};
+}  // namespace
+
+TEST_CASE("the default state file is under the user's state directory, never the current directory") {
+    const auto root = std::filesystem::temp_directory_path() / ("calcalert-statedir-" + std::to_string(::getpid()));
+    struct Cleanup {
+        std::filesystem::path p;
+        ~Cleanup() {
+            std::error_code ignored;
+            std::filesystem::remove_all(p, ignored);
+        }
+    } cleanup{root};
+    ScopedEnv env;
+    env.set("CALCALERT_STATE", nullptr);
+    env.set("XDG_STATE_HOME", (root / "xdg").c_str());
+    env.set("HOME", (root / "home").c_str());
+    CHECK(default_state_path() == (root / "xdg" / "calcalert" / "state.sqlite").string());
+    CHECK(std::filesystem::is_directory(root / "xdg" / "calcalert"));
+
+    env.set("XDG_STATE_HOME", "relative/dir");  // not absolute: ignored, as the XDG spec says
+    CHECK(default_state_path() == (root / "home" / ".local" / "state" / "calcalert" / "state.sqlite").string());
+
+    env.set("CALCALERT_STATE", "/srv/calcalert/state.sqlite");
+    CHECK(default_state_path() == "/srv/calcalert/state.sqlite");
+
+    env.set("CALCALERT_STATE", nullptr);
+    env.set("XDG_STATE_HOME", nullptr);
+    env.set("HOME", nullptr);
+    CHECK_THROWS_AS(default_state_path(), StateError);
 }
