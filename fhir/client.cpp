@@ -662,9 +662,21 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
     }
 
     const bool replayable = retry == Retry::replayable;
-    const milliseconds deadline = options_.request_deadline;
     const auto started = monotonic_now();
     const auto elapsed = [&] { return std::chrono::duration_cast<milliseconds>(monotonic_now() - started); };
+    // The time this logical request must end by: request_deadline after it started, or the
+    // client's end_by, whichever comes first; `until_what` names it in errors.
+    std::optional<std::chrono::steady_clock::time_point> until;
+    std::string until_what;
+    if (options_.request_deadline.count() > 0) {
+        until = started + options_.request_deadline;
+        until_what = "the request_deadline of " + ms(options_.request_deadline);
+    }
+    if (options_.end_by && (!until || *options_.end_by < *until)) {
+        until = *options_.end_by;
+        until_what = "the caller's deadline";
+    }
+    const auto left = [&] { return std::chrono::duration_cast<milliseconds>(*until - monotonic_now()); };
     int retries = 0;
     int redirects = 0;
 
@@ -678,13 +690,10 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
                      " retries spent",
                  status, FhirErrorKind::budget_spent);
         const milliseconds d = retry_wait(retries, answer);
-        if (deadline.count() > 0) {
-            const milliseconds spent = elapsed();
-            if (spent + d >= deadline)
-                fail(method + " " + url + ": " + what + "; not retried: waiting " + ms(d) + " would pass the request_deadline of " +
-                         ms(deadline) + " (" + ms(spent) + " spent in " + attempts_text(retries + 1) + ")",
-                     status, FhirErrorKind::deadline);
-        }
+        if (until && d >= left())
+            fail(method + " " + url + ": " + what + "; not retried: waiting " + ms(d) + " would pass " + until_what + " (" +
+                     ms(elapsed()) + " spent in " + attempts_text(retries + 1) + ")",
+                 status, FhirErrorKind::deadline);
         wait(d);
         ++retries;
         ++stats_.retries;
@@ -695,14 +704,13 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
         // Each attempt gets request_timeout, or what is left of the deadline when that is less.
         milliseconds timeout = options_.request_timeout;
         bool deadline_bounds = false;
-        if (deadline.count() > 0) {
-            const milliseconds left = deadline - elapsed();
-            if (left.count() <= 0)
-                fail(method + " " + url + ": the request_deadline of " + ms(deadline) + " passed before attempt " +
-                         std::to_string(retries + 1),
-                     0, FhirErrorKind::deadline);
-            if (timeout.count() == 0 || left < timeout) {
-                timeout = left;
+        if (until) {
+            const milliseconds remaining = left();
+            if (remaining.count() <= 0)
+                fail(method + " " + url + ": " + until_what + " passed before attempt " + std::to_string(retries + 1), 0,
+                     FhirErrorKind::deadline);
+            if (timeout.count() == 0 || remaining < timeout) {
+                timeout = remaining;
                 deadline_bounds = true;
             }
         }
@@ -717,8 +725,8 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
             if (failure->too_large) fail(method + " " + url + ": " + failure->message, 0, FhirErrorKind::too_large);
             // Timed out because the deadline cut the attempt short, not by an earlier connect_timeout
             // (libcurl's timer may fire a millisecond before the time it was given: kTimerSlack).
-            if (failure->code == CURLE_OPERATION_TIMEDOUT && deadline_bounds && elapsed() + kTimerSlack >= deadline)
-                fail(method + " " + url + ": " + failure->message + "; the request_deadline of " + ms(deadline) + " passed after " +
+            if (failure->code == CURLE_OPERATION_TIMEDOUT && deadline_bounds && left() <= kTimerSlack)
+                fail(method + " " + url + ": " + failure->message + "; " + until_what + " passed after " +
                          attempts_text(retries + 1),
                      0, FhirErrorKind::deadline);
             // A replayable request is retried on every transport failure that may be transient. A

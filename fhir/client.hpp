@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -66,6 +67,9 @@ struct ClientOptions {
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds request_timeout{60000};   // one attempt; 0 = no limit
     std::chrono::milliseconds request_deadline{0};      // one logical request, retries and waits included; 0 = none
+    // Every request of this client ends by this time (on monotonic_now's clock), retries and waits
+    // included, e.g. the deadline of the CDS Hooks call the client reads for. Unset: none.
+    std::optional<std::chrono::steady_clock::time_point> end_by;
     int max_retries = 4;           // retries after the first attempt of one request (see the header comment)
     std::uint64_t fault_budget = 0;  // retries of all requests together until reset_fault_budget(); 0 = unlimited
     std::chrono::milliseconds initial_backoff{500};

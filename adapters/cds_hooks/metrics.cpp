@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "adapters/http/event_server.hpp"
+
 namespace calcalert::cds {
 namespace {
 
@@ -34,7 +36,9 @@ std::string number(double v) {
 
 }  // namespace
 
-Metrics::Metrics() : bounds_{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10} {}
+Metrics::Metrics() : bounds_{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10} {
+    for (const auto r : http::kRejections) rejected_[http::rejection_name(r)] = 0;
+}
 
 void Metrics::request(const std::string& service, int status, double seconds) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -65,6 +69,13 @@ void Metrics::feedback(const std::string& outcome) {
 void Metrics::override_reason(const std::string& rule, const std::string& reason) {
     std::lock_guard<std::mutex> lock(mutex_);
     ++overrides_[{{"rule", rule}, {"reason", reason}}];
+}
+
+void Metrics::rejected(const std::string& reason) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = rejected_.find(reason);
+    if (it == rejected_.end()) it = rejected_.find(http::rejection_name(http::Rejection::malformed));
+    ++it->second;
 }
 
 void Metrics::auth_failure() {
@@ -101,6 +112,12 @@ std::string Metrics::render() const {
     counter("calcalert_cds_overrides_total", "Overridden cards by rule and override reason.", overrides_);
     out += "# HELP calcalert_cds_auth_failures_total Calls refused with 401.\n# TYPE calcalert_cds_auth_failures_total counter\n";
     out += "calcalert_cds_auth_failures_total " + std::to_string(auth_failures_) + "\n";
+    out += "# HELP calcalert_http_rejected_total Requests and connections the server refused itself: saturated (503, "
+           "every worker busy and the queue full, or a call that waited past its deadline), connections (503, over "
+           "max_connections), timeout (408, the request did not arrive within request_timeout_ms), too-large (413, "
+           "431), malformed (400, 417, 501, 505).\n# TYPE calcalert_http_rejected_total counter\n";
+    for (const auto& [reason, n] : rejected_)
+        out += "calcalert_http_rejected_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
     return out;
 }
 

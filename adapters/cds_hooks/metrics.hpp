@@ -20,6 +20,9 @@ public:
     void feedback(const std::string& outcome);
     void override_reason(const std::string& rule, const std::string& reason);
     void auth_failure();
+    // A request or connection the HTTP server refused itself (http::rejection_name: saturated,
+    // connections, timeout, too-large, malformed); any other name counts as malformed.
+    void rejected(const std::string& reason);
     std::string render() const;
 
 private:
@@ -35,6 +38,7 @@ private:
     std::map<std::string, Histogram> latency_;  // by service
     std::map<Labels, std::uint64_t> cards_, prefetch_, feedback_, overrides_;
     std::uint64_t auth_failures_ = 0;
+    std::map<std::string, std::uint64_t> rejected_;  // every reason of the closed set, from 0
 };
 
 }  // namespace calcalert::cds

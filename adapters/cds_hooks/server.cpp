@@ -3,21 +3,13 @@
 #include <atomic>
 #include <chrono>
 #include <iostream>
-#include <thread>
+#include <map>
+#include <optional>
 
-#include <Poco/Net/HTTPRequestHandler.h>
-#include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/HTTPServer.h>
-#include <Poco/Net/HTTPServerParams.h>
-#include <Poco/Net/HTTPServerRequest.h>
-#include <Poco/Net/HTTPServerResponse.h>
-#include <Poco/Net/ServerSocket.h>
-#include <Poco/Net/SocketAddress.h>
-#include <Poco/ThreadPool.h>
-#include <Poco/URI.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "adapters/http/event_server.hpp"
 #include "fhir/datetime.hpp"
 
 namespace calcalert::cds {
@@ -57,10 +49,7 @@ struct CdsServer::Impl {
     JsonLog log;
     JwtVerifier verifier;
     CdsService service;
-    std::unique_ptr<Poco::ThreadPool> pool;
-    std::unique_ptr<Poco::Net::HTTPServer> http;
-    int bound_port = 0;
-    std::atomic<int> in_flight{0};
+    std::unique_ptr<http::EventServer> http;
 
     Impl(ServeConfig c, ServerDeps d)
         : config(std::move(c)), deps(std::move(d)), log(*deps.log, deps.clock),
@@ -72,7 +61,7 @@ struct CdsServer::Impl {
         if (!config.public_base_url.empty()) return normalize_base_url(config.public_base_url);
         const std::string host = config.bind_address.find(':') != std::string::npos ? "[" + config.bind_address + "]"
                                                                                       : config.bind_address;
-        return "http://" + host + ":" + std::to_string(bound_port);
+        return "http://" + host + ":" + std::to_string(http ? http->port() : 0);
     }
 
     bool origin_allowed(const std::string& origin) const {
@@ -82,73 +71,11 @@ struct CdsServer::Impl {
         return false;
     }
 
-    void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp);
-};
-
-namespace {
-
-using Poco::Net::HTTPResponse;
-
-class Handler : public Poco::Net::HTTPRequestHandler {
-public:
-    explicit Handler(CdsServer::Impl& impl) : impl_(impl) {}
-    void handleRequest(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) override {
-        impl_.handle(req, resp);
-    }
-
-private:
-    CdsServer::Impl& impl_;
-};
-
-class Factory : public Poco::Net::HTTPRequestHandlerFactory {
-public:
-    explicit Factory(CdsServer::Impl& impl) : impl_(impl) {}
-    Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
-        return new Handler(impl_);
-    }
-
-private:
-    CdsServer::Impl& impl_;
-};
-
-void send(Poco::Net::HTTPServerResponse& resp, int status, const std::string& content_type, const std::string& body) {
-    resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(status));
-    if (!content_type.empty()) resp.setContentType(content_type);
-    resp.setContentLength(static_cast<std::streamsize>(body.size()));
-    resp.set("Cache-Control", "no-store");
-    resp.set("X-Content-Type-Options", "nosniff");
-    std::ostream& out = resp.send();
-    out << body;
-}
-
-// The bearer token of an Authorization header, or "".
-std::string bearer(const Poco::Net::HTTPServerRequest& req) {
-    const std::string h = req.get("Authorization", "");
-    if (h.size() < 7) return {};
-    std::string scheme = h.substr(0, 7);
-    for (auto& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (scheme != "bearer ") return {};
-    auto start = h.find_first_not_of(' ', 7);
-    return start == std::string::npos ? std::string() : h.substr(start);
-}
-
-}  // namespace
-
-void CdsServer::Impl::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) {
-    const auto started = std::chrono::steady_clock::now();
-    ++in_flight;
-    std::string label = "unknown";
-    int status = 500;
-    std::string path;
-    try {
-        path = Poco::URI(req.getURI()).getPath();
-    } catch (const std::exception&) {
-        path = "";
-    }
-    const std::string method = req.getMethod();
-    std::string auth_reason;
-    try {
-        const std::string origin = req.get("Origin", "");
+    // The headers every answer carries (CORS for an allowed origin, the insecure-dev marker).
+    void common_headers(const http::Request& req, http::Response& resp) const {
+        resp.set("Cache-Control", "no-store");
+        resp.set("X-Content-Type-Options", "nosniff");
+        const std::string origin = req.header("Origin");
         if (origin_allowed(origin)) {
             resp.set("Access-Control-Allow-Origin", origin);
             resp.set("Vary", "Origin");
@@ -157,66 +84,113 @@ void CdsServer::Impl::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPS
             resp.set("Access-Control-Max-Age", "600");
         }
         if (config.insecure_dev) resp.set("X-Calcalert-Insecure-Dev", "no authentication - local development only");
+    }
 
-        bool body_read = false;
-        const bool has_body = (req.hasContentLength() && req.getContentLength64() > 0) || req.getChunkedTransferEncoding();
-        auto reply = [&](const HttpReply& r) {
-            status = r.status;
-            // A body left unread would be taken for the next request on this connection: close it.
-            if (has_body && !body_read) resp.setKeepAlive(false);
-            send(resp, r.status, r.content_type, r.body);
-        };
-        auto authenticated = [&](const std::string& audience) {
-            if (config.insecure_dev) return true;
-            const std::string token = bearer(req);
-            AuthResult a;
-            if (token.empty()) a.reason = "no bearer token";
-            else a = verifier.verify(token, audience, deps.clock());
-            if (a.ok) return true;
-            auth_reason = a.reason;
-            metrics.auth_failure();
-            status = 401;
-            resp.set("WWW-Authenticate", "Bearer");
-            if (has_body) resp.setKeepAlive(false);
-            send(resp, 401, "", "");
-            return false;
-        };
-        auto read_body = [&](std::string& body) {
-            const std::int64_t limit = config.max_body_bytes;
-            if (req.hasContentLength() && req.getContentLength64() > limit) {
-                reply(outcome_reply(413, "too-long", "the request body is larger than " + std::to_string(limit) + " bytes"));
-                return false;
-            }
-            std::istream& in = req.stream();
-            char buf[16384];
-            while (in) {
-                in.read(buf, sizeof buf);
-                body.append(buf, static_cast<std::size_t>(in.gcount()));
-                if (static_cast<std::int64_t>(body.size()) > limit) {
-                    reply(outcome_reply(413, "too-long", "the request body is larger than " + std::to_string(limit) + " bytes"));
-                    return false;
-                }
-            }
-            body_read = true;
-            return true;
-        };
+    // /healthz, /metrics and preflights, answered on the I/O thread (no worker, no JWT).
+    std::optional<http::Response> quick(const http::Request& req);
+    // Discovery, service calls and feedback, on a worker.
+    http::Response handle(const http::Request& req);
+    void finish(const http::Request& req, const std::string& label, int status, const std::string& auth_reason);
+    void rejected(http::Rejection why, const http::Request* req, int status);
+};
 
-        if (method == "OPTIONS") {
-            label = "preflight";
-            status = 204;
-            send(resp, 204, "", "");
-        } else if (path == "/healthz") {
-            label = "healthz";
-            if (method != "GET" && method != "HEAD") reply(outcome_reply(405, "not-supported", "use GET"));
-            else reply({200, "{\"status\":\"ok\"}", "application/json"});
-        } else if (path == "/metrics") {
-            label = "metrics";
-            if (method != "GET") reply(outcome_reply(405, "not-supported", "use GET"));
-            else reply({200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8"});
-        } else if (path == "/cds-services" || path == "/cds-services/") {
+namespace {
+
+http::Response reply_of(const HttpReply& r) {
+    http::Response resp;
+    resp.status = r.status;
+    if (!r.content_type.empty()) resp.set("Content-Type", r.content_type);
+    resp.body = r.body;
+    return resp;
+}
+
+// The bearer token of an Authorization header, or "".
+std::string bearer(const http::Request& req) {
+    const std::string h = req.header("Authorization");
+    if (h.size() < 7) return {};
+    std::string scheme = h.substr(0, 7);
+    for (auto& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (scheme != "bearer ") return {};
+    auto start = h.find_first_not_of(' ', 7);
+    return start == std::string::npos ? std::string() : h.substr(start);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+void CdsServer::Impl::finish(const http::Request& req, const std::string& label, int status, const std::string& auth_reason) {
+    const double seconds = seconds_since(req.received);
+    metrics.request(label, status, seconds);
+    std::vector<std::pair<std::string, std::string>> fields = {
+        {"method", req.method}, {"path", req.path()}, {"service", label}, {"status", std::to_string(status)},
+        {"ms", std::to_string(static_cast<long long>(seconds * 1000.0 + 0.5))}};
+    if (!auth_reason.empty()) fields.emplace_back("auth", auth_reason);
+    log.write(status >= 500 ? "error" : (status >= 400 ? "warning" : "info"), "request", fields);
+}
+
+void CdsServer::Impl::rejected(http::Rejection why, const http::Request* req, int status) {
+    metrics.rejected(http::rejection_name(why));
+    std::vector<std::pair<std::string, std::string>> fields = {{"reason", http::rejection_name(why)},
+                                                               {"status", std::to_string(status)}};
+    if (req != nullptr) {
+        fields.emplace_back("method", req->method);
+        fields.emplace_back("path", req->path());
+        fields.emplace_back("peer", req->peer);
+    }
+    log.write("warning", "request refused", fields);
+}
+
+std::optional<http::Response> CdsServer::Impl::quick(const http::Request& req) {
+    const std::string path = req.path();
+    std::string label;
+    http::Response resp;
+    if (req.method == "OPTIONS") {
+        label = "preflight";
+        resp.status = 204;
+    } else if (path == "/healthz") {
+        label = "healthz";
+        if (req.method != "GET" && req.method != "HEAD") resp = reply_of(outcome_reply(405, "not-supported", "use GET"));
+        else resp = reply_of({200, "{\"status\":\"ok\"}", "application/json"});
+    } else if (path == "/metrics") {
+        label = "metrics";
+        if (req.method != "GET") resp = reply_of(outcome_reply(405, "not-supported", "use GET"));
+        else resp = reply_of({200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8"});
+    } else {
+        return std::nullopt;
+    }
+    common_headers(req, resp);
+    finish(req, label, resp.status, "");
+    return resp;
+}
+
+http::Response CdsServer::Impl::handle(const http::Request& req) {
+    const std::string path = req.path();
+    std::string label = "unknown";
+    std::string auth_reason;
+    http::Response resp;
+    const auto end_by = req.received + std::chrono::milliseconds(config.call_deadline_ms);
+    auto authenticated = [&](const std::string& audience) {
+        if (config.insecure_dev) return true;
+        const std::string token = bearer(req);
+        AuthResult a;
+        if (token.empty()) a.reason = "no bearer token";
+        else a = verifier.verify(token, audience, deps.clock());
+        if (a.ok) return true;
+        auth_reason = a.reason;
+        metrics.auth_failure();
+        resp = http::Response{};
+        resp.status = 401;
+        resp.set("WWW-Authenticate", "Bearer");
+        return false;
+    };
+    try {
+        if (path == "/cds-services" || path == "/cds-services/") {
             label = "discovery";
-            if (method != "GET") reply(outcome_reply(405, "not-supported", "use GET"));
-            else if (authenticated(base_url() + path)) reply({200, service.discovery(), "application/json"});
+            if (req.method != "GET") resp = reply_of(outcome_reply(405, "not-supported", "use GET"));
+            else if (authenticated(base_url() + path)) resp = reply_of({200, service.discovery(), "application/json"});
         } else if (path.rfind("/cds-services/", 0) == 0) {
             std::string rest = path.substr(std::string("/cds-services/").size());
             bool is_feedback = false;
@@ -228,39 +202,25 @@ void CdsServer::Impl::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPS
             const ServiceDef* def = find_service(rest);
             if (!def) {
                 label = "not-found";
-                reply(outcome_reply(404, "not-found", "no such CDS service"));
+                resp = reply_of(outcome_reply(404, "not-found", "no such CDS service"));
             } else {
                 label = def->id + (is_feedback ? "/feedback" : "");
-                std::string body;
-                if (method != "POST") reply(outcome_reply(405, "not-supported", "use POST"));
-                else if (authenticated(base_url() + path) && read_body(body))
-                    reply(is_feedback ? service.feedback(*def, body, deps.clock()) : service.call(*def, body, deps.clock()));
+                if (req.method != "POST") resp = reply_of(outcome_reply(405, "not-supported", "use POST"));
+                else if (authenticated(base_url() + path))
+                    resp = reply_of(is_feedback ? service.feedback(*def, req.body, deps.clock())
+                                                : service.call(*def, req.body, deps.clock(), end_by));
             }
         } else {
             label = "not-found";
-            reply(outcome_reply(404, "not-found", "no such path"));
+            resp = reply_of(outcome_reply(404, "not-found", "no such path"));
         }
     } catch (const std::exception& e) {
         log.write("error", "request failed", {{"path", path}, {"error", e.what()}});
-        if (!resp.sent()) {
-            status = 500;
-            const HttpReply r = outcome_reply(500, "exception", "internal error");
-            try {
-                send(resp, r.status, r.content_type, r.body);
-            } catch (const std::exception&) {
-                // the connection is gone; nothing more to do
-            }
-        }
+        resp = reply_of(outcome_reply(500, "exception", "internal error"));
     }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    metrics.request(label, status, seconds);
-    std::vector<std::pair<std::string, std::string>> fields = {
-        {"method", method}, {"path", path}, {"service", label}, {"status", std::to_string(status)},
-        {"ms", std::to_string(static_cast<long long>(seconds * 1000.0 + 0.5))}};
-    if (!auth_reason.empty()) fields.emplace_back("auth", auth_reason);
-    log.write(status >= 500 ? "error" : (status >= 400 ? "warning" : "info"), "request", fields);
-    --in_flight;
+    common_headers(req, resp);
+    finish(req, label, resp.status, auth_reason);
+    return resp;
 }
 
 CdsServer::CdsServer(ServeConfig config, ServerDeps deps) {
@@ -283,21 +243,29 @@ CdsServer::~CdsServer() {
 
 void CdsServer::start() {
     Impl& i = *impl_;
-    Poco::Net::ServerSocket socket;
-    socket.bind(Poco::Net::SocketAddress(i.config.bind_address, static_cast<Poco::UInt16>(i.config.port)), true);
-    socket.listen(128);
-    i.bound_port = socket.address().port();
-    auto* params = new Poco::Net::HTTPServerParams;
-    params->setTimeout(Poco::Timespan(static_cast<long>(i.config.request_timeout_ms) * 1000));
-    params->setKeepAlive(true);
-    params->setKeepAliveTimeout(Poco::Timespan(static_cast<long>(i.config.keep_alive_timeout_ms) * 1000));
-    params->setMaxKeepAliveRequests(i.config.max_keep_alive_requests);
-    params->setMaxThreads(i.config.max_threads);
-    params->setMaxQueued(i.config.max_queued);
-    params->setServerName("calcalert");
-    i.pool = std::make_unique<Poco::ThreadPool>(2, i.config.max_threads + 1);
-    i.http = std::make_unique<Poco::Net::HTTPServer>(new Factory(i), *i.pool, socket, params);
-    i.http->start();
+    http::Limits limits;
+    limits.max_threads = i.config.max_threads;
+    limits.max_queued = i.config.max_queued;
+    limits.max_connections = i.config.max_connections;
+    limits.max_body_bytes = i.config.max_body_bytes;
+    limits.request_timeout = std::chrono::milliseconds(i.config.request_timeout_ms);
+    limits.keep_alive_timeout = std::chrono::milliseconds(i.config.keep_alive_timeout_ms);
+    limits.max_queue_wait = std::chrono::milliseconds(i.config.call_deadline_ms);
+    limits.max_keep_alive_requests = i.config.max_keep_alive_requests;
+    http::Handlers handlers;
+    handlers.handle = [&i](const http::Request& r) { return i.handle(r); };
+    handlers.quick = [&i](const http::Request& r) { return i.quick(r); };
+    handlers.on_reject = [&i](http::Rejection why, const http::Request* r, int status) { i.rejected(why, r, status); };
+    handlers.refusal = [](int status, const std::string& why) {
+        static const std::map<int, const char*> codes = {{400, "structure"}, {408, "timeout"}, {413, "too-long"}, {417, "not-supported"},
+                                                         {431, "too-long"}, {500, "exception"}, {501, "not-supported"},
+                                                         {503, "transient"}, {505, "not-supported"}};
+        const auto code = codes.find(status);
+        return reply_of(outcome_reply(status, code == codes.end() ? "processing" : code->second, why));
+    };
+    handlers.on_error = [&i](const std::string& what) { i.log.write("error", "server error", {{"error", what}}); };
+    i.http = std::make_unique<http::EventServer>(limits, std::move(handlers));
+    i.http->start(i.config.bind_address, i.config.port);
     if (i.config.insecure_dev)
         i.log.write("warning", "INSECURE DEVELOPMENT MODE: no JWT is checked; every caller on this machine is trusted",
                     {{"bind", i.config.bind_address}});
@@ -307,18 +275,12 @@ void CdsServer::start() {
 void CdsServer::stop(int grace_ms) {
     Impl& i = *impl_;
     if (!i.http) return;
-    i.http->stop();  // no new connections
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
-    while (i.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    i.http->stopAll(true);
-    i.pool->joinAll();
+    i.http->stop(std::chrono::milliseconds(grace_ms));
     i.http.reset();
-    i.pool.reset();
     i.log.write("info", "stopped");
 }
 
-int CdsServer::port() const { return impl_->bound_port; }
+int CdsServer::port() const { return impl_->http ? impl_->http->port() : 0; }
 std::string CdsServer::base_url() const { return impl_->base_url(); }
 Metrics& CdsServer::metrics() { return impl_->metrics; }
 JwtVerifier& CdsServer::verifier() { return impl_->verifier; }

@@ -1,6 +1,8 @@
-// The CDS Hooks HTTP server (Poco::Net::HTTPServer): routing by path, JWT authentication of every
-// CDS call, CORS per origin, /healthz, /metrics, JSON request logs (never tokens), explicit request
-// and keep-alive timeouts, and a graceful stop that lets calls in flight finish.
+// The CDS Hooks HTTP server (on http::EventServer: slow clients hold a socket, not a worker; 503 with
+// Retry-After when saturated): routing by path, JWT authentication of every CDS call, CORS per
+// origin, /healthz, /metrics and preflights answered without a worker, JSON request logs (never
+// tokens), a deadline per call (call_deadline_ms, fhirServer reads included), and a graceful stop
+// that lets calls in flight finish.
 //
 //   GET  /cds-services                     discovery (JWT)
 //   POST /cds-services/{id}                a service call (JWT)

@@ -258,7 +258,8 @@ HttpReply outcome_reply(int status, const std::string& code, const std::string& 
 FhirSourceFactory fhir_client_sources(const ServeConfig& config) {
     const int timeout = config.fhir_timeout_ms;
     const std::string ca = config.fhir_ca_file;
-    return [timeout, ca](const std::string& server, const std::string& token) -> std::unique_ptr<FhirSource> {
+    return [timeout, ca](const std::string& server, const std::string& token,
+                         std::chrono::steady_clock::time_point end_by) -> std::unique_ptr<FhirSource> {
         fhir::ClientOptions o;
         o.base_url = server;
         o.bearer_token = token;
@@ -270,6 +271,7 @@ FhirSourceFactory fhir_client_sources(const ServeConfig& config) {
         o.max_backoff = std::chrono::milliseconds(500);
         o.max_pages = 50;
         o.user_agent = "calcalert-cds-hooks";
+        o.end_by = end_by;
         return std::make_unique<ClientSource>(std::move(o));
     };
 }
@@ -285,7 +287,8 @@ CdsService::CdsService(const ServeConfig& config, const mappings::Terminology& t
     for (const auto& s : config.fhir_servers) allowed_servers_.push_back(normalize_base_url(s));
 }
 
-HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std::int64_t now) {
+HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std::int64_t now,
+                           std::chrono::steady_clock::time_point end_by) {
     try {
         rapidjson::Document req;
         if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
@@ -308,7 +311,7 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
         if (draft && !draft->IsObject() && !draft->IsNull())
             refuse(400, "structure", "context.draftOrders: expected a Bundle object");
         if (draft && draft->IsObject() && service.order_hook) {
-            // Issue 9: a bounded number of orders per call, before anything is read or fetched.
+            // A bounded number of orders per call, before anything is read or fetched.
             if (const std::size_t n = mappings::count_draft_orders(*draft); n > mappings::kMaxDraftOrders)
                 refuse(400, "too-costly",
                        "context.draftOrders: " + std::to_string(n) + " MedicationRequests; at most " +
@@ -354,7 +357,7 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
         mappings::FactBuilder builder(term_);
         std::unique_ptr<FhirSource> source;
         auto fhir = [&]() -> FhirSource& {
-            if (!source) source = sources_(fhir_server, token);
+            if (!source) source = sources_(fhir_server, token, end_by);
             return *source;
         };
         for (const auto& [key, tmpl] : templates_) {

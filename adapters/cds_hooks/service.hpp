@@ -11,6 +11,7 @@
 // or is dropped and fetched like a missing key, by configuration.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -73,9 +74,11 @@ public:
     // resource). Throws on failure.
     virtual void fetch(const std::string& query, const std::function<void(const rapidjson::Value&)>& on_page) = 0;
 };
-using FhirSourceFactory =
-    std::function<std::unique_ptr<FhirSource>(const std::string& fhir_server, const std::string& access_token)>;
-// FhirClient (libcurl) based sources: one client per call, timeouts from the config.
+// end_by: every read of the source ends by then (the call's deadline).
+using FhirSourceFactory = std::function<std::unique_ptr<FhirSource>(
+    const std::string& fhir_server, const std::string& access_token, std::chrono::steady_clock::time_point end_by)>;
+// FhirClient (libcurl) based sources: one client per call, timeouts from the config, every request
+// cut to what is left of the call's deadline.
 FhirSourceFactory fhir_client_sources(const ServeConfig& config);
 
 class CdsService {
@@ -85,7 +88,9 @@ public:
                std::vector<std::string> lab_tokens, const mappings::Medications* medications);
 
     const std::string& discovery() const { return discovery_; }
-    HttpReply call(const ServiceDef& service, std::string_view body, std::int64_t now);
+    // end_by: the call's deadline (fhirServer reads stop there: 412 naming it).
+    HttpReply call(const ServiceDef& service, std::string_view body, std::int64_t now,
+                   std::chrono::steady_clock::time_point end_by);
     HttpReply feedback(const ServiceDef& service, std::string_view body, std::int64_t now);
 
 private:

@@ -5,13 +5,19 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <csignal>
 #include <sstream>
+#include <thread>
 
 #include <Poco/Net/HTTPClientSession.h>
 #include <Poco/Net/HTTPRequest.h>
@@ -463,6 +469,116 @@ TEST_CASE("a card and the DetectedIssue the poller writes for the same patient a
               issue["evidence"][i]["code"][0]["text"].GetString());
 }
 
+// `calcalert serve --config FILE --port 0` as a child process (stderr to /dev/null); the port from
+// the first line it prints. Stopped with SIGTERM when it goes out of scope.
+struct ServeProcess {
+    pid_t pid = -1;
+    Poco::UInt16 port = 0;
+    std::string first_line;
+
+    ServeProcess(const std::string& name, const std::string& config_json) {
+        const fs::path bin = fs::path(CALCALERT_BINARY);
+        const fs::path cfg = env().dir / name;
+        std::ofstream(cfg) << config_json;
+        int out_pipe[2];
+        REQUIRE(::pipe(out_pipe) == 0);
+        pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            ::dup2(out_pipe[1], 1);
+            ::close(out_pipe[0]);
+            const int devnull = ::open("/dev/null", O_WRONLY);
+            ::dup2(devnull, 2);
+            ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
+            ::_exit(127);
+        }
+        ::close(out_pipe[1]);
+        char ch = 0;
+        while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') first_line += ch;
+        ::close(out_pipe[0]);
+        REQUIRE_MESSAGE(first_line.rfind("listening http://127.0.0.1:", 0) == 0, first_line);
+        port = static_cast<Poco::UInt16>(std::stoi(first_line.substr(first_line.rfind(':') + 1)));
+    }
+    ~ServeProcess() { stop(); }
+    ServeProcess(const ServeProcess&) = delete;
+    ServeProcess& operator=(const ServeProcess&) = delete;
+    // SIGTERM and wait: the exit status (waitpid's), or -1 when already stopped.
+    int stop() {
+        if (pid <= 0) return -1;
+        ::kill(pid, SIGTERM);
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        pid = -1;
+        return status;
+    }
+    Resp request(const std::string& method, const std::string& path, const std::string& body = "") const {
+        Poco::Net::HTTPClientSession s("127.0.0.1", port);
+        s.setTimeout(Poco::Timespan(30, 0));
+        Poco::Net::HTTPRequest req(method, path, Poco::Net::HTTPMessage::HTTP_1_1);
+        if (!body.empty() || method == "POST") {
+            req.setContentType("application/json");
+            req.setContentLength(static_cast<std::streamsize>(body.size()));
+        }
+        s.sendRequest(req) << body;
+        Resp out;
+        Poco::StreamCopier::copyToString(s.receiveResponse(out.meta), out.body);
+        out.status = static_cast<int>(out.meta.getStatus());
+        return out;
+    }
+};
+
+// A loopback socket that connects (the kernel completes the handshake) and never answers: a
+// fhirServer that hangs.
+struct SilentServer {
+    Poco::Net::ServerSocket socket{Poco::Net::SocketAddress("127.0.0.1", 0), 64};
+    std::string base_url() const { return "http://127.0.0.1:" + std::to_string(socket.address().port()) + "/fhir"; }
+};
+
+// A raw TCP connection to the service, for clients that misbehave.
+struct RawClient {
+    int fd = -1;
+    explicit RawClient(Poco::UInt16 port) {
+        fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+            ::close(fd);
+            fd = -1;
+        }
+        timeval tv{10, 0};
+        if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    ~RawClient() {
+        if (fd >= 0) ::close(fd);
+    }
+    RawClient(const RawClient&) = delete;
+    RawClient& operator=(const RawClient&) = delete;
+    bool send(const std::string& bytes) const { return fd >= 0 && ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()); }
+    // What the server sent until it closed (or 10 s of silence).
+    std::string read_all() const {
+        std::string out;
+        char buf[4096];
+        ssize_t n = 0;
+        while (fd >= 0 && (n = ::recv(fd, buf, sizeof buf, 0)) > 0) out.append(buf, static_cast<std::size_t>(n));
+        return out;
+    }
+};
+
+std::string hex(std::size_t n) {
+    std::ostringstream s;
+    s << std::hex << n;
+    return s.str();
+}
+
+// The value of one series in a /metrics text, or -1.
+long long metric(const std::string& text, const std::string& series) {
+    const auto at = text.find("\n" + series + " ");
+    if (at == std::string::npos) return -1;
+    return std::stoll(text.substr(at + series.size() + 2));
+}
+
 TEST_CASE("calcalert serve: stops gracefully on SIGTERM; --insecure-dev only on loopback") {
     const fs::path bin = fs::path(CALCALERT_BINARY);
     const fs::path cfg = env().dir / "serve.json";
@@ -478,77 +594,17 @@ TEST_CASE("calcalert serve: stops gracefully on SIGTERM; --insecure-dev only on 
         CHECK(WEXITSTATUS(status) == 4);
         CHECK(out.find("loopback") != std::string::npos);
     }
-    int out_pipe[2];
-    REQUIRE(::pipe(out_pipe) == 0);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::dup2(out_pipe[1], 1);
-        ::close(out_pipe[0]);
-        const int devnull = ::open("/dev/null", O_WRONLY);
-        ::dup2(devnull, 2);
-        ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
-        ::_exit(127);
-    }
-    ::close(out_pipe[1]);
-    std::string line;
-    char ch = 0;
-    while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') line += ch;
-    ::close(out_pipe[0]);
-    REQUIRE_MESSAGE(line.rfind("listening http://127.0.0.1:", 0) == 0, line);
-    const int port = std::stoi(line.substr(line.rfind(':') + 1));
-    Poco::Net::HTTPClientSession s("127.0.0.1", static_cast<Poco::UInt16>(port));
-    Poco::Net::HTTPRequest req("GET", "/healthz", Poco::Net::HTTPMessage::HTTP_1_1);
-    s.sendRequest(req);
-    Poco::Net::HTTPResponse resp;
-    std::string body;
-    Poco::StreamCopier::copyToString(s.receiveResponse(resp), body);
-    CHECK(resp.getStatus() == Poco::Net::HTTPResponse::HTTP_OK);
-    CHECK(resp.get("X-Calcalert-Insecure-Dev", "").size() > 0);
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
+    ServeProcess serve("serve.json", R"({"state_file": ":memory:", "insecure_dev": true})");
+    const Resp health = serve.request("GET", "/healthz");
+    CHECK(health.status == 200);
+    CHECK(health.meta.get("X-Calcalert-Insecure-Dev", "").size() > 0);
+    const int status = serve.stop();
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("calcalert serve: a body nested 120,000 levels deep is a 400 and the server keeps answering /healthz") {
-    const fs::path bin = fs::path(CALCALERT_BINARY);
-    const fs::path cfg = env().dir / "serve-deep.json";
-    std::ofstream(cfg) << R"({"state_file": ":memory:", "insecure_dev": true})";
-    int out_pipe[2];
-    REQUIRE(::pipe(out_pipe) == 0);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::dup2(out_pipe[1], 1);
-        ::close(out_pipe[0]);
-        const int devnull = ::open("/dev/null", O_WRONLY);
-        ::dup2(devnull, 2);
-        ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
-        ::_exit(127);
-    }
-    ::close(out_pipe[1]);
-    std::string line;
-    char ch = 0;
-    while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') line += ch;
-    ::close(out_pipe[0]);
-    REQUIRE_MESSAGE(line.rfind("listening http://127.0.0.1:", 0) == 0, line);
-    const auto port = static_cast<Poco::UInt16>(std::stoi(line.substr(line.rfind(':') + 1)));
-    auto request = [port](const std::string& method, const std::string& path, const std::string& body) {
-        Poco::Net::HTTPClientSession s("127.0.0.1", port);
-        s.setTimeout(Poco::Timespan(20, 0));
-        Poco::Net::HTTPRequest req(method, path, Poco::Net::HTTPMessage::HTTP_1_1);
-        if (!body.empty()) {
-            req.setContentType("application/json");
-            req.setContentLength(static_cast<std::streamsize>(body.size()));
-        }
-        s.sendRequest(req) << body;
-        Poco::Net::HTTPResponse resp;
-        std::string out;
-        Poco::StreamCopier::copyToString(s.receiveResponse(resp), out);
-        return std::make_pair(static_cast<int>(resp.getStatus()), out);
-    };
+    ServeProcess serve("serve-deep.json", R"({"state_file": ":memory:", "insecure_dev": true})");
     const std::string deep = std::string(120000, '[') + std::string(120000, ']');
     const std::string deep_objects = [] {
         std::string s;
@@ -556,16 +612,125 @@ TEST_CASE("calcalert serve: a body nested 120,000 levels deep is a 400 and the s
         return s + "1" + std::string(120000, '}');
     }();
     for (const std::string& body : {deep, deep_objects, cdstest::call_body("patient-view", "a", "{\"observations\":" + deep + "}")}) {
-        const auto [status, reply] = request("POST", kPV, body);
-        CHECK(status == 400);
-        CHECK_MESSAGE(reply.find("nested deeper than 100 levels") != std::string::npos, reply.substr(0, 300));
-        CHECK(request("GET", "/healthz", "").first == 200);
+        const Resp r = serve.request("POST", kPV, body);
+        CHECK(r.status == 400);
+        CHECK_MESSAGE(r.body.find("nested deeper than 100 levels") != std::string::npos, r.body.substr(0, 300));
+        CHECK(serve.request("GET", "/healthz").status == 200);
     }
-    CHECK(request("POST", kPV + "/feedback", deep).first == 400);
-    CHECK(request("GET", "/healthz", "").first == 200);
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
+    CHECK(serve.request("POST", kPV + "/feedback", deep).status == 400);
+    CHECK(serve.request("GET", "/healthz").status == 200);
+    const int status = serve.stop();
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("calcalert serve: 200 slow clients (a byte at a time) hold no worker; /healthz and calls are answered; "
+          "each slow client is cut off with 408") {
+    // One worker only: with a thread per connection, one slow client would already take it.
+    ServeProcess serve("serve-slowloris.json",
+                       R"({"state_file": ":memory:", "insecure_dev": true, "max_threads": 1, "request_timeout_ms": 3000})");
+    std::vector<std::unique_ptr<RawClient>> slow;
+    for (int i = 0; i < 200; ++i) {
+        slow.push_back(std::make_unique<RawClient>(serve.port));
+        REQUIRE(slow.back()->fd >= 0);
+        // Half stall in the headers, half in the body.
+        REQUIRE(slow.back()->send(i % 2 == 0 ? std::string("POST ") + kPV + " HTTP/1.1\r\nHost: x\r\n"
+                                             : std::string("POST ") + kPV + " HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"));
+    }
+    const std::string call = cdstest::call_body("patient-view", "a", R"({"observations":null,"conditions":null})");
+    for (int round = 0; round < 5; ++round) {
+        for (auto& c : slow) c->send("a");  // a byte each, well inside the timeout
+        CHECK(serve.request("GET", "/healthz").status == 200);
+        CHECK(serve.request("POST", kPV, call).status == 200);  // the one worker is free
+    }
+    // Past request_timeout_ms from their first byte, every slow client got a 408 and was closed.
+    int timed_out = 0;
+    for (auto& c : slow) timed_out += c->read_all().rfind("HTTP/1.1 408 ", 0) == 0 ? 1 : 0;
+    CHECK(timed_out == 200);
+    const std::string metrics = serve.request("GET", "/metrics").body;
+    CHECK(metric(metrics, "calcalert_http_rejected_total{reason=\"timeout\"}") == 200);
+    CHECK(serve.request("GET", "/healthz").status == 200);
+}
+
+TEST_CASE("calcalert serve: saturated, a call gets 503 with Retry-After at once (counted in /metrics); a call's "
+          "fhirServer reads end at its deadline") {
+    SilentServer fhir;  // every fallback read hangs
+    ServeProcess serve("serve-saturated.json",
+                       R"({"state_file": ":memory:", "insecure_dev": true, "max_threads": 1, "max_queued": 1,
+                           "call_deadline_ms": 2000, "fhir_timeout_ms": 60000, "fhir_servers": [")" +
+                           fhir.base_url() + R"("]})");
+    // Missing prefetch: the service reads it from the silent fhirServer.
+    const std::string call = cdstest::call_body("patient-view", "a", "", fhir.base_url(), "ehr-token-0123456789");
+    std::vector<Resp> answers(4);
+    std::vector<std::thread> callers;
+    for (std::size_t i = 0; i < answers.size(); ++i) {
+        callers.emplace_back([&, i] { answers[i] = serve.request("POST", kPV, call); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // in order: running, queued, refused, refused
+    }
+    CHECK(serve.request("GET", "/healthz").status == 200);  // answered without a worker
+    for (auto& t : callers) t.join();
+    int refused = 0, deadline = 0;
+    for (const auto& a : answers) {
+        if (a.status == 503) {
+            ++refused;
+            CHECK(a.meta.get("Retry-After", "") == "1");
+            CHECK(a.body.find("OperationOutcome") != std::string::npos);
+        } else {
+            CHECK_MESSAGE(a.status == 412, a.body);
+            CHECK_MESSAGE(a.body.find("the caller's deadline") != std::string::npos, a.body);
+            ++deadline;
+        }
+    }
+    CHECK(deadline >= 1);  // the running call: its reads stopped at call_deadline_ms
+    CHECK(refused >= 2);   // the calls beyond one running and one queued (the queued one may also be refused)
+    const std::string metrics = serve.request("GET", "/metrics").body;
+    CHECK(metric(metrics, "calcalert_http_rejected_total{reason=\"saturated\"}") == refused);
+}
+
+TEST_CASE("calcalert serve: malformed and oversized requests are refused by status, and the server stays up") {
+    ServeProcess serve("serve-malformed.json", R"({"state_file": ":memory:", "insecure_dev": true, "max_body_bytes": 4096})");
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.1 400 "},
+        {"POST " + kPV + " HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", "HTTP/1.1 400 "},
+        {"POST " + kPV + " HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "HTTP/1.1 413 "},
+        {"POST " + kPV + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n", "HTTP/1.1 413 "},
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(40000, 'a') + "\r\n\r\n", "HTTP/1.1 431 "},
+        {"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/1.1 505 "},
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "HTTP/1.1 501 "},
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", "HTTP/1.1 417 "},
+        {"NOT A REQUEST\r\n\r\n", "HTTP/1.1 400 "},
+        // Chunked and pipelined requests are read whole.
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
+    };
+    for (const auto& [bytes, expected] : cases) {
+        RawClient c(serve.port);
+        REQUIRE(c.send(bytes));
+        const std::string got = c.read_all();
+        CHECK_MESSAGE(got.rfind(expected, 0) == 0, bytes.substr(0, 80), " -> ", got.substr(0, 200));
+    }
+    {
+        RawClient c(serve.port);
+        const std::string body = R"({"hook":"patient-view","hookInstance":"x","context":{"patientId":"a"},"prefetch":{"observations":null,"conditions":null}})";
+        REQUIRE(c.send("POST " + kPV + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"));
+        char buf[64] = {};
+        REQUIRE(::recv(c.fd, buf, 25, MSG_WAITALL) == 25);
+        CHECK(std::string(buf, 25) == "HTTP/1.1 100 Continue\r\n\r\n");
+        const auto half = body.size() / 2;
+        REQUIRE(c.send(hex(half) + "\r\n" + body.substr(0, half) + "\r\n"));
+        REQUIRE(c.send(hex(body.size() - half) + "\r\n" + body.substr(half) + "\r\n0\r\n\r\n"));
+        const std::string got = c.read_all();
+        CHECK_MESSAGE(got.rfind("HTTP/1.1 200 ", 0) == 0, got.substr(0, 300));
+        CHECK(got.find("\"cards\"") != std::string::npos);
+    }
+    {
+        RawClient c(serve.port);
+        REQUIRE(c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        const std::string got = c.read_all();
+        CHECK(got.find("HTTP/1.1 200 ") == 0);
+        CHECK(got.find("HTTP/1.1 200 ", 10) != std::string::npos);  // both pipelined requests answered
+    }
+    const std::string metrics = serve.request("GET", "/metrics").body;
+    CHECK(metric(metrics, "calcalert_http_rejected_total{reason=\"too-large\"}") == 3);
+    CHECK(metric(metrics, "calcalert_http_rejected_total{reason=\"malformed\"}") == 6);
+    CHECK(serve.request("GET", "/healthz").status == 200);
 }

@@ -882,6 +882,33 @@ TEST_CASE("request_deadline cuts the attempt's timeout (real time: the server wa
     CHECK(sleeps.waits.empty());
 }
 
+TEST_CASE("end_by bounds every request of the client together (the CDS call's deadline)") {
+    auto server = always_503();
+    FakeTime time;
+    Sleeps unused;
+    auto o = options_for(server->base_url(), unused);
+    time.install(o);
+    o.jitter = Jitter::none;
+    o.initial_backoff = milliseconds(1000);
+    o.max_backoff = milliseconds(1000);
+    o.max_retries = 10;
+    o.request_deadline = milliseconds(60000);  // longer: end_by decides
+    o.end_by = time.t + milliseconds(2500);
+    FhirClient client(o);
+    auto e = error_of([&] { client.get_resource("Patient/p1"); });
+    CHECK(e.kind() == FhirErrorKind::deadline);
+    CHECK(time.waits == std::vector<milliseconds>{milliseconds(1000), milliseconds(1000)});
+    CHECK_MESSAGE(contains(e.what(), "not retried: waiting 1000 ms would pass the caller's deadline (2000 ms spent in 3 attempts)"),
+                  std::string(e.what()));
+    // The next request of the same client has nothing left: refused before any attempt.
+    time.t += milliseconds(600);
+    const auto before = server->seen().size();
+    e = error_of([&] { client.get_resource("Patient/p2"); });
+    CHECK(e.kind() == FhirErrorKind::deadline);
+    CHECK_MESSAGE(contains(e.what(), "the caller's deadline passed before attempt 1"), std::string(e.what()));
+    CHECK(server->seen().size() == before);
+}
+
 TEST_CASE("transaction: Replay::safe is retried after a lost answer; Replay::unsafe is not, with kind transport or bad_body") {
     {
         auto server = ScriptServer::sequence({

@@ -31,6 +31,7 @@ struct FakeFhir {
     std::map<std::string, std::vector<std::string>> pages;
     std::vector<std::string> queries;
     std::vector<std::string> tokens;
+    std::vector<std::chrono::steady_clock::time_point> end_by;  // the deadline each source was made with
     bool fail = false;
 };
 
@@ -59,19 +60,22 @@ struct Fixture {
     Metrics metrics;
     FakeFhir fhir;
     std::unique_ptr<CdsService> service;
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
 
     explicit Fixture(OutcomePolicy policy = OutcomePolicy::fail) {
         config.fhir_servers = {kFhir};
         config.prefetch_outcome_policy = policy;
         service = std::make_unique<CdsService>(config, test::terminology(), test::catalog(), *store, metrics,
-                                               [this](const std::string&, const std::string& token) {
+                                               [this](const std::string&, const std::string& token,
+                                                      std::chrono::steady_clock::time_point end_by) {
                                                    fhir.tokens.push_back(token);
+                                                   fhir.end_by.push_back(end_by);
                                                    return std::make_unique<FakeSource>(fhir);
                                                },
                                                lab_tokens(), &medications());
     }
     HttpReply call(const std::string& body, const char* id = "calcalert-patient-view") {
-        return service->call(*find_service(id), body, test::kNow);
+        return service->call(*find_service(id), body, test::kNow, deadline);
     }
 };
 
@@ -152,6 +156,8 @@ TEST_CASE("null keys mean no data; missing keys are fetched with the token; Oper
         CHECK(fx.fhir.queries[0].find("Condition?patient=harold-kim") == 0);
         CHECK(fx.fhir.queries[1].find("Observation?patient=harold-kim&code=http://loinc.org%7C") == 0);
         CHECK(fx.fhir.tokens == std::vector<std::string>{"secret-token"});
+        // The fallback reads get the call's deadline, not a fresh budget per request.
+        CHECK(fx.fhir.end_by == std::vector<std::chrono::steady_clock::time_point>{fx.deadline});
     }
     SUBCASE("missing and no fhirServer -> 412") {
         Fixture fx;
@@ -342,7 +348,7 @@ TEST_CASE("feedback: overridden suppresses the card for that patient, counted by
               "calcalert_cds_overrides_total{rule=\"calciphylaxis-suspected\",reason=\"already-addressed\"} 1") != std::string::npos);
     // After the suppression period the card is back.
     const auto later = test::kNow + fx.config.override_suppression_hours * 3600 + 1;
-    CHECK(card_rules(fx.service->call(*find_service("calcalert-patient-view"), body, later)).size() == 1);
+    CHECK(card_rules(fx.service->call(*find_service("calcalert-patient-view"), body, later, fx.deadline)).size() == 1);
     // Malformed feedback.
     for (const std::string& bad : std::vector<std::string>{"{}", R"({"feedback":[]})", R"({"feedback":[{"card":"x","outcome":"maybe","outcomeTimestamp":"2026-11-25T12:00:00Z"}]})",
                                   R"({"feedback":[{"card":"x","outcome":"accepted"}]})"})

@@ -673,7 +673,7 @@ TEST_CASE("evaluate() still runs only the patient rules") {
     CHECK(ev.findings[0].order.empty());
 }
 
-// Issue 9: 43,000 draft orders took 94 s, each medicationReference scanning the whole Bundle. References
+// 43,000 draft orders once took 94 s, each medicationReference scanning the whole Bundle. References
 // now resolve through an index built once; this checks that 20,000 orders referencing 20,000 Medications
 // (by "Type/id", by fullUrl, by an absolute URL, or to nothing) each get their own Medication. No timing
 // assertion: a quadratic scan would still pass, only slowly.

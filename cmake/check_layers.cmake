@@ -1,0 +1,36 @@
+# Fails when a source file includes a header of a layer its own layer does not declare.
+#   cmake -DSOURCE_DIR=<repo> -DRULES="<name>|<dir,dir>|<allowed,allowed> ..." -P check_layers.cmake
+# RULES comes from calcalert_layer() in the top-level CMakeLists.txt: a layer's folders, and the
+# folders it may include (its own and those of the layers it declares, transitively).
+string(REPLACE " " ";" rules "${RULES}")
+set(violations "")
+foreach(rule IN LISTS rules)
+  string(REPLACE "|" ";" parts "${rule}")
+  list(GET parts 0 name)
+  list(GET parts 1 dirs_csv)
+  list(GET parts 2 allowed_csv)
+  string(REPLACE "," ";" dirs "${dirs_csv}")
+  string(REPLACE "," ";" allowed "${allowed_csv}")
+  foreach(dir IN LISTS dirs)
+    file(GLOB files ${SOURCE_DIR}/${dir}/*.cpp ${SOURCE_DIR}/${dir}/*.hpp)
+    foreach(f IN LISTS files)
+      file(STRINGS ${f} includes REGEX "^[ \t]*#[ \t]*include[ \t]+\"[^\"]+\"")
+      foreach(line IN LISTS includes)
+        string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]+\"([^\"]+)\".*" "\\1" header "${line}")
+        get_filename_component(header_dir "${header}" DIRECTORY)
+        if(header_dir STREQUAL "")
+          continue()  # a file of the same folder
+        endif()
+        list(FIND allowed "${header_dir}" found)
+        if(found EQUAL -1)
+          file(RELATIVE_PATH rel ${SOURCE_DIR} ${f})
+          string(APPEND violations "  ${rel} (layer ${name}) includes \"${header}\"\n")
+        endif()
+      endforeach()
+    endforeach()
+  endforeach()
+endforeach()
+if(violations)
+  message(FATAL_ERROR "layering: these includes cross into a layer that is not declared in CMakeLists.txt "
+                      "(calcalert_layer ... LAYERS):\n${violations}")
+endif()
