@@ -166,20 +166,21 @@ void CdsServer::Impl::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPS
             if (has_body && !body_read) resp.setKeepAlive(false);
             send(resp, r.status, r.content_type, r.body);
         };
-        auto authenticated = [&](const std::string& audience) {
-            if (config.insecure_dev) return true;
+        // The caller's verified issuer, or nullopt (401 sent).
+        auto authenticated = [&](const std::string& audience) -> std::optional<std::string> {
+            if (config.insecure_dev) return kInsecureDevIssuer;
             const std::string token = bearer(req);
             AuthResult a;
             if (token.empty()) a.reason = "no bearer token";
             else a = verifier.verify(token, audience, deps.clock());
-            if (a.ok) return true;
+            if (a.ok) return a.iss;
             auth_reason = a.reason;
             metrics.auth_failure();
             status = 401;
             resp.set("WWW-Authenticate", "Bearer");
             if (has_body) resp.setKeepAlive(false);
             send(resp, 401, "", "");
-            return false;
+            return std::nullopt;
         };
         auto read_body = [&](std::string& body) {
             const std::int64_t limit = config.max_body_bytes;
@@ -233,8 +234,9 @@ void CdsServer::Impl::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPS
                 label = def->id + (is_feedback ? "/feedback" : "");
                 std::string body;
                 if (method != "POST") reply(outcome_reply(405, "not-supported", "use POST"));
-                else if (authenticated(base_url() + path) && read_body(body))
-                    reply(is_feedback ? service.feedback(*def, body, deps.clock()) : service.call(*def, body, deps.clock()));
+                else if (const auto issuer = authenticated(base_url() + path); issuer && read_body(body))
+                    reply(is_feedback ? service.feedback(*def, body, deps.clock(), *issuer)
+                                      : service.call(*def, body, deps.clock(), *issuer));
             }
         } else {
             label = "not-found";
