@@ -116,6 +116,7 @@ const std::vector<Key>& keys() {
                          else throw ConfigError(p + ": must be \"fail\" or \"omit\", not \"" + s + "\"");
                      }});
         integer("override_suppression_hours", &ServeConfig::override_suppression_hours, 0, 24 * 3650);
+        integer("critical_override_hours", &ServeConfig::critical_override_hours, 0, 24 * 3650);
         integer("clock_skew_seconds", &ServeConfig::clock_skew_seconds, 0, 600);
         integer("max_token_lifetime_seconds", &ServeConfig::max_token_lifetime_seconds, 10, 3600);
         integer("jwks_cache_seconds", &ServeConfig::jwks_cache_seconds, 0, 86400 * 7);

@@ -46,7 +46,10 @@ struct ServeConfig {
     std::vector<std::string> fhir_servers;  // allowed fhirServer base URLs (exact, trailing '/' ignored)
     std::vector<std::string> cors_origins;  // allowed browser origins ("*" allows any)
     OutcomePolicy prefetch_outcome_policy = OutcomePolicy::fail;
+    // How long an `overridden` card stays hidden for the issuer that received it (while the evidence is
+    // unchanged): other cards, and critical cards (HIGH rules) when the override carries a coded reason.
     std::int64_t override_suppression_hours = 24 * 30;
+    std::int64_t critical_override_hours = 72;
     std::int64_t clock_skew_seconds = 60;
     std::int64_t max_token_lifetime_seconds = 300;  // exp - iat at most this (plus the skew)
     std::int64_t jwks_cache_seconds = 3600;

@@ -172,19 +172,20 @@ http::Response CdsServer::Impl::handle(const http::Request& req) {
     std::string auth_reason;
     http::Response resp;
     const auto end_by = req.received + std::chrono::milliseconds(config.call_deadline_ms);
-    auto authenticated = [&](const std::string& audience) {
-        if (config.insecure_dev) return true;
+    // The caller's verified issuer, or nullopt (the answer is then the 401).
+    auto authenticated = [&](const std::string& audience) -> std::optional<std::string> {
+        if (config.insecure_dev) return kInsecureDevIssuer;
         const std::string token = bearer(req);
         AuthResult a;
         if (token.empty()) a.reason = "no bearer token";
         else a = verifier.verify(token, audience, deps.clock());
-        if (a.ok) return true;
+        if (a.ok) return a.iss;
         auth_reason = a.reason;
         metrics.auth_failure();
         resp = http::Response{};
         resp.status = 401;
         resp.set("WWW-Authenticate", "Bearer");
-        return false;
+        return std::nullopt;
     };
     try {
         if (path == "/cds-services" || path == "/cds-services/") {
@@ -206,9 +207,9 @@ http::Response CdsServer::Impl::handle(const http::Request& req) {
             } else {
                 label = def->id + (is_feedback ? "/feedback" : "");
                 if (req.method != "POST") resp = reply_of(outcome_reply(405, "not-supported", "use POST"));
-                else if (authenticated(base_url() + path))
-                    resp = reply_of(is_feedback ? service.feedback(*def, req.body, deps.clock())
-                                                : service.call(*def, req.body, deps.clock(), end_by));
+                else if (const auto issuer = authenticated(base_url() + path))
+                    resp = reply_of(is_feedback ? service.feedback(*def, req.body, deps.clock(), *issuer)
+                                                : service.call(*def, req.body, deps.clock(), *issuer, end_by));
             }
         } else {
             label = "not-found";

@@ -285,10 +285,17 @@ CdsService::CdsService(const ServeConfig& config, const mappings::Terminology& t
     card_options_.identifier_system = config.identifier_system;
     card_options_.rule_system = config.rule_system;
     for (const auto& s : config.fhir_servers) allowed_servers_.push_back(normalize_base_url(s));
+    Metrics::LabelSets labels;
+    for (const auto& d : service_definitions()) labels.services.push_back(d.id);
+    for (const auto& r : catalog.rules()) labels.rules.push_back(r.id);
+    for (const auto& r : catalog.order_rules()) labels.rules.push_back(r.id);
+    for (const auto& r : card_options_.override_reasons) labels.override_reasons.push_back(r.code);
+    for (const auto& [key, tmpl] : templates_) labels.prefetch_keys.push_back(key);
+    metrics_.register_labels(labels);
 }
 
 HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std::int64_t now,
-                           std::chrono::steady_clock::time_point end_by) {
+                           const std::string& issuer, std::chrono::steady_clock::time_point end_by) {
     try {
         rapidjson::Document req;
         if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
@@ -419,10 +426,20 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
         const rules::PatientFacts& facts = it == builder.patients().end() ? empty : it->second;
         const rules::Evaluation eval = rules::evaluate(facts, now, catalog_);
 
+        // The caller's overrides in force for this patient: (rule, order) -> the evidence hash overridden.
+        // A card stays hidden only while its finding still has that evidence.
+        std::map<std::pair<std::string, std::string>, std::string> overridden;
+        for (auto& o : store_.overrides_in_force(issuer, patient, now))
+            overridden[{o.rule_id, o.order}] = std::move(o.evidence_hash);
+        auto hidden = [&overridden](const rules::Finding& f) {
+            const auto o = overridden.find({f.rule->id, f.order});
+            return o != overridden.end() && o->second == f.evidence_hash;
+        };
+
         std::vector<const rules::Finding*> shown;
         for (const auto& f : eval.findings) {
             if (service.order_hook && f.rule->severity != rules::RuleSeverity::high) continue;
-            if (store_.suppressed_until(patient, f.rule->id, now)) continue;
+            if (hidden(f)) continue;
             shown.push_back(&f);
         }
         // Order rules over the draft orders (order-select: only the selected ones, when `selections` names any).
@@ -437,7 +454,7 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
             for (const auto& f : order_eval.findings) {
                 if (!selections.empty() && std::find(selections.begin(), selections.end(), f.order) == selections.end())
                     continue;
-                if (store_.suppressed_until(patient, f.rule->id, now)) continue;
+                if (hidden(f)) continue;
                 shown.push_back(&f);
             }
         }
@@ -454,21 +471,30 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
         w.EndArray();
         w.EndObject();
 
-        // Remember which card is which alert, for feedback.
+        // Remember which cards this issuer was issued, and what each was about, for feedback.
+        std::map<std::string, std::string> issued;  // card uuid -> "evidence hash|severity" already recorded
+        for (auto& c : store_.issued_cards_for_patient(issuer, service.id, patient))
+            issued[c.card_uuid] = c.evidence_hash + "|" + c.severity;
+        std::vector<state::IssuedCard> changed;
         for (const auto* f : shown) {
-            const std::string uuid = mappings::card_uuid(*f);
-            auto known = store_.alert(kCardLedger, uuid);
-            if (known && known->evidence_hash == f->evidence_hash) continue;
-            state::AlertRecord rec;
-            rec.server = kCardLedger;
-            rec.identifier = uuid;
-            rec.patient = patient;
-            rec.rule_id = f->rule->id;
-            rec.evidence_hash = f->evidence_hash;
-            rec.status = known ? "amended" : "final";
-            rec.updated_at = now;
-            store_.put_alert(rec);
+            state::IssuedCard c;
+            c.issuer = issuer;
+            c.service_id = service.id;
+            c.card_uuid = mappings::card_uuid(*f);
+            c.patient = patient;
+            c.rule_id = f->rule->id;
+            c.order = f->order;
+            c.severity = std::string(rules::to_string(f->rule->severity));
+            c.evidence_hash = f->evidence_hash;
+            c.issued_at = now;
+            const auto known = issued.find(c.card_uuid);
+            if (known != issued.end() && known->second == c.evidence_hash + "|" + c.severity) continue;
+            changed.push_back(std::move(c));
         }
+        if (!changed.empty())
+            store_.transaction([&] {
+                for (const auto& c : changed) store_.put_issued_card(c);
+            });
         HttpReply r;
         r.body = sb.GetString();
         return r;
@@ -477,7 +503,8 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
     }
 }
 
-HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body, std::int64_t now) {
+HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body, std::int64_t now,
+                               const std::string& issuer) {
     try {
         rapidjson::Document req;
         if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
@@ -485,7 +512,11 @@ HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body,
         if (!req.IsObject()) refuse(400, "structure", "the feedback body is not a JSON object");
         const Json* list = member(req, "feedback");
         if (!list || !list->IsArray() || list->Empty()) refuse(400, "required", "feedback: required non-empty list");
-        std::vector<state::FeedbackRecord> records;
+        struct Entry {
+            state::FeedbackRecord rec;
+            std::string reason_system;  // overrideReason.reason.system ("" when absent)
+        };
+        std::vector<Entry> entries;
         rapidjson::SizeType index = 0;
         for (const auto& item : list->GetArray()) {
             const std::string p = "feedback[" + std::to_string(index++) + "]";
@@ -500,39 +531,64 @@ HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body,
             if (!when || !when->IsString()) refuse(400, "required", p + ".outcomeTimestamp: required string");
             const auto at = fhir::parse_datetime(string_of(*when));
             if (!at) refuse(400, "value", p + ".outcomeTimestamp: not a date-time");
-            state::FeedbackRecord rec;
-            rec.service_id = service.id;
-            rec.card_uuid = string_of(*card);
-            rec.outcome = oc;
-            rec.outcome_at = *at;
-            rec.received_at = now;
+            Entry e;
+            e.rec.issuer = issuer;
+            e.rec.service_id = service.id;
+            e.rec.card_uuid = string_of(*card);
+            e.rec.outcome = oc;
+            e.rec.outcome_at = *at;
+            e.rec.received_at = now;
             if (const Json* reason = member(item, "overrideReason"); reason && !reason->IsNull()) {
                 if (!reason->IsObject()) refuse(400, "structure", p + ".overrideReason: expected an object");
                 if (const Json* coding = member(*reason, "reason"); coding && !coding->IsNull()) {
                     if (!coding->IsObject()) refuse(400, "structure", p + ".overrideReason.reason: expected a Coding");
                     const Json* code = member(*coding, "code");
                     if (code && !code->IsString()) refuse(400, "structure", p + ".overrideReason.reason.code: expected a string");
-                    if (code) rec.override_reason = string_of(*code);
+                    if (code) e.rec.override_reason = string_of(*code);
+                    const Json* system = member(*coding, "system");
+                    if (system && system->IsString()) e.reason_system = string_of(*system);
                 }
             }
-            if (auto alert = store_.alert(kCardLedger, rec.card_uuid)) {
-                rec.patient = alert->patient;
-                rec.rule_id = alert->rule_id;
-            }
-            records.push_back(std::move(rec));
+            entries.push_back(std::move(e));
         }
-        store_.transaction([&] {
-            for (const auto& rec : records) {
-                store_.record_feedback(rec);
-                if (rec.outcome == "overridden" && !rec.patient.empty() && config_.override_suppression_hours > 0)
-                    store_.suppress(rec.patient, rec.rule_id, now + config_.override_suppression_hours * 3600);
+
+        // Only cards this issuer was issued by this service count; the rest is ignored.
+        std::vector<Entry> bound;
+        std::vector<state::CardOverride> overrides;
+        std::size_t ignored = 0;
+        for (auto& e : entries) {
+            const auto card = store_.issued_card(issuer, service.id, e.rec.card_uuid);
+            if (!card) {
+                ++ignored;
+                continue;
             }
-        });
-        for (const auto& rec : records) {
-            metrics_.feedback(rec.outcome);
-            if (rec.outcome == "overridden")
-                metrics_.override_reason(rec.rule_id.empty() ? "unknown" : rec.rule_id,
-                                         rec.override_reason.empty() ? "none" : rec.override_reason);
+            e.rec.patient = card->patient;
+            e.rec.rule_id = card->rule_id;
+            e.rec.order = card->order;
+            e.rec.evidence_hash = card->evidence_hash;
+            if (e.rec.outcome == "overridden") {
+                // A critical card is hidden only by an override with a coded reason, and for less long.
+                const bool critical = card->severity == rules::to_string(rules::RuleSeverity::high);
+                const std::int64_t hours = critical ? (e.rec.override_reason.empty() ? 0 : config_.critical_override_hours)
+                                                    : config_.override_suppression_hours;
+                if (hours > 0)
+                    overrides.push_back({issuer, card->patient, card->rule_id, card->order, card->card_uuid,
+                                         card->evidence_hash, now + hours * 3600});
+            }
+            bound.push_back(std::move(e));
+        }
+        if (!bound.empty())
+            store_.transaction([&] {
+                for (const auto& e : bound) store_.record_feedback(e.rec);
+                for (const auto& o : overrides) store_.put_override(o);
+            });
+        for (std::size_t i = 0; i < ignored; ++i) metrics_.feedback_ignored();
+        for (const auto& e : bound) {
+            metrics_.feedback(e.rec.outcome);
+            if (e.rec.outcome != "overridden") continue;
+            // Reasons are counted by code when they are the cards' own (our system or none named).
+            const bool ours = e.reason_system.empty() || e.reason_system == card_options_.override_reason_system;
+            metrics_.override_reason(e.rec.rule_id, ours || e.rec.override_reason.empty() ? e.rec.override_reason : "other");
         }
         HttpReply r;
         r.body = "{}";

@@ -43,9 +43,21 @@ struct ServiceDef {
 const std::vector<ServiceDef>& service_definitions();
 const ServiceDef* find_service(std::string_view id);
 
-// The issued cards are recorded in the alert ledger under this server name, so that feedback (which
-// names only the card uuid) finds the patient and rule of the card.
-inline constexpr const char* kCardLedger = "urn:calcalert:cds-hooks";
+// Feedback is bound to the client that received the card and to the exact card:
+//   - every card a call returns is recorded in the state (StateStore::put_issued_card) under the
+//     caller's issuer (the verified JWT `iss`), the service id and the card uuid, with its patient,
+//     rule, order (order rules), severity and evidence hash, in the shared state, not one replica's
+//     memory;
+//   - a feedback entry counts only when that issuer was issued that card uuid by that service; any
+//     other entry is ignored (the call still answers 200, as the spec's feedback is a report, and
+//     calcalert_cds_feedback_ignored_total counts it);
+//   - an `overridden` outcome hides the card only for the same issuer, patient, rule and order, and
+//     only while the finding's evidence hash is the one the issuer was shown: a later card with other
+//     evidence (a new lab, a new condition, a new rule logic version) is shown again. A critical card
+//     (HIGH rule) is hidden only by an override with a coded overrideReason, for
+//     critical_override_hours (default 72); other cards for override_suppression_hours (default 720).
+// The issuer of every call in --insecure-dev mode, where there is no JWT.
+inline constexpr const char* kInsecureDevIssuer = "urn:calcalert:insecure-dev";
 
 // "http://loinc.org|17861-6" for every lab code of the terminology data (mappings/data/lab-codes.tsv).
 std::vector<std::string> lab_code_tokens(const std::filesystem::path& lab_codes_tsv);
@@ -88,10 +100,11 @@ public:
                std::vector<std::string> lab_tokens, const mappings::Medications* medications);
 
     const std::string& discovery() const { return discovery_; }
+    // issuer: the verified JWT `iss` of the caller (kInsecureDevIssuer without authentication).
     // end_by: the call's deadline (fhirServer reads stop there: 412 naming it).
-    HttpReply call(const ServiceDef& service, std::string_view body, std::int64_t now,
+    HttpReply call(const ServiceDef& service, std::string_view body, std::int64_t now, const std::string& issuer,
                    std::chrono::steady_clock::time_point end_by);
-    HttpReply feedback(const ServiceDef& service, std::string_view body, std::int64_t now);
+    HttpReply feedback(const ServiceDef& service, std::string_view body, std::int64_t now, const std::string& issuer);
 
 private:
     ServeConfig config_;

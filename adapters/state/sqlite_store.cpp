@@ -1,8 +1,10 @@
 // The StateStore on an embedded SQLite file (Poco::Data::SQLite). The SQL sticks to what SQLite
 // and PostgreSQL both run (INSERT ... ON CONFLICT ... DO UPDATE, no SQLite-only types), so a
 // PostgreSQL implementation can reuse it with its own session.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 
 #include <Poco/Data/RecordSet.h>
@@ -21,7 +23,7 @@ using Poco::Data::RecordSet;
 using Poco::Data::Session;
 using Poco::Data::Statement;
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 const char* const kSchema[] = {
     "CREATE TABLE IF NOT EXISTS calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -40,10 +42,16 @@ const char* const kSchema[] = {
     " PRIMARY KEY (issuer, jti))",
     "CREATE TABLE IF NOT EXISTS cds_feedback (id INTEGER PRIMARY KEY, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,"
     " patient TEXT NOT NULL, rule_id TEXT NOT NULL, outcome TEXT NOT NULL, override_reason TEXT NOT NULL,"
-    " outcome_at BIGINT NOT NULL, received_at BIGINT NOT NULL)",
+    " outcome_at BIGINT NOT NULL, received_at BIGINT NOT NULL, issuer TEXT NOT NULL DEFAULT '',"
+    " order_ref TEXT NOT NULL DEFAULT '', evidence_hash TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS cds_feedback_card ON cds_feedback (patient, rule_id)",
-    "CREATE TABLE IF NOT EXISTS cds_suppressions (patient TEXT NOT NULL, rule_id TEXT NOT NULL, until_at BIGINT NOT NULL,"
-    " PRIMARY KEY (patient, rule_id))",
+    "CREATE TABLE IF NOT EXISTS cds_issued_cards (issuer TEXT NOT NULL, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,"
+    " patient TEXT NOT NULL, rule_id TEXT NOT NULL, order_ref TEXT NOT NULL, severity TEXT NOT NULL,"
+    " evidence_hash TEXT NOT NULL, issued_at BIGINT NOT NULL, PRIMARY KEY (issuer, service_id, card_uuid))",
+    "CREATE INDEX IF NOT EXISTS cds_issued_cards_patient ON cds_issued_cards (issuer, service_id, patient)",
+    "CREATE TABLE IF NOT EXISTS cds_overrides (issuer TEXT NOT NULL, patient TEXT NOT NULL, rule_id TEXT NOT NULL,"
+    " order_ref TEXT NOT NULL, card_uuid TEXT NOT NULL, evidence_hash TEXT NOT NULL, until_at BIGINT NOT NULL,"
+    " PRIMARY KEY (issuer, patient, rule_id, order_ref))",
     "CREATE TABLE IF NOT EXISTS poll_pending (server TEXT NOT NULL, patient TEXT NOT NULL, attempts INTEGER NOT NULL,"
     " last_error TEXT NOT NULL, queued_at BIGINT NOT NULL, PRIMARY KEY (server, patient))",
     "CREATE TABLE IF NOT EXISTS poll_feed_cursors (server TEXT NOT NULL, resource_type TEXT NOT NULL,"
@@ -51,9 +59,21 @@ const char* const kSchema[] = {
     " PRIMARY KEY (server, resource_type))",
 };
 
-// Schema versions this program opens and upgrades in place: 1 lacked the poll work queue and the
-// feed cursors (added by the CREATE TABLE IF NOT EXISTS above; nothing else changed).
-constexpr int kUpgradableFrom = 1;
+// Schema versions this program opens and upgrades in place:
+//   1 lacked the poll work queue and the feed cursors (added by the CREATE TABLE IF NOT EXISTS above);
+//   2 (and 1) had CDS Hooks suppressions per (patient, rule) only, bound to no client, card or
+//     evidence, in cds_suppressions: version 3 drops that table (those cards show again until they are
+//     overridden anew), adds cds_issued_cards and cds_overrides (above), and adds issuer, order_ref and
+//     evidence_hash to cds_feedback (upgrade_to_3, run before the CREATE statements, in one
+//     transaction with them).
+constexpr int kUpgradableFrom[] = {1, 2};
+
+// Added columns of cds_feedback in version 3 (ADD COLUMN with a default: SQLite and PostgreSQL).
+const char* const kFeedbackColumnsOf3[] = {
+    "ALTER TABLE cds_feedback ADD COLUMN issuer TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE cds_feedback ADD COLUMN order_ref TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE cds_feedback ADD COLUMN evidence_hash TEXT NOT NULL DEFAULT ''",
+};
 
 class SqliteStore final : public StateStore {
 public:
@@ -64,19 +84,33 @@ public:
                 session_ << "PRAGMA journal_mode = WAL", now;
                 session_ << "PRAGMA synchronous = FULL", now;
             }
-            for (const char* sql : kSchema) session_ << sql, now;
+            session_ << kSchema[0], now;  // calcalert_meta
             std::string version;
             Statement s(session_);
             s << "SELECT value FROM calcalert_meta WHERE key = 'schema_version'", into(version);
-            if (s.execute() == 0) {
-                session_ << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', ?)",
-                    bind(std::to_string(kSchemaVersion)), now;
-            } else if (version == std::to_string(kUpgradableFrom)) {
-                session_ << "UPDATE calcalert_meta SET value = ? WHERE key = 'schema_version'",
-                    bind(std::to_string(kSchemaVersion)), now;
-            } else if (version != std::to_string(kSchemaVersion)) {
+            const bool fresh = s.execute() == 0;
+            const bool upgrade = !fresh && std::any_of(std::begin(kUpgradableFrom), std::end(kUpgradableFrom),
+                                                       [&](int v) { return version == std::to_string(v); });
+            if (!fresh && !upgrade && version != std::to_string(kSchemaVersion))
                 throw StateError(path_ + ": state schema version " + version + ", this program uses " +
                                  std::to_string(kSchemaVersion));
+            session_.begin();
+            try {
+                if (upgrade) upgrade_to_3();
+                for (const char* sql : kSchema) session_ << sql, now;
+                if (fresh)
+                    session_ << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', ?)",
+                        bind(std::to_string(kSchemaVersion)), now;
+                else if (upgrade)
+                    session_ << "UPDATE calcalert_meta SET value = ? WHERE key = 'schema_version'",
+                        bind(std::to_string(kSchemaVersion)), now;
+                session_.commit();
+            } catch (...) {
+                try {
+                    session_.rollback();
+                } catch (...) {
+                }
+                throw;
             }
         } catch (const Poco::Exception& e) {
             throw StateError(path_ + ": " + e.displayText());
@@ -315,18 +349,19 @@ public:
             Poco::Int64 id = 0;
             session_ << "SELECT COALESCE(MAX(id), 0) + 1 FROM cds_feedback", into(id), now;
             session_ << "INSERT INTO cds_feedback (id, service_id, card_uuid, patient, rule_id, outcome,"
-                        " override_reason, outcome_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " override_reason, outcome_at, received_at, issuer, order_ref, evidence_hash)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 bind(id), bind(f.service_id), bind(f.card_uuid), bind(f.patient), bind(f.rule_id), bind(f.outcome),
                 bind(f.override_reason), bind(static_cast<Poco::Int64>(f.outcome_at)),
-                bind(static_cast<Poco::Int64>(f.received_at)), now;
+                bind(static_cast<Poco::Int64>(f.received_at)), bind(f.issuer), bind(f.order), bind(f.evidence_hash), now;
         });
     }
 
     std::vector<FeedbackRecord> feedback(const std::string& patient, const std::string& rule_id) override {
         return locked([&] {
             Statement s(session_);
-            s << "SELECT service_id, card_uuid, patient, rule_id, outcome, override_reason, outcome_at, received_at"
-                 " FROM cds_feedback WHERE patient = ? AND rule_id = ? ORDER BY id",
+            s << "SELECT service_id, card_uuid, patient, rule_id, outcome, override_reason, outcome_at, received_at,"
+                 " issuer, order_ref, evidence_hash FROM cds_feedback WHERE patient = ? AND rule_id = ? ORDER BY id",
                 bind(patient), bind(rule_id);
             s.execute();
             RecordSet rs(s);
@@ -341,29 +376,73 @@ public:
                 f.override_reason = rs.value(5, i).convert<std::string>();
                 f.outcome_at = rs.value(6, i).convert<Poco::Int64>();
                 f.received_at = rs.value(7, i).convert<Poco::Int64>();
+                f.issuer = rs.value(8, i).convert<std::string>();
+                f.order = rs.value(9, i).convert<std::string>();
+                f.evidence_hash = rs.value(10, i).convert<std::string>();
                 out.push_back(std::move(f));
             }
             return out;
         });
     }
 
-    void suppress(const std::string& patient, const std::string& rule_id, EpochSeconds until) override {
+    void put_issued_card(const IssuedCard& c) override {
         locked([&] {
-            session_ << "INSERT INTO cds_suppressions (patient, rule_id, until_at) VALUES (?, ?, ?)"
-                        " ON CONFLICT (patient, rule_id) DO UPDATE SET until_at = excluded.until_at",
-                bind(patient), bind(rule_id), bind(static_cast<Poco::Int64>(until)), now;
+            session_ << "INSERT INTO cds_issued_cards (issuer, service_id, card_uuid, patient, rule_id, order_ref, severity,"
+                        " evidence_hash, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (issuer, service_id, card_uuid) DO UPDATE SET patient = excluded.patient,"
+                        " rule_id = excluded.rule_id, order_ref = excluded.order_ref, severity = excluded.severity,"
+                        " evidence_hash = excluded.evidence_hash, issued_at = excluded.issued_at",
+                bind(c.issuer), bind(c.service_id), bind(c.card_uuid), bind(c.patient), bind(c.rule_id), bind(c.order),
+                bind(c.severity), bind(c.evidence_hash), bind(static_cast<Poco::Int64>(c.issued_at)), now;
         });
     }
 
-    std::optional<EpochSeconds> suppressed_until(const std::string& patient, const std::string& rule_id,
+    std::optional<IssuedCard> issued_card(const std::string& issuer, const std::string& service_id,
+                                          const std::string& card_uuid) override {
+        auto rows = select_issued("WHERE issuer = ? AND service_id = ? AND card_uuid = ?", {issuer, service_id, card_uuid});
+        if (rows.empty()) return std::nullopt;
+        return rows.front();
+    }
+
+    std::vector<IssuedCard> issued_cards_for_patient(const std::string& issuer, const std::string& service_id,
+                                                     const std::string& patient) override {
+        return select_issued("WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid",
+                             {issuer, service_id, patient});
+    }
+
+    void put_override(const CardOverride& o) override {
+        locked([&] {
+            session_ << "INSERT INTO cds_overrides (issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (issuer, patient, rule_id, order_ref) DO UPDATE SET card_uuid = excluded.card_uuid,"
+                        " evidence_hash = excluded.evidence_hash, until_at = excluded.until_at",
+                bind(o.issuer), bind(o.patient), bind(o.rule_id), bind(o.order), bind(o.card_uuid), bind(o.evidence_hash),
+                bind(static_cast<Poco::Int64>(o.until)), now;
+        });
+    }
+
+    std::vector<CardOverride> overrides_in_force(const std::string& issuer, const std::string& patient,
                                                  EpochSeconds now_s) override {
-        return locked([&]() -> std::optional<EpochSeconds> {
-            Poco::Int64 until = 0;
+        return locked([&] {
             Statement s(session_);
-            s << "SELECT until_at FROM cds_suppressions WHERE patient = ? AND rule_id = ? AND until_at > ?",
-                bind(patient), bind(rule_id), bind(static_cast<Poco::Int64>(now_s)), into(until);
-            if (s.execute() == 0) return std::nullopt;
-            return static_cast<EpochSeconds>(until);
+            s << "SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
+                 " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref",
+                bind(issuer), bind(patient), bind(static_cast<Poco::Int64>(now_s));
+            s.execute();
+            RecordSet rs(s);
+            std::vector<CardOverride> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                CardOverride o;
+                o.issuer = rs.value(0, i).convert<std::string>();
+                o.patient = rs.value(1, i).convert<std::string>();
+                o.rule_id = rs.value(2, i).convert<std::string>();
+                o.order = rs.value(3, i).convert<std::string>();
+                o.card_uuid = rs.value(4, i).convert<std::string>();
+                o.evidence_hash = rs.value(5, i).convert<std::string>();
+                o.until = rs.value(6, i).convert<Poco::Int64>();
+                out.push_back(std::move(o));
+            }
+            return out;
         });
     }
 
@@ -409,6 +488,45 @@ private:
         } catch (const Poco::Exception& e) {
             throw StateError(path_ + ": " + e.displayText());
         }
+    }
+
+    bool table_exists(const std::string& name) {
+        int n = 0;
+        session_ << "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", bind(name), into(n), now;
+        return n > 0;
+    }
+
+    // From version 1 or 2 (see kUpgradableFrom), inside the opening transaction.
+    void upgrade_to_3() {
+        if (table_exists("cds_feedback"))
+            for (const char* sql : kFeedbackColumnsOf3) session_ << sql, now;
+        session_ << "DROP TABLE IF EXISTS cds_suppressions", now;
+    }
+
+    std::vector<IssuedCard> select_issued(const std::string& where, const std::vector<std::string>& args) {
+        return locked([&] {
+            Statement s(session_);
+            s << "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
+                 " FROM cds_issued_cards " + where;
+            for (const auto& a : args) s, bind(a);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<IssuedCard> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                IssuedCard c;
+                c.issuer = rs.value(0, i).convert<std::string>();
+                c.service_id = rs.value(1, i).convert<std::string>();
+                c.card_uuid = rs.value(2, i).convert<std::string>();
+                c.patient = rs.value(3, i).convert<std::string>();
+                c.rule_id = rs.value(4, i).convert<std::string>();
+                c.order = rs.value(5, i).convert<std::string>();
+                c.severity = rs.value(6, i).convert<std::string>();
+                c.evidence_hash = rs.value(7, i).convert<std::string>();
+                c.issued_at = rs.value(8, i).convert<Poco::Int64>();
+                out.push_back(std::move(c));
+            }
+            return out;
+        });
     }
 
     std::vector<AlertRecord> select_alerts(const std::string& where, const std::vector<std::string>& args) {

@@ -1,7 +1,8 @@
 // Everything calcalert remembers between runs and across replicas, behind one small interface:
 // poll watermarks and seen resource versions, the alert ledger, run history, CDS Hooks replay
-// protection (jti) and feedback/suppression. SQLite now (open_sqlite_store); the same tables and
-// SQL are meant to run on PostgreSQL later, so there is no in-process cache that must be the only copy.
+// protection (jti), the cards issued to each CDS client, feedback and overrides. SQLite now
+// (open_sqlite_store); the same tables and SQL are meant to run on PostgreSQL later, so there is no
+// in-process cache that must be the only copy.
 // Implementations are safe to call from several threads (calls are serialized).
 #pragma once
 
@@ -64,11 +65,41 @@ struct RunRecord {
     std::string summary_json;      // the run's summary
 };
 
+// One CDS Hooks card as issued to one client: the JWT `iss` of the caller that received it, the
+// service that returned it, and exactly what it was about. Feedback is accepted only for a card
+// issued to the same issuer by the same service; an override binds to this record.
+struct IssuedCard {
+    std::string issuer;         // the caller's verified JWT iss ("urn:calcalert:insecure-dev" without JWTs)
+    std::string service_id;     // the CDS service that returned the card
+    std::string card_uuid;      // card.uuid (the alert identifier, also the DetectedIssue identifier)
+    std::string patient;        // "Patient/123"
+    std::string rule_id;
+    std::string order;          // order rules: "MedicationRequest/1"; "" for patient rules
+    std::string severity;       // the rule's severity when issued: high | moderate | low
+    std::string evidence_hash;  // Finding::evidence_hash of the card as issued
+    EpochSeconds issued_at = 0; // when this evidence was first issued to the issuer
+};
+
+// An override in force: hides the card of (issuer, patient, rule, order) while the finding's
+// evidence hash is still `evidence_hash` and until `until`.
+struct CardOverride {
+    std::string issuer;
+    std::string patient;
+    std::string rule_id;
+    std::string order;          // "" for patient rules
+    std::string card_uuid;
+    std::string evidence_hash;  // the evidence the clinician overrode
+    EpochSeconds until = 0;
+};
+
 struct FeedbackRecord {
+    std::string issuer;      // the caller's verified JWT iss
     std::string service_id;
     std::string card_uuid;
-    std::string patient;     // "Patient/123" ("" when unknown)
-    std::string rule_id;     // "" when the card is not known
+    std::string patient;     // "Patient/123", from the issued card
+    std::string rule_id;     // from the issued card
+    std::string order;       // from the issued card ("" for patient rules)
+    std::string evidence_hash;    // of the issued card the feedback is about
     std::string outcome;     // accepted | overridden
     std::string override_reason;  // code of the override reason, "" if none
     EpochSeconds outcome_at = 0;
@@ -122,13 +153,20 @@ public:
     virtual bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
                               EpochSeconds now) = 0;
 
-    // --- CDS Hooks: feedback and suppression ---
+    // --- CDS Hooks: issued cards, feedback and overrides ---
+    // Insert or replace by (issuer, service_id, card_uuid).
+    virtual void put_issued_card(const IssuedCard& card) = 0;
+    virtual std::optional<IssuedCard> issued_card(const std::string& issuer, const std::string& service_id,
+                                                  const std::string& card_uuid) = 0;
+    virtual std::vector<IssuedCard> issued_cards_for_patient(const std::string& issuer, const std::string& service_id,
+                                                             const std::string& patient) = 0;
     virtual void record_feedback(const FeedbackRecord& feedback) = 0;
-    virtual std::vector<FeedbackRecord> feedback(const std::string& patient, const std::string& rule_id) = 0;
-    // Suppress the card of (patient, rule) until `until` (an overridden card).
-    virtual void suppress(const std::string& patient, const std::string& rule_id, EpochSeconds until) = 0;
-    // The end of the suppression in force at `now`, if any.
-    virtual std::optional<EpochSeconds> suppressed_until(const std::string& patient, const std::string& rule_id,
+    virtual std::vector<FeedbackRecord> feedback(const std::string& patient, const std::string& rule_id) = 0;  // oldest first
+    // Insert or replace by (issuer, patient, rule_id, order): the latest override of a card wins.
+    virtual void put_override(const CardOverride& override_record) = 0;
+    // The issuer's overrides for the patient whose period has not ended at `now` (until > now). Whether
+    // one still hides a card depends on the evidence hash, which the caller compares.
+    virtual std::vector<CardOverride> overrides_in_force(const std::string& issuer, const std::string& patient,
                                                          EpochSeconds now) = 0;
 };
 

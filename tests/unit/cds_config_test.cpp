@@ -74,6 +74,21 @@ TEST_CASE("environment variables override the file, and unknown ones are errors"
     CHECK(env_issuers.issuers[0].jku_allow.size() == 1);
 }
 
+TEST_CASE("override periods: critical_override_hours (default 72) and override_suppression_hours (default 720)") {
+    const ServeConfig defaults = load_serve_config("", {});
+    CHECK(defaults.critical_override_hours == 72);
+    CHECK(defaults.override_suppression_hours == 720);
+    CHECK(load_serve_config(std::string(CALCALERT_TEST_DIR) + "/../deploy/serve.example.json", {}).critical_override_hours == 72);
+    CHECK(load_serve_config(write_temp("o1.json", R"({"critical_override_hours": 24})"), {}).critical_override_hours == 24);
+    CHECK(load_serve_config("", {{"CALCALERT_SERVE_CRITICAL_OVERRIDE_HOURS", "0"}}).critical_override_hours == 0);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("o2.json", R"({"critical_override_hours": -1})"), {}),
+                         doctest::Contains("$.critical_override_hours: -1 is out of range"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("o3.json", R"({"critical_override_hours": "72"})"), {}),
+                         doctest::Contains("$.critical_override_hours: expected an integer"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("o4.json", R"({"critical_override_hour": 72})"), {}),
+                         doctest::Contains("$.critical_override_hour: unknown key"), ConfigError);
+}
+
 TEST_CASE("validation: insecure_dev only on loopback, issuers needed otherwise") {
     ServeConfig c;
     CHECK_THROWS_WITH_AS(validate(c), doctest::Contains("issuers"), ConfigError);

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -7,6 +9,7 @@
 
 #include "adapters/cds_hooks/service.hpp"
 #include "cds_test_support.hpp"
+#include "fhir/json_parse.hpp"
 #include "mappings/detected_issue.hpp"
 #include "mappings/order_facts.hpp"
 #include "test_support.hpp"
@@ -18,6 +21,8 @@ namespace {
 
 const std::string kCohort = std::string(CALCALERT_TEST_DIR) + "/../examples/cohort/cohort.json";
 const std::string kFhir = "https://ehr.example.org/fhir";
+const std::string kIssA = "https://ehr-a.example.org";
+const std::string kIssB = "https://ehr-b.example.org";
 
 const mappings::Medications& medications() {
     static const auto m = mappings::Medications::load(std::string(CALCALERT_TEST_DIR) + "/../mappings/data");
@@ -62,9 +67,12 @@ struct Fixture {
     std::unique_ptr<CdsService> service;
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
 
-    explicit Fixture(OutcomePolicy policy = OutcomePolicy::fail) {
+    explicit Fixture(OutcomePolicy policy = OutcomePolicy::fail) : Fixture([policy](ServeConfig& c) {
+        c.prefetch_outcome_policy = policy;
+    }) {}
+    explicit Fixture(const std::function<void(ServeConfig&)>& tweak) {
         config.fhir_servers = {kFhir};
-        config.prefetch_outcome_policy = policy;
+        tweak(config);
         service = std::make_unique<CdsService>(config, test::terminology(), test::catalog(), *store, metrics,
                                                [this](const std::string&, const std::string& token,
                                                       std::chrono::steady_clock::time_point end_by) {
@@ -74,8 +82,13 @@ struct Fixture {
                                                },
                                                lab_tokens(), &medications());
     }
-    HttpReply call(const std::string& body, const char* id = "calcalert-patient-view") {
-        return service->call(*find_service(id), body, test::kNow, deadline);
+    HttpReply call(const std::string& body, const char* id = "calcalert-patient-view", const std::string& issuer = kIssA,
+                   std::int64_t now = test::kNow) {
+        return service->call(*find_service(id), body, now, issuer, deadline);
+    }
+    HttpReply feedback(const std::string& body, const std::string& issuer = kIssA,
+                       const char* id = "calcalert-patient-view", std::int64_t now = test::kNow) {
+        return service->feedback(*find_service(id), body, now, issuer);
     }
 };
 
@@ -131,9 +144,14 @@ TEST_CASE("full prefetch gives the patient's cards; the card is the poller's ale
     CHECK(card_rules(r) == std::vector<std::string>{"calciphylaxis-suspected"});
     CHECK(fx.fhir.queries.empty());
     CHECK(r.body.find(mappings::alert_identifier("Patient/margaret-okafor", "calciphylaxis-suspected")) != std::string::npos);
-    const auto ledger = fx.store->alert(kCardLedger, mappings::alert_identifier("Patient/margaret-okafor", "calciphylaxis-suspected"));
-    REQUIRE(ledger.has_value());
-    CHECK(ledger->rule_id == "calciphylaxis-suspected");
+    const auto issued = fx.store->issued_card(kIssA, "calcalert-patient-view",
+                                              mappings::alert_identifier("Patient/margaret-okafor", "calciphylaxis-suspected"));
+    REQUIRE(issued.has_value());
+    CHECK(issued->rule_id == "calciphylaxis-suspected");
+    CHECK(issued->patient == "Patient/margaret-okafor");
+    CHECK(issued->severity == "high");
+    CHECK_FALSE(issued->evidence_hash.empty());
+    CHECK_FALSE(fx.store->issued_card(kIssB, "calcalert-patient-view", issued->card_uuid));
 }
 
 TEST_CASE("null keys mean no data; missing keys are fetched with the token; OperationOutcome keys follow the policy") {
@@ -252,7 +270,7 @@ TEST_CASE("request bodies go through the untrusted-JSON policy: too deep, invali
     CHECK(diagnostics(nan).find("non-finite") != std::string::npos);
     // A BOM is accepted; feedback bodies follow the same policy.
     CHECK(fx.call("\xEF\xBB\xBF" + cdstest::call_body("patient-view", "a", R"({"observations":null,"conditions":null})")).status == 200);
-    const HttpReply fb = fx.service->feedback(*find_service("calcalert-patient-view"), deep, test::kNow);
+    const HttpReply fb = fx.feedback(deep);
     CHECK(fb.status == 400);
     CHECK(diagnostics(fb).find("nested deeper than 100 levels") != std::string::npos);
 }
@@ -330,27 +348,341 @@ TEST_CASE("order hooks: the order rules over draftOrders (as the sandbox sends t
     }
 }
 
-TEST_CASE("feedback: overridden suppresses the card for that patient, counted by rule and reason") {
+// --- feedback: bound to the issuer and the exact card; critical cards; closed metric labels ---
+
+namespace {
+
+const char* const kPV = "calcalert-patient-view";
+const std::string kMargaret = "margaret-okafor";  // calciphylaxis-suspected: HIGH, a critical card
+const std::string kHarold = "harold-kim";         // metastatic-calcification-risk: MODERATE
+
+std::string patient_body(const std::string& pid, const std::function<std::string(std::string)>& edit = {}) {
+    const auto p = cdstest::cohort_patient(kCohort, pid);
+    const std::string b = cdstest::call_body("patient-view", pid, prefetch(p));
+    return edit ? edit(b) : b;
+}
+
+std::string uuid_of(const std::string& pid, const std::string& rule) { return mappings::alert_identifier("Patient/" + pid, rule); }
+
+// One feedback entry; reason_json is the overrideReason member's value ("" = no overrideReason).
+std::string entry(const std::string& card, const std::string& outcome, const std::string& reason_json = "") {
+    std::string e = R"({"card":")" + card + R"(","outcome":")" + outcome + "\"";
+    if (!reason_json.empty()) e += ",\"overrideReason\":" + reason_json;
+    return e + R"(,"outcomeTimestamp":"2026-11-25T12:00:00Z"})";
+}
+std::string reason(const std::string& code) {
+    return R"({"reason":{"system":"urn:calcalert:override-reason","code":")" + code + R"("},"userComment":"seen"})";
+}
+std::string feedback_of(const std::vector<std::string>& entries) {
+    std::string s;
+    for (const auto& e : entries) s += (s.empty() ? "" : ",") + e;
+    return "{\"feedback\":[" + s + "]}";
+}
+
+std::string med_order(const std::string& pid, const std::string& id) {
+    return R"({"resourceType":"MedicationRequest","id":")" + id +
+           R"(","status":"draft","intent":"order","medicationCodeableConcept":{"text":"calcium gluconate 2 g in NS 100 mL"},"dosageInstruction":[{"route":{"coding":[{"system":"http://snomed.info/sct","code":"47625008"}]}}],"subject":{"reference":"Patient/)" +
+           pid + R"("}})";
+}
+std::string order_sign_body(const std::string& pid, const std::vector<std::string>& order_ids) {
+    std::string entries;
+    for (const auto& id : order_ids) entries += (entries.empty() ? "" : ",") + std::string("{\"resource\":") + med_order(pid, id) + "}";
+    std::string b = cdstest::call_body("order-sign", pid, prefetch(cdstest::cohort_patient(kCohort, pid)));
+    return b.replace(b.find("\"context\":{") + 11, 0, "\"draftOrders\":{\"resourceType\":\"Bundle\",\"entry\":[" + entries + "]},");
+}
+std::vector<std::string> card_orders(const HttpReply& r) {
+    rapidjson::Document d;
+    d.Parse(r.body.c_str());
+    std::vector<std::string> out;
+    for (const auto& c : d["cards"].GetArray()) {
+        const auto& ext = c["extension"][mappings::kCardExtension];
+        if (ext.HasMember("order")) out.push_back(ext["order"].IsString() ? ext["order"].GetString() : "?");
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+// The /metrics lines of one metric (its samples, not HELP/TYPE).
+std::vector<std::string> samples(const std::string& text, const std::string& metric) {
+    std::vector<std::string> out;
+    std::stringstream ss(text);
+    std::string line;
+    while (std::getline(ss, line))
+        if (line.rfind(metric + "{", 0) == 0 || line.rfind(metric + " ", 0) == 0) out.push_back(line);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("feedback: an override hides the card for the same issuer and patient; counted by rule and reason") {
     Fixture fx;
-    const auto p = cdstest::cohort_patient(kCohort, "margaret-okafor");
-    const std::string body = cdstest::call_body("patient-view", "margaret-okafor", prefetch(p));
-    REQUIRE(card_rules(fx.call(body)).size() == 1);
-    const std::string uuid = mappings::alert_identifier("Patient/margaret-okafor", "calciphylaxis-suspected");
-    const std::string fb = R"({"feedback":[{"card":")" + uuid +
-                           R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"already-addressed"},"userComment":"biopsy booked"},"outcomeTimestamp":"2026-11-25T12:00:00Z"}]})";
-    const HttpReply r = fx.service->feedback(*find_service("calcalert-patient-view"), fb, test::kNow);
-    CHECK(r.status == 200);
+    const std::string body = patient_body(kMargaret);
+    REQUIRE(card_rules(fx.call(body)) == std::vector<std::string>{"calciphylaxis-suspected"});
+    const std::string uuid = uuid_of(kMargaret, "calciphylaxis-suspected");
+    CHECK(fx.feedback(feedback_of({entry(uuid, "overridden", reason("already-addressed"))})).status == 200);
     CHECK(card_rules(fx.call(body)).empty());
     const auto stored = fx.store->feedback("Patient/margaret-okafor", "calciphylaxis-suspected");
     REQUIRE(stored.size() == 1);
     CHECK(stored[0].override_reason == "already-addressed");
+    CHECK(stored[0].issuer == kIssA);
+    CHECK(stored[0].evidence_hash == fx.store->issued_card(kIssA, kPV, uuid)->evidence_hash);
     CHECK(fx.metrics.render().find(
               "calcalert_cds_overrides_total{rule=\"calciphylaxis-suspected\",reason=\"already-addressed\"} 1") != std::string::npos);
-    // After the suppression period the card is back.
-    const auto later = test::kNow + fx.config.override_suppression_hours * 3600 + 1;
-    CHECK(card_rules(fx.service->call(*find_service("calcalert-patient-view"), body, later, fx.deadline)).size() == 1);
+    // Another patient is not affected.
+    CHECK(card_rules(fx.call(patient_body(kHarold))) == std::vector<std::string>{"metastatic-calcification-risk"});
     // Malformed feedback.
     for (const std::string& bad : std::vector<std::string>{"{}", R"({"feedback":[]})", R"({"feedback":[{"card":"x","outcome":"maybe","outcomeTimestamp":"2026-11-25T12:00:00Z"}]})",
                                   R"({"feedback":[{"card":"x","outcome":"accepted"}]})"})
-        CHECK(fx.service->feedback(*find_service("calcalert-patient-view"), bad, test::kNow).status == 400);
+        CHECK(fx.feedback(bad).status == 400);
+}
+
+TEST_CASE("feedback is bound to the issuer that received the card: issuer B cannot hide issuer A's card") {
+    struct Case {
+        const char* name;
+        std::string patient, rule;
+        std::string reason_json;
+    };
+    const std::vector<Case> cases = {
+        {"critical card, coded reason", kMargaret, "calciphylaxis-suspected", reason("already-addressed")},
+        {"non-critical card, coded reason", kHarold, "metastatic-calcification-risk", reason("not-clinically-relevant")},
+        {"non-critical card, no reason", kHarold, "metastatic-calcification-risk", ""},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.name);
+        const std::string body = patient_body(c.patient);
+        const std::string fb = feedback_of({entry(uuid_of(c.patient, c.rule), "overridden", c.reason_json)});
+        {
+            // B overrides a card only A was issued: ignored (200), nothing stored, A's card stays.
+            Fixture fx;
+            REQUIRE(card_rules(fx.call(body, kPV, kIssA)) == std::vector<std::string>{c.rule});
+            CHECK(fx.feedback(fb, kIssB).status == 200);
+            CHECK(fx.store->feedback("Patient/" + c.patient, c.rule).empty());
+            CHECK(card_rules(fx.call(body, kPV, kIssA)) == std::vector<std::string>{c.rule});
+            CHECK(card_rules(fx.call(body, kPV, kIssB)) == std::vector<std::string>{c.rule});
+            CHECK(samples(fx.metrics.render(), "calcalert_cds_feedback_ignored_total") ==
+                  std::vector<std::string>{"calcalert_cds_feedback_ignored_total 1"});
+            CHECK(samples(fx.metrics.render(), "calcalert_cds_overrides_total").empty());
+        }
+        {
+            // Both were issued the card; B's override hides it for B only.
+            Fixture fx;
+            REQUIRE(card_rules(fx.call(body, kPV, kIssA)).size() == 1);
+            REQUIRE(card_rules(fx.call(body, kPV, kIssB)).size() == 1);
+            CHECK(fx.feedback(fb, kIssB).status == 200);
+            CHECK(card_rules(fx.call(body, kPV, kIssB)).empty());
+            CHECK(card_rules(fx.call(body, kPV, kIssA)) == std::vector<std::string>{c.rule});
+            // A's own override then hides it for A too.
+            CHECK(fx.feedback(fb, kIssA).status == 200);
+            CHECK(card_rules(fx.call(body, kPV, kIssA)).empty());
+        }
+    }
+    SUBCASE("feedback sent to another service's endpoint than the one that returned the card is ignored") {
+        Fixture fx;
+        const std::string body = patient_body(kHarold);
+        REQUIRE(card_rules(fx.call(body)).size() == 1);
+        const std::string fb = feedback_of({entry(uuid_of(kHarold, "metastatic-calcification-risk"), "overridden")});
+        CHECK(fx.feedback(fb, kIssA, "calcalert-order-sign").status == 200);
+        CHECK(card_rules(fx.call(body)).size() == 1);
+    }
+    SUBCASE("a card uuid never issued at all is ignored") {
+        Fixture fx;
+        CHECK(fx.feedback(feedback_of({entry("0c3f1e6a-0000-5000-8000-000000000000", "overridden", reason("data-incorrect"))})).status ==
+              200);
+        CHECK(card_rules(fx.call(patient_body(kHarold))).size() == 1);
+    }
+}
+
+TEST_CASE("an override of one order's card does not hide another order's card") {
+    Fixture fx;
+    const char* sign = "calcalert-order-sign";
+    REQUIRE(card_orders(fx.call(order_sign_body(kHarold, {"o1"}), sign)) == std::vector<std::string>{"MedicationRequest/o1"});
+    const std::string card_o1 = uuid_of(kHarold, "iv-calcium-phosphate-extravasation|MedicationRequest/o1");
+    CHECK(fx.feedback(feedback_of({entry(card_o1, "overridden", reason("already-addressed"))}), kIssA, sign).status == 200);
+    CHECK(card_orders(fx.call(order_sign_body(kHarold, {"o1"}), sign)).empty());
+    CHECK(card_orders(fx.call(order_sign_body(kHarold, {"o1", "o2"}), sign)) == std::vector<std::string>{"MedicationRequest/o2"});
+    CHECK(card_orders(fx.call(order_sign_body(kHarold, {"o2"}), sign)) == std::vector<std::string>{"MedicationRequest/o2"});
+    CHECK(card_orders(fx.call(order_sign_body(kHarold, {"o3", "o1"}), sign)) == std::vector<std::string>{"MedicationRequest/o3"});
+    // The patient-rule cards of the same patient are not affected either (patient-view).
+    CHECK(card_rules(fx.call(patient_body(kHarold))) == std::vector<std::string>{"metastatic-calcification-risk"});
+}
+
+TEST_CASE("an override stops hiding the card as soon as the evidence behind the finding changes") {
+    struct Case {
+        const char* name;
+        std::string patient, rule;
+        std::function<std::string(std::string)> new_evidence;
+    };
+    const std::vector<Case> cases = {
+        // A corrected phosphate result: Ca×P 10.2 × 7.3 still fires, with other evidence.
+        {"non-critical: a changed lab value", kHarold, "metastatic-calcification-risk",
+         [](std::string b) { return cdstest::replace_all(b, "\"value\":7.1", "\"value\":7.3"); }},
+        // A new lab resource in place of the latest phosphate.
+        {"critical: a new lab", kMargaret, "calciphylaxis-suspected",
+         [](std::string b) { return cdstest::replace_all(b, "margaret-okafor-p2", "margaret-okafor-p3"); }},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.name);
+        Fixture fx;
+        const std::string before = patient_body(c.patient);
+        const std::string after = patient_body(c.patient, c.new_evidence);
+        REQUIRE(before != after);
+        REQUIRE(card_rules(fx.call(before)) == std::vector<std::string>{c.rule});
+        const std::string hash_before = fx.store->issued_card(kIssA, kPV, uuid_of(c.patient, c.rule))->evidence_hash;
+        CHECK(fx.feedback(feedback_of({entry(uuid_of(c.patient, c.rule), "overridden", reason("already-addressed"))})).status == 200);
+        CHECK(card_rules(fx.call(before)).empty());
+        // One hour later, the evidence differs: the card is back, with the same uuid and a new hash.
+        const HttpReply r = fx.call(after, kPV, kIssA, test::kNow + 3600);
+        CHECK(card_rules(r) == std::vector<std::string>{c.rule});
+        CHECK(r.body.find(uuid_of(c.patient, c.rule)) != std::string::npos);
+        CHECK(fx.store->issued_card(kIssA, kPV, uuid_of(c.patient, c.rule))->evidence_hash != hash_before);
+    }
+}
+
+TEST_CASE("a critical card is hidden only by an override with a coded reason, and only for critical_override_hours") {
+    const std::string uuid = uuid_of(kMargaret, "calciphylaxis-suspected");
+    SUBCASE("no reason, an empty overrideReason or only a comment: the critical card stays") {
+        for (const std::string& r : {std::string(), std::string("{}"), std::string(R"({"userComment":"no"})"),
+                                     std::string(R"({"reason":{"system":"urn:calcalert:override-reason","code":""}})")}) {
+            CAPTURE(r);
+            Fixture fx;
+            const std::string body = patient_body(kMargaret);
+            REQUIRE(card_rules(fx.call(body)).size() == 1);
+            CHECK(fx.feedback(feedback_of({entry(uuid, "overridden", r)})).status == 200);
+            CHECK(card_rules(fx.call(body)) == std::vector<std::string>{"calciphylaxis-suspected"});
+            CHECK(fx.store->feedback("Patient/margaret-okafor", "calciphylaxis-suspected").size() == 1);  // still recorded
+        }
+    }
+    SUBCASE("a non-critical card is hidden by an override without a reason") {
+        Fixture fx;
+        const std::string body = patient_body(kHarold);
+        REQUIRE(card_rules(fx.call(body)).size() == 1);
+        CHECK(fx.feedback(feedback_of({entry(uuid_of(kHarold, "metastatic-calcification-risk"), "overridden")})).status == 200);
+        CHECK(card_rules(fx.call(body)).empty());
+    }
+    SUBCASE("periods: critical 72 h by default (and as configured), others override_suppression_hours") {
+        struct Case {
+            const char* name;
+            std::string patient, rule;
+            std::function<void(ServeConfig&)> tweak;
+            std::int64_t hidden_at_h, shown_at_h;
+        };
+        const std::vector<Case> cases = {
+            {"critical, default", kMargaret, "calciphylaxis-suspected", {}, 71, 73},
+            {"critical, default, at 72 h", kMargaret, "calciphylaxis-suspected", {}, 1, 72},
+            {"critical, 24 h", kMargaret, "calciphylaxis-suspected", [](ServeConfig& c) { c.critical_override_hours = 24; }, 23, 25},
+            {"critical ignores override_suppression_hours", kMargaret, "calciphylaxis-suspected",
+             [](ServeConfig& c) { c.override_suppression_hours = 24 * 365; }, 71, 73},
+            {"non-critical, 48 h", kHarold, "metastatic-calcification-risk",
+             [](ServeConfig& c) { c.override_suppression_hours = 48; }, 47, 49},
+            {"non-critical ignores critical_override_hours", kHarold, "metastatic-calcification-risk",
+             [](ServeConfig& c) {
+                 c.override_suppression_hours = 96;
+                 c.critical_override_hours = 1;
+             },
+             95, 97},
+        };
+        for (const auto& c : cases) {
+            CAPTURE(c.name);
+            Fixture fx([&c](ServeConfig& cfg) {
+                if (c.tweak) c.tweak(cfg);
+            });
+            const std::string body = patient_body(c.patient);
+            REQUIRE(card_rules(fx.call(body)).size() == 1);
+            CHECK(fx.feedback(feedback_of({entry(uuid_of(c.patient, c.rule), "overridden", reason("patient-declined"))})).status == 200);
+            CHECK(card_rules(fx.call(body, kPV, kIssA, test::kNow + c.hidden_at_h * 3600)).empty());
+            CHECK(card_rules(fx.call(body, kPV, kIssA, test::kNow + c.shown_at_h * 3600)) == std::vector<std::string>{c.rule});
+        }
+    }
+    CHECK(ServeConfig{}.critical_override_hours == 72);
+    CHECK(ServeConfig{}.override_suppression_hours == 720);
+}
+
+TEST_CASE("/metrics: 5,000 distinct override reasons add no series beyond other") {
+    Fixture fx;
+    REQUIRE(card_rules(fx.call(patient_body(kHarold))).size() == 1);
+    const std::string uuid = uuid_of(kHarold, "metastatic-calcification-risk");
+    std::vector<std::string> entries;
+    for (int i = 0; i < 5000; ++i) entries.push_back(entry(uuid, "overridden", reason("reason-" + std::to_string(i))));
+    // And as many for cards never issued, with their own reasons and outcomes.
+    for (int i = 0; i < 5000; ++i)
+        entries.push_back(entry("card-" + std::to_string(i), i % 2 ? "accepted" : "overridden", reason("x-" + std::to_string(i))));
+    const std::string before = fx.metrics.render();
+    CHECK(fx.feedback(feedback_of(entries)).status == 200);
+    const std::string text = fx.metrics.render();
+    CHECK(samples(text, "calcalert_cds_overrides_total") ==
+          std::vector<std::string>{"calcalert_cds_overrides_total{rule=\"metastatic-calcification-risk\",reason=\"other\"} 5000"});
+    CHECK(samples(text, "calcalert_cds_feedback_total") ==
+          std::vector<std::string>{"calcalert_cds_feedback_total{outcome=\"overridden\"} 5000"});
+    CHECK(samples(text, "calcalert_cds_feedback_ignored_total") ==
+          std::vector<std::string>{"calcalert_cds_feedback_ignored_total 5000"});
+    CHECK(text.find("reason-") == std::string::npos);
+    CHECK(text.find("card-") == std::string::npos);
+    // A reason from another system is "other" even with one of our codes; our codes are counted.
+    CHECK(fx.feedback(feedback_of({entry(uuid, "overridden", R"({"reason":{"system":"urn:x","code":"already-addressed"}})"),
+                                   entry(uuid, "overridden", reason("data-incorrect")), entry(uuid, "overridden")}))
+              .status == 200);
+    const auto lines = samples(fx.metrics.render(), "calcalert_cds_overrides_total");
+    CHECK(lines == std::vector<std::string>{
+                       "calcalert_cds_overrides_total{rule=\"metastatic-calcification-risk\",reason=\"data-incorrect\"} 1",
+                       "calcalert_cds_overrides_total{rule=\"metastatic-calcification-risk\",reason=\"none\"} 1",
+                       "calcalert_cds_overrides_total{rule=\"metastatic-calcification-risk\",reason=\"other\"} 5001"});
+}
+
+TEST_CASE("/metrics: labels come from closed sets, the series are bounded, the text is valid UTF-8 and escaped") {
+    SUBCASE("a reason with raw 0xFF bytes: the feedback is refused and /metrics stays valid UTF-8") {
+        Fixture fx;
+        REQUIRE(card_rules(fx.call(patient_body(kHarold))).size() == 1);
+        const std::string fb = feedback_of({entry(uuid_of(kHarold, "metastatic-calcification-risk"), "overridden", reason("bad\xFF\xFE"))});
+        CHECK(fx.feedback(fb).status == 400);
+        const std::string text = fx.metrics.render();
+        CHECK(fhir::find_invalid_utf8(text) == std::string::npos);
+        CHECK(text.find('\xFF') == std::string::npos);
+    }
+    SUBCASE("values outside the sets are other, whatever the bytes") {
+        Metrics m;
+        m.register_labels({{"calcalert-patient-view"}, {"calciphylaxis-suspected"}, {"already-addressed"}, {"observations"}});
+        m.override_reason("calciphylaxis-suspected", "bad\xFF\xFE\"}\n# x");
+        m.override_reason("no-such-rule\xC3\x28", "already-addressed");
+        m.card("rule\"\\\n\xFF");
+        m.prefetch("observations\xFF", "hit\n");
+        m.feedback("maybe\xFF");
+        m.request("calcalert-patient-view/feedback", 200, 0.01);
+        m.request("/cds-services/\xFF\"x", 999, 0.01);
+        const std::string text = m.render();
+        CHECK(fhir::find_invalid_utf8(text) == std::string::npos);
+        CHECK(text.find("bad") == std::string::npos);
+        CHECK(text.find("no-such-rule") == std::string::npos);
+        CHECK(text.find("calcalert_cds_overrides_total{rule=\"calciphylaxis-suspected\",reason=\"other\"} 1") != std::string::npos);
+        CHECK(text.find("calcalert_cds_overrides_total{rule=\"other\",reason=\"already-addressed\"} 1") != std::string::npos);
+        CHECK(text.find("calcalert_cds_cards_total{rule=\"other\"} 1") != std::string::npos);
+        CHECK(text.find("calcalert_cds_prefetch_total{key=\"other\",result=\"other\"} 1") != std::string::npos);
+        CHECK(text.find("calcalert_cds_feedback_total{outcome=\"other\"} 1") != std::string::npos);
+        CHECK(text.find("calcalert_cds_requests_total{service=\"calcalert-patient-view/feedback\",status=\"200\"} 1") !=
+              std::string::npos);
+        CHECK(text.find("calcalert_cds_requests_total{service=\"other\",status=\"other\"} 1") != std::string::npos);
+        // Every sample line is `name{label="value",...} number` or `name number`.
+        std::stringstream ss(text);
+        std::string line;
+        while (std::getline(ss, line)) {
+            if (line.rfind("#", 0) == 0) continue;
+            CHECK_MESSAGE(line.find('\r') == std::string::npos, line);
+            const auto space = line.rfind(' ');
+            REQUIRE(space != std::string::npos);
+            CHECK_MESSAGE(line.find_first_not_of("0123456789.e+-", space + 1) == std::string::npos, line);
+        }
+    }
+    SUBCASE("escaping per the text format, after replacing invalid UTF-8") {
+        CHECK(Metrics::escape_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
+        CHECK(Metrics::escape_label("x\xFFy") == "x\xEF\xBF\xBDy");
+        CHECK(Metrics::escape_label("\xC3\x28") == "\xEF\xBF\xBD(");
+        CHECK(Metrics::escape_label("Ca\xC3\x97P") == "Ca\xC3\x97P");
+    }
+    SUBCASE("at most kMaxSeries series per metric") {
+        Metrics m;
+        std::vector<std::string> services;
+        for (int i = 0; i < 2000; ++i) services.push_back("svc-" + std::to_string(i));
+        m.register_labels({services, {}, {}, {}});
+        for (int i = 0; i < 2000; ++i) m.request("svc-" + std::to_string(i), 200, 0.001);
+        CHECK(samples(m.render(), "calcalert_cds_requests_total").size() <= Metrics::kMaxSeries + 1);
+    }
 }

@@ -9,6 +9,9 @@
 
 #include <unistd.h>
 
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/Session.h>
+
 #include "adapters/state/state_store.hpp"
 
 using namespace calcalert::state;
@@ -105,17 +108,130 @@ TEST_CASE("jti replay protection until expiry") {
     CHECK(s->remember_jti("iss", "j1", 400, 250));         // expired record purged
 }
 
-TEST_CASE("feedback and suppression") {
+TEST_CASE("feedback records keep the issuer and the card they are about") {
     auto s = open_sqlite_store(":memory:");
-    s->record_feedback({"calcalert-patient-view", "uuid-1", "Patient/1", "rule-x", "overridden", "not-relevant", 90, 91});
+    FeedbackRecord f;
+    f.issuer = "https://ehr-a.example.org";
+    f.service_id = "calcalert-order-sign";
+    f.card_uuid = "uuid-1";
+    f.patient = "Patient/1";
+    f.rule_id = "rule-x";
+    f.order = "MedicationRequest/7";
+    f.evidence_hash = "h1";
+    f.outcome = "overridden";
+    f.override_reason = "not-relevant";
+    f.outcome_at = 90;
+    f.received_at = 91;
+    s->record_feedback(f);
     auto fb = s->feedback("Patient/1", "rule-x");
     REQUIRE(fb.size() == 1);
     CHECK(fb[0].override_reason == "not-relevant");
-    CHECK_FALSE(s->suppressed_until("Patient/1", "rule-x", 100));
-    s->suppress("Patient/1", "rule-x", 1000);
-    CHECK(s->suppressed_until("Patient/1", "rule-x", 100) == 1000);
-    CHECK_FALSE(s->suppressed_until("Patient/1", "rule-x", 1000));
-    CHECK_FALSE(s->suppressed_until("Patient/2", "rule-x", 100));
+    CHECK(fb[0].issuer == "https://ehr-a.example.org");
+    CHECK(fb[0].order == "MedicationRequest/7");
+    CHECK(fb[0].evidence_hash == "h1");
+    CHECK(fb[0].received_at == 91);
+    CHECK(s->feedback("Patient/1", "rule-y").empty());
+}
+
+TEST_CASE("issued cards are per (issuer, service, card uuid); overrides per (issuer, patient, rule, order)") {
+    auto s = open_sqlite_store(":memory:");
+    const IssuedCard a{"iss-a", "svc", "u1", "Patient/1", "rule-x", "", "high", "h1", 10};
+    s->put_issued_card(a);
+    s->put_issued_card({"iss-a", "svc", "u2", "Patient/1", "rule-o", "MedicationRequest/1", "low", "h2", 10});
+    s->put_issued_card({"iss-a", "svc", "u3", "Patient/2", "rule-x", "", "high", "h3", 10});
+    CHECK_FALSE(s->issued_card("iss-b", "svc", "u1"));
+    CHECK_FALSE(s->issued_card("iss-a", "other-svc", "u1"));
+    auto got = s->issued_card("iss-a", "svc", "u1");
+    REQUIRE(got);
+    CHECK(got->severity == "high");
+    CHECK(got->evidence_hash == "h1");
+    IssuedCard changed = a;
+    changed.evidence_hash = "h9";
+    changed.issued_at = 20;
+    s->put_issued_card(changed);
+    CHECK(s->issued_card("iss-a", "svc", "u1")->evidence_hash == "h9");
+    const auto cards = s->issued_cards_for_patient("iss-a", "svc", "Patient/1");
+    REQUIRE(cards.size() == 2);
+    CHECK(cards[1].order == "MedicationRequest/1");
+    CHECK(s->issued_cards_for_patient("iss-b", "svc", "Patient/1").empty());
+
+    s->put_override({"iss-a", "Patient/1", "rule-x", "", "u1", "h9", 1000});
+    s->put_override({"iss-a", "Patient/1", "rule-o", "MedicationRequest/1", "u2", "h2", 500});
+    s->put_override({"iss-b", "Patient/1", "rule-x", "", "u1", "h9", 2000});
+    auto in_force = s->overrides_in_force("iss-a", "Patient/1", 100);
+    REQUIRE(in_force.size() == 2);
+    CHECK(in_force[0].rule_id == "rule-o");
+    CHECK(in_force[0].order == "MedicationRequest/1");
+    CHECK(in_force[1].evidence_hash == "h9");
+    CHECK(in_force[1].until == 1000);
+    CHECK(s->overrides_in_force("iss-a", "Patient/1", 500).size() == 1);  // until is exclusive
+    CHECK(s->overrides_in_force("iss-a", "Patient/1", 1000).empty());
+    CHECK(s->overrides_in_force("iss-a", "Patient/2", 100).empty());
+    CHECK(s->overrides_in_force("iss-c", "Patient/1", 100).empty());
+    // The latest override of the same (issuer, patient, rule, order) replaces the earlier one.
+    s->put_override({"iss-a", "Patient/1", "rule-x", "", "u1", "h10", 300});
+    in_force = s->overrides_in_force("iss-a", "Patient/1", 100);
+    REQUIRE(in_force.size() == 2);
+    CHECK(in_force[1].evidence_hash == "h10");
+    CHECK(in_force[1].until == 300);
+}
+
+TEST_CASE("a schema-2 state file is upgraded in place: feedback kept, unbound suppressions dropped") {
+    const TempFile path("schema2");
+    {
+        Poco::Data::SQLite::Connector::registerConnector();
+        Poco::Data::Session session(Poco::Data::SQLite::Connector::KEY, path.path);
+        using namespace Poco::Data::Keywords;
+        session << "CREATE TABLE calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", now;
+        session << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', '2')", now;
+        session << "CREATE TABLE cds_feedback (id INTEGER PRIMARY KEY, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,"
+                   " patient TEXT NOT NULL, rule_id TEXT NOT NULL, outcome TEXT NOT NULL, override_reason TEXT NOT NULL,"
+                   " outcome_at BIGINT NOT NULL, received_at BIGINT NOT NULL)",
+            now;
+        session << "INSERT INTO cds_feedback VALUES (1, 'svc', 'u1', 'Patient/1', 'rule-x', 'overridden', 'r', 5, 6)", now;
+        session << "CREATE TABLE cds_suppressions (patient TEXT NOT NULL, rule_id TEXT NOT NULL, until_at BIGINT NOT NULL,"
+                   " PRIMARY KEY (patient, rule_id))",
+            now;
+        session << "INSERT INTO cds_suppressions VALUES ('Patient/1', 'rule-x', 99999999999)", now;
+    }
+    {
+        auto s = open_sqlite_store(path);
+        const auto fb = s->feedback("Patient/1", "rule-x");
+        REQUIRE(fb.size() == 1);
+        CHECK(fb[0].issuer.empty());
+        CHECK(fb[0].override_reason == "r");
+        CHECK(s->overrides_in_force("", "Patient/1", 0).empty());
+        s->put_issued_card({"iss", "svc", "u1", "Patient/1", "rule-x", "", "high", "h", 1});
+        FeedbackRecord f;
+        f.issuer = "iss";
+        f.patient = "Patient/1";
+        f.rule_id = "rule-x";
+        s->record_feedback(f);
+    }
+    // Reopened as version 3: nothing is upgraded twice.
+    auto s = open_sqlite_store(path);
+    CHECK(s->feedback("Patient/1", "rule-x").size() == 2);
+    CHECK(s->issued_card("iss", "svc", "u1"));
+    Poco::Data::Session session(Poco::Data::SQLite::Connector::KEY, path.path);
+    using namespace Poco::Data::Keywords;
+    std::string version;
+    int suppressions = -1;
+    session << "SELECT value FROM calcalert_meta WHERE key = 'schema_version'", into(version), now;
+    session << "SELECT COUNT(*) FROM sqlite_master WHERE name = 'cds_suppressions'", into(suppressions), now;
+    CHECK(version == "3");
+    CHECK(suppressions == 0);
+}
+
+TEST_CASE("a state file of a newer schema is refused") {
+    const TempFile path("schema9");
+    {
+        Poco::Data::SQLite::Connector::registerConnector();
+        Poco::Data::Session session(Poco::Data::SQLite::Connector::KEY, path.path);
+        using namespace Poco::Data::Keywords;
+        session << "CREATE TABLE calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", now;
+        session << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', '9')", now;
+    }
+    CHECK_THROWS_AS(open_sqlite_store(path), StateError);
 }
 
 TEST_CASE("calls from several threads are serialized") {
