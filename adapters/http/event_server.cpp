@@ -109,6 +109,7 @@ struct EventServer::Impl {
     };
     std::map<std::uint64_t, Connection> connections;  // only the I/O thread touches it
     std::uint64_t next_id = 1;
+    Clock::time_point accept_paused_until{};
 
     struct Job {
         std::uint64_t connection;
@@ -307,8 +308,9 @@ void EventServer::Impl::advance(std::uint64_t id, Connection& c) {
     }
     {
         std::unique_lock<std::mutex> lock(mutex);
-        const bool saturated =
-            busy >= limits.max_threads && static_cast<int>(jobs.size()) >= limits.max_queued;
+        // Capacity: a request per worker and max_queued waiting (counted together, so a worker that
+        // has not yet taken its request does not make room for one more).
+        const bool saturated = busy + static_cast<int>(jobs.size()) >= limits.max_threads + limits.max_queued;
         if (!saturated) {
             jobs.push_back(Job{id, std::move(req)});
             lock.unlock();
@@ -345,7 +347,14 @@ void EventServer::Impl::accept_all() {
         const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) error(std::string("accept: ") + std::strerror(errno));
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                // Out of descriptors or memory: stop accepting for a moment instead of spinning on a
+                // listener that stays readable.
+                error(std::string("accept: ") + std::strerror(errno) + "; not accepting for 100 ms");
+                accept_paused_until = Clock::now() + milliseconds(100);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                error(std::string("accept: ") + std::strerror(errno));
+            }
             return;
         }
         if (connections.size() >= static_cast<std::size_t>(limits.max_connections)) {
@@ -410,9 +419,12 @@ void EventServer::Impl::io_loop() {
         ids.clear();
         fds.push_back({wake_read, POLLIN, 0});
         ids.push_back(0);
-        if (listening) {
+        const bool accepting = listening && now >= accept_paused_until;
+        if (accepting) {
             fds.push_back({listen_fd, POLLIN, 0});
             ids.push_back(0);
+        } else if (listening && accept_paused_until < next) {
+            next = accept_paused_until;
         }
         for (auto& [id, c] : connections) {
             short events = 0;
@@ -448,7 +460,7 @@ void EventServer::Impl::io_loop() {
         }
 
         std::size_t first_conn = 1;
-        if (listening) {
+        if (accepting) {
             if (fds[1].revents & POLLIN) accept_all();
             first_conn = 2;
         }
@@ -472,7 +484,9 @@ void EventServer::Impl::io_loop() {
             }
             if (re & (POLLIN | POLLHUP)) {
                 if (c.phase == Phase::idle || c.phase == Phase::reading) on_readable(id, c);
-                else if ((re & POLLHUP) && c.phase != Phase::working) close_connection(id);
+                // Gone while its call runs (or while its answer is written): closed now, so that poll
+                // does not report the hang-up again and again; the call's answer is dropped.
+                else if (re & POLLHUP) close_connection(id);
             }
         }
         // A response written at once (quick answers, refusals) finishes here.

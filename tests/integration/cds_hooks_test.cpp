@@ -845,3 +845,23 @@ TEST_CASE("calcalert serve: malformed and oversized requests are refused by stat
     CHECK(metric(metrics, "calcalert_http_rejected_total{reason=\"malformed\"}") == 6);
     CHECK(serve.request("GET", "/healthz").status == 200);
 }
+
+TEST_CASE("calcalert serve: a connection over max_connections gets 503 with Retry-After and is closed") {
+    ServeProcess serve("serve-connections.json", R"({"state_file": ":memory:", "insecure_dev": true, "max_connections": 4})");
+    std::vector<std::unique_ptr<RawClient>> held;
+    for (int i = 0; i < 4; ++i) {
+        held.push_back(std::make_unique<RawClient>(serve.port));
+        REQUIRE(held.back()->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));  // kept alive after its answer
+        char buf[512];
+        REQUIRE(::recv(held.back()->fd, buf, sizeof buf, 0) > 0);
+    }
+    RawClient over(serve.port);
+    const std::string got = over.read_all();
+    CHECK_MESSAGE(got.rfind("HTTP/1.1 503 ", 0) == 0, got.substr(0, 200));
+    CHECK(got.find("Retry-After: 1\r\n") != std::string::npos);
+    held.pop_back();  // one leaves: room for the next
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const Resp metrics = serve.request("GET", "/metrics");
+    CHECK(metrics.status == 200);
+    CHECK(metric(metrics.body, "calcalert_http_rejected_total{reason=\"connections\"}") == 1);
+}
