@@ -437,149 +437,6 @@ TEST_CASE("feedback: overridden hides the card for that issuer and patient; /met
     g_now = kNow;
 }
 
-TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") {
-    // The real program with two JWT issuers, each with its own key file; it runs on the system clock,
-    // so the patient's labs are dated yesterday.
-    Env& e = env();
-    const std::string iss_b = "https://other-ehr.example.org";
-    std::ofstream(e.dir / "other-jwks.json") << cdstest::jwks_of({&e.vendor});
-    const fs::path cfg = e.dir / "serve-issuers.json";
-    std::ofstream(cfg) << R"({"state_file": ":memory:", "issuers": [{"iss": ")" << kIss << R"(", "jwks_file": ")"
-                       << (e.dir / "ehr-jwks.json").string() << R"("}, {"iss": ")" << iss_b << R"(", "jwks_file": ")"
-                       << (e.dir / "other-jwks.json").string() << R"("}]})";
-    int out_pipe[2];
-    REQUIRE(::pipe(out_pipe) == 0);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::dup2(out_pipe[1], 1);
-        ::close(out_pipe[0]);
-        const int devnull = ::open("/dev/null", O_WRONLY);
-        ::dup2(devnull, 2);
-        const fs::path bin = fs::path(CALCALERT_BINARY);
-        ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
-        ::_exit(127);
-    }
-    ::close(out_pipe[1]);
-    struct StopOnExit {  // a failed REQUIRE must not leave the server running
-        pid_t pid;
-        ~StopOnExit() {
-            if (pid <= 0) return;
-            ::kill(pid, SIGTERM);
-            ::waitpid(pid, nullptr, 0);
-        }
-    } guard{pid};
-    std::string line;
-    char ch = 0;
-    while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') line += ch;
-    ::close(out_pipe[0]);
-    REQUIRE_MESSAGE(line.rfind("listening http://127.0.0.1:", 0) == 0, line);
-    const std::string base = line.substr(std::string("listening ").size());
-    const auto port = static_cast<Poco::UInt16>(std::stoi(line.substr(line.rfind(':') + 1)));
-    int jti = 0;
-    auto signed_by = [&](const std::string& iss, const PrivateKey& key, const std::string& path) {
-        cdstest::Claims c;
-        c.iss = iss;
-        c.aud = base + path;
-        c.iat = static_cast<std::int64_t>(::time(nullptr));
-        c.exp = c.iat + 300;
-        c.jti = "serve-" + std::to_string(::getpid()) + "-" + std::to_string(++jti);
-        return cdstest::sign(key, c);
-    };
-    auto post = [&](const std::string& path, const std::string& body, const std::string& tok) {
-        Poco::Net::HTTPClientSession s("127.0.0.1", port);
-        s.setTimeout(Poco::Timespan(20, 0));
-        Poco::Net::HTTPRequest req("POST", path, Poco::Net::HTTPMessage::HTTP_1_1);
-        req.set("Authorization", "Bearer " + tok);
-        req.setContentType("application/json");
-        req.setContentLength(static_cast<std::streamsize>(body.size()));
-        s.sendRequest(req) << body;
-        Resp out;
-        Poco::StreamCopier::copyToString(s.receiveResponse(out.meta), out.body);
-        out.status = static_cast<int>(out.meta.getStatus());
-        return out;
-    };
-    const std::string yesterday = fhir::format_datetime(static_cast<std::int64_t>(::time(nullptr)) - 86400);
-    auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
-    const std::string body = cdstest::replace_all(cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)),
-                                                  "2026-11-14T07:50:00Z", yesterday);
-    auto call_as = [&](const std::string& iss, const PrivateKey& key) {
-        const Resp c = post(kPV, body, signed_by(iss, key, kPV));
-        CHECK_MESSAGE(c.status == 200, c.body);
-        return rules_of(c);
-    };
-    auto override_as = [&](const std::string& iss, const PrivateKey& key, const std::string& uuid) {
-        const std::string fb = R"({"feedback":[{"card":")" + uuid +
-                               R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"not-clinically-relevant"}},"outcomeTimestamp":")" +
-                               yesterday + R"("}]})";
-        return post(kPV + "/feedback", fb, signed_by(iss, key, kPV + "/feedback")).status;
-    };
-    const std::vector<std::string> card = {"metastatic-calcification-risk"};
-    const std::string uuid = mappings::alert_identifier("Patient/harold-kim", "metastatic-calcification-risk");
-
-    REQUIRE(call_as(kIss, e.ec) == card);                 // A is issued the card
-    CHECK(override_as(iss_b, e.vendor, uuid) == 200);     // B overrides a card it never received: ignored
-    CHECK(call_as(kIss, e.ec) == card);
-    CHECK(call_as(iss_b, e.vendor) == card);              // B is issued the card ...
-    CHECK(override_as(iss_b, e.vendor, uuid) == 200);     // ... and overrides it
-    CHECK(call_as(iss_b, e.vendor).empty());              // hidden for B
-    CHECK(call_as(kIss, e.ec) == card);                   // still shown to A
-    CHECK(call_as(kIss, e.rsa) == card);                  // (A with its other key)
-
-    Poco::Net::HTTPClientSession s("127.0.0.1", port);
-    Poco::Net::HTTPRequest req("GET", "/metrics", Poco::Net::HTTPMessage::HTTP_1_1);
-    s.sendRequest(req);
-    Poco::Net::HTTPResponse resp;
-    std::string metrics;
-    Poco::StreamCopier::copyToString(s.receiveResponse(resp), metrics);
-    CHECK(metrics.find("calcalert_cds_feedback_ignored_total 1\n") != std::string::npos);
-    CHECK(metrics.find("calcalert_cds_overrides_total{rule=\"metastatic-calcification-risk\",reason=\"not-clinically-relevant\"} 1") !=
-          std::string::npos);
-    guard.pid = 0;
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-}
-
-TEST_CASE("a card and the DetectedIssue the poller writes for the same patient agree") {
-    Env& e = env();
-    // A FHIR server of its own, holding only this patient, for the poller.
-    test::SandboxOptions so;
-    so.extra_args = {"--no-validate"};
-    test::SandboxServer own(so);
-    fhir::ClientOptions copts;
-    copts.base_url = own.base_url();
-    fhir::FhirClient client(copts);
-    Env::seed(client, cdstest::cohort_patient(kCohort, "margaret-okafor").resources);
-    auto poll_store = state::open_sqlite_store(":memory:");
-    poll::Poller poller(client, *poll_store, e.term, e.catalog, poll::PollOptions{});
-    poller.run_once(kNow);
-
-    auto r = start([&own](ServeConfig& c) { c.fhir_servers = {own.base_url()}; });
-    const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "margaret-okafor", "", own.base_url(), kEhrToken),
-                        token(*r, kPV));
-    REQUIRE_MESSAGE(c.status == 200, c.body);
-    auto cards = json(c.body);
-    REQUIRE(cards["cards"].Size() == 1);
-    const auto& card = cards["cards"][0];
-    const std::string uuid = card["uuid"].GetString();
-    const auto page = client.get_resource("DetectedIssue?identifier=urn:calcalert:detected-issue%7C" + uuid);
-    REQUIRE(page["entry"].Size() == 1);
-    const auto& issue = page["entry"][0]["resource"];
-    const auto& ext = card["extension"][mappings::kCardExtension];
-    CHECK(std::string(issue["identifier"][0]["value"].GetString()) == uuid);
-    CHECK(std::string(ext["identifier"]["value"].GetString()) == uuid);
-    CHECK(std::string(issue["code"]["coding"][0]["code"].GetString()) == card["source"]["topic"]["code"].GetString());
-    CHECK(std::string(issue["severity"].GetString()) == ext["severity"].GetString());
-    CHECK(std::string(card["indicator"].GetString()) == "critical");
-    REQUIRE(issue["evidence"].Size() == ext["evidence"].Size());
-    for (rapidjson::SizeType i = 0; i < ext["evidence"].Size(); ++i)
-        CHECK(std::string(ext["evidence"][i]["label"].GetString()) + ": " + ext["evidence"][i]["text"].GetString() ==
-              issue["evidence"][i]["code"][0]["text"].GetString());
-}
-
 // `calcalert serve --config FILE --port 0` as a child process (stderr to /dev/null); the port from
 // the first line it prints. Stopped with SIGTERM when it goes out of scope.
 struct ServeProcess {
@@ -622,10 +479,12 @@ struct ServeProcess {
         pid = -1;
         return status;
     }
-    Resp request(const std::string& method, const std::string& path, const std::string& body = "") const {
+    Resp request(const std::string& method, const std::string& path, const std::string& body = "",
+                 const std::string& bearer_token = "") const {
         Poco::Net::HTTPClientSession s("127.0.0.1", port);
         s.setTimeout(Poco::Timespan(30, 0));
         Poco::Net::HTTPRequest req(method, path, Poco::Net::HTTPMessage::HTTP_1_1);
+        if (!bearer_token.empty()) req.set("Authorization", "Bearer " + bearer_token);
         if (!body.empty() || method == "POST") {
             req.setContentType("application/json");
             req.setContentLength(static_cast<std::streamsize>(body.size()));
@@ -688,6 +547,104 @@ long long metric(const std::string& text, const std::string& series) {
     const auto at = text.find("\n" + series + " ");
     if (at == std::string::npos) return -1;
     return std::stoll(text.substr(at + series.size() + 2));
+}
+
+TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") {
+    // The real program with two JWT issuers, each with its own key file; it runs on the system clock,
+    // so the patient's labs are dated yesterday.
+    Env& e = env();
+    const std::string iss_b = "https://other-ehr.example.org";
+    std::ofstream(e.dir / "other-jwks.json") << cdstest::jwks_of({&e.vendor});
+    std::ostringstream cfg;
+    cfg << R"({"state_file": ":memory:", "issuers": [{"iss": ")" << kIss << R"(", "jwks_file": ")"
+        << (e.dir / "ehr-jwks.json").string() << R"("}, {"iss": ")" << iss_b << R"(", "jwks_file": ")"
+        << (e.dir / "other-jwks.json").string() << R"("}]})";
+    ServeProcess serve("serve-issuers.json", cfg.str());
+    const std::string base = serve.first_line.substr(std::string("listening ").size());
+    int jti = 0;
+    auto signed_by = [&](const std::string& iss, const PrivateKey& key, const std::string& path) {
+        cdstest::Claims c;
+        c.iss = iss;
+        c.aud = base + path;
+        c.iat = static_cast<std::int64_t>(::time(nullptr));
+        c.exp = c.iat + 300;
+        c.jti = "serve-" + std::to_string(::getpid()) + "-" + std::to_string(++jti);
+        return cdstest::sign(key, c);
+    };
+    auto post = [&](const std::string& path, const std::string& body, const std::string& tok) {
+        return serve.request("POST", path, body, tok);
+    };
+    const std::string yesterday = fhir::format_datetime(static_cast<std::int64_t>(::time(nullptr)) - 86400);
+    auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
+    const std::string body = cdstest::replace_all(cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)),
+                                                  "2026-11-14T07:50:00Z", yesterday);
+    auto call_as = [&](const std::string& iss, const PrivateKey& key) {
+        const Resp c = post(kPV, body, signed_by(iss, key, kPV));
+        CHECK_MESSAGE(c.status == 200, c.body);
+        return rules_of(c);
+    };
+    auto override_as = [&](const std::string& iss, const PrivateKey& key, const std::string& uuid) {
+        const std::string fb = R"({"feedback":[{"card":")" + uuid +
+                               R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"not-clinically-relevant"}},"outcomeTimestamp":")" +
+                               yesterday + R"("}]})";
+        return post(kPV + "/feedback", fb, signed_by(iss, key, kPV + "/feedback")).status;
+    };
+    const std::vector<std::string> card = {"metastatic-calcification-risk"};
+    const std::string uuid = mappings::alert_identifier("Patient/harold-kim", "metastatic-calcification-risk");
+
+    REQUIRE(call_as(kIss, e.ec) == card);                 // A is issued the card
+    CHECK(override_as(iss_b, e.vendor, uuid) == 200);     // B overrides a card it never received: ignored
+    CHECK(call_as(kIss, e.ec) == card);
+    CHECK(call_as(iss_b, e.vendor) == card);              // B is issued the card ...
+    CHECK(override_as(iss_b, e.vendor, uuid) == 200);     // ... and overrides it
+    CHECK(call_as(iss_b, e.vendor).empty());              // hidden for B
+    CHECK(call_as(kIss, e.ec) == card);                   // still shown to A
+    CHECK(call_as(kIss, e.rsa) == card);                  // (A with its other key)
+
+    const std::string metrics = serve.request("GET", "/metrics").body;
+    CHECK(metrics.find("calcalert_cds_feedback_ignored_total 1\n") != std::string::npos);
+    CHECK(metrics.find("calcalert_cds_overrides_total{rule=\"metastatic-calcification-risk\",reason=\"not-clinically-relevant\"} 1") !=
+          std::string::npos);
+    const int status = serve.stop();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a card and the DetectedIssue the poller writes for the same patient agree") {
+    Env& e = env();
+    // A FHIR server of its own, holding only this patient, for the poller.
+    test::SandboxOptions so;
+    so.extra_args = {"--no-validate"};
+    test::SandboxServer own(so);
+    fhir::ClientOptions copts;
+    copts.base_url = own.base_url();
+    fhir::FhirClient client(copts);
+    Env::seed(client, cdstest::cohort_patient(kCohort, "margaret-okafor").resources);
+    auto poll_store = state::open_sqlite_store(":memory:");
+    poll::Poller poller(client, *poll_store, e.term, e.catalog, poll::PollOptions{});
+    poller.run_once(kNow);
+
+    auto r = start([&own](ServeConfig& c) { c.fhir_servers = {own.base_url()}; });
+    const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "margaret-okafor", "", own.base_url(), kEhrToken),
+                        token(*r, kPV));
+    REQUIRE_MESSAGE(c.status == 200, c.body);
+    auto cards = json(c.body);
+    REQUIRE(cards["cards"].Size() == 1);
+    const auto& card = cards["cards"][0];
+    const std::string uuid = card["uuid"].GetString();
+    const auto page = client.get_resource("DetectedIssue?identifier=urn:calcalert:detected-issue%7C" + uuid);
+    REQUIRE(page["entry"].Size() == 1);
+    const auto& issue = page["entry"][0]["resource"];
+    const auto& ext = card["extension"][mappings::kCardExtension];
+    CHECK(std::string(issue["identifier"][0]["value"].GetString()) == uuid);
+    CHECK(std::string(ext["identifier"]["value"].GetString()) == uuid);
+    CHECK(std::string(issue["code"]["coding"][0]["code"].GetString()) == card["source"]["topic"]["code"].GetString());
+    CHECK(std::string(issue["severity"].GetString()) == ext["severity"].GetString());
+    CHECK(std::string(card["indicator"].GetString()) == "critical");
+    REQUIRE(issue["evidence"].Size() == ext["evidence"].Size());
+    for (rapidjson::SizeType i = 0; i < ext["evidence"].Size(); ++i)
+        CHECK(std::string(ext["evidence"][i]["label"].GetString()) + ": " + ext["evidence"][i]["text"].GetString() ==
+              issue["evidence"][i]["code"][0]["text"].GetString());
 }
 
 TEST_CASE("calcalert serve: stops gracefully on SIGTERM; --insecure-dev only on loopback") {
