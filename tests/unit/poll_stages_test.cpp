@@ -3,6 +3,8 @@
 // refusal, kill points, the work queue and feed cursors in SQLite, and the schema upgrade.
 #include <doctest/doctest.h>
 
+#include "old_state_file.hpp"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -191,18 +193,12 @@ TEST_CASE("state: the work queue and feed cursors survive reopening; a deferred 
 
 TEST_CASE("state: a schema-1 state file is upgraded in place, its ledger kept") {
     TempDb db;
-    {
-        Poco::Data::SQLite::Connector::registerConnector();
-        Poco::Data::Session session(Poco::Data::SQLite::Connector::KEY, db.path);
-        using namespace Poco::Data::Keywords;
-        session << "CREATE TABLE calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", now;
-        session << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', '1')", now;
-        session << "CREATE TABLE alerts (server TEXT NOT NULL, identifier TEXT NOT NULL, patient TEXT NOT NULL,"
-                   " rule_id TEXT NOT NULL, evidence_hash TEXT NOT NULL, status TEXT NOT NULL, server_id TEXT NOT NULL,"
-                   " server_version TEXT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (server, identifier))",
-            now;
-        session << "INSERT INTO alerts VALUES ('http://s/fhir', 'id-1', 'Patient/p', 'r', 'h', 'final', 'di-1', '1', 5)", now;
-    }
+    test::write_old_state_file(
+        db.path, 1,
+        {"CREATE TABLE alerts (server TEXT NOT NULL, identifier TEXT NOT NULL, patient TEXT NOT NULL,"
+         " rule_id TEXT NOT NULL, evidence_hash TEXT NOT NULL, status TEXT NOT NULL, server_id TEXT NOT NULL,"
+         " server_version TEXT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (server, identifier))",
+         "INSERT INTO alerts VALUES ('http://s/fhir', 'id-1', 'Patient/p', 'r', 'h', 'final', 'di-1', '1', 5)"});
     auto store = state::open_sqlite_store(db.path);
     REQUIRE(store->alert("http://s/fhir", "id-1"));
     store->enqueue_patient("http://s/fhir", "Patient/p", 1);

@@ -13,6 +13,7 @@
 #include <Poco/Data/Session.h>
 
 #include "adapters/state/state_store.hpp"
+#include "old_state_file.hpp"
 
 using namespace calcalert::state;
 
@@ -178,22 +179,15 @@ TEST_CASE("issued cards are per (issuer, service, card uuid); overrides per (iss
 
 TEST_CASE("a schema-2 state file is upgraded in place: feedback kept, unbound suppressions dropped") {
     const TempFile path("schema2");
-    {
-        Poco::Data::SQLite::Connector::registerConnector();
-        Poco::Data::Session session(Poco::Data::SQLite::Connector::KEY, path.path);
-        using namespace Poco::Data::Keywords;
-        session << "CREATE TABLE calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", now;
-        session << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', '2')", now;
-        session << "CREATE TABLE cds_feedback (id INTEGER PRIMARY KEY, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,"
-                   " patient TEXT NOT NULL, rule_id TEXT NOT NULL, outcome TEXT NOT NULL, override_reason TEXT NOT NULL,"
-                   " outcome_at BIGINT NOT NULL, received_at BIGINT NOT NULL)",
-            now;
-        session << "INSERT INTO cds_feedback VALUES (1, 'svc', 'u1', 'Patient/1', 'rule-x', 'overridden', 'r', 5, 6)", now;
-        session << "CREATE TABLE cds_suppressions (patient TEXT NOT NULL, rule_id TEXT NOT NULL, until_at BIGINT NOT NULL,"
-                   " PRIMARY KEY (patient, rule_id))",
-            now;
-        session << "INSERT INTO cds_suppressions VALUES ('Patient/1', 'rule-x', 99999999999)", now;
-    }
+    test::write_old_state_file(
+        path.path, 2,
+        {"CREATE TABLE cds_feedback (id INTEGER PRIMARY KEY, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,"
+         " patient TEXT NOT NULL, rule_id TEXT NOT NULL, outcome TEXT NOT NULL, override_reason TEXT NOT NULL,"
+         " outcome_at BIGINT NOT NULL, received_at BIGINT NOT NULL)",
+         "INSERT INTO cds_feedback VALUES (1, 'svc', 'u1', 'Patient/1', 'rule-x', 'overridden', 'r', 5, 6)",
+         "CREATE TABLE cds_suppressions (patient TEXT NOT NULL, rule_id TEXT NOT NULL, until_at BIGINT NOT NULL,"
+         " PRIMARY KEY (patient, rule_id))",
+         "INSERT INTO cds_suppressions VALUES ('Patient/1', 'rule-x', 99999999999)"});
     {
         auto s = open_sqlite_store(path);
         const auto fb = s->feedback("Patient/1", "rule-x");
@@ -224,13 +218,7 @@ TEST_CASE("a schema-2 state file is upgraded in place: feedback kept, unbound su
 
 TEST_CASE("a state file of a newer schema is refused") {
     const TempFile path("schema9");
-    {
-        Poco::Data::SQLite::Connector::registerConnector();
-        Poco::Data::Session session(Poco::Data::SQLite::Connector::KEY, path.path);
-        using namespace Poco::Data::Keywords;
-        session << "CREATE TABLE calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", now;
-        session << "INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', '9')", now;
-    }
+    test::write_old_state_file(path.path, 9, {});
     CHECK_THROWS_AS(open_sqlite_store(path), StateError);
 }
 
