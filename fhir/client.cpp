@@ -402,6 +402,10 @@ public:
         list_ = next;
     }
     curl_slist* get() const { return list_; }
+    void clear() {
+        curl_slist_free_all(list_);
+        list_ = nullptr;
+    }
 
 private:
     curl_slist* list_ = nullptr;
@@ -528,6 +532,7 @@ FhirClient::FhirClient(ClientOptions options) : options_(std::move(options)) {
     if (std::any_of(options_.bearer_token.begin(), options_.bearer_token.end(),
                     [](char c) { return is_control(static_cast<unsigned char>(c)); }))
         bad("the bearer token contains a line break or control character");
+    if (options_.token_provider && !options_.bearer_token.empty()) bad("both bearer_token and token_provider are set");
     if (std::any_of(options_.user_agent.begin(), options_.user_agent.end(),
                     [](char c) { return is_control(static_cast<unsigned char>(c)); }))
         bad("the user agent contains a line break or control character");
@@ -552,8 +557,9 @@ FhirClient::~FhirClient() = default;
 void FhirClient::fail(const std::string& message, long status, FhirErrorKind kind) const {
     std::string m = message;
     // Never let the token into a message, even when a server echoes it back.
-    if (const std::string& token = options_.bearer_token; !token.empty())
-        for (std::size_t p = m.find(token); p != std::string::npos; p = m.find(token, p + 10)) m.replace(p, token.size(), "[redacted]");
+    for (const std::string* t : std::initializer_list<const std::string*>{&options_.bearer_token, &last_token_})
+        if (const std::string& token = *t; !token.empty())
+            for (std::size_t p = m.find(token); p != std::string::npos; p = m.find(token, p + 10)) m.replace(p, token.size(), "[redacted]");
     throw FhirError(m, status, kind);
 }
 
@@ -640,26 +646,47 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
                              const std::map<std::string, std::string>& headers, Retry retry, const BodyCheck& check) {
     std::string url = resolve(method, target);
 
-    std::vector<std::pair<std::string, std::string>> fields = {{"Accept", "application/fhir+json"}};
-    if (body != nullptr) fields.emplace_back("Content-Type", "application/fhir+json");
-    if (!options_.bearer_token.empty()) fields.emplace_back("Authorization", "Bearer " + options_.bearer_token);
-    fields.emplace_back("Expect", "");  // no "Expect: 100-continue" round trip before large bodies
-    for (const auto& [name, value] : headers) {
-        if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return is_token_char(static_cast<unsigned char>(c)); }))
-            fail(method + " " + url + ": the request header name \"" + escaped(name, 64) + "\" is not a valid HTTP field name", 0,
-                 FhirErrorKind::refused);
-        if (std::any_of(value.begin(), value.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; }))
-            fail(method + " " + url + ": the request header " + name + " has a line break in its value", 0, FhirErrorKind::refused);
-        const auto same = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return iequals(f.first, name); });
-        if (same != fields.end()) same->second = value;
-        else fields.emplace_back(name, value);
-    }
+    // The token of this attempt: the provider's (asked again after a 401) or the fixed one.
+    std::string token = options_.bearer_token;
+    const auto ask_token = [&] {
+        if (!options_.token_provider) return;
+        try {
+            token = options_.token_provider->token();
+        } catch (const FhirError& e) {
+            fail(method + " " + url + ": no token: " + e.what(), 0, e.kind());
+        } catch (const std::exception& e) {
+            fail(method + " " + url + ": no token: " + e.what(), 0, FhirErrorKind::auth);
+        }
+        if (std::any_of(token.begin(), token.end(), [](char c) { return is_control(static_cast<unsigned char>(c)); }))
+            fail(method + " " + url + ": the token provider gave a token with a control character", 0, FhirErrorKind::auth);
+        last_token_ = token;
+    };
+    ask_token();
     HeaderList list;
-    for (const auto& [name, value] : fields) {
-        if (!value.empty()) list.add(name + ": " + value);
-        else if (iequals(name, "Expect")) list.add(name + ":");  // removes the header libcurl would add
-        else list.add(name + ";");                                // sends the header with an empty value
-    }
+    const auto build_headers = [&] {
+        std::vector<std::pair<std::string, std::string>> fields = {{"Accept", "application/fhir+json"}};
+        if (body != nullptr) fields.emplace_back("Content-Type", "application/fhir+json");
+        if (!token.empty()) fields.emplace_back("Authorization", "Bearer " + token);
+        fields.emplace_back("Expect", "");  // no "Expect: 100-continue" round trip before large bodies
+        for (const auto& [name, value] : headers) {
+            if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return is_token_char(static_cast<unsigned char>(c)); }))
+                fail(method + " " + url + ": the request header name \"" + escaped(name, 64) + "\" is not a valid HTTP field name", 0,
+                     FhirErrorKind::refused);
+            if (std::any_of(value.begin(), value.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; }))
+                fail(method + " " + url + ": the request header " + name + " has a line break in its value", 0, FhirErrorKind::refused);
+            const auto same = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return iequals(f.first, name); });
+            if (same != fields.end()) same->second = value;
+            else fields.emplace_back(name, value);
+        }
+        list.clear();
+        for (const auto& [name, value] : fields) {
+            if (!value.empty()) list.add(name + ": " + value);
+            else if (iequals(name, "Expect")) list.add(name + ":");  // removes the header libcurl would add
+            else list.add(name + ";");                                // sends the header with an empty value
+        }
+    };
+    build_headers();
+    bool reauthenticated = false;
 
     const bool replayable = retry == Retry::replayable;
     const auto started = monotonic_now();
@@ -741,6 +768,14 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
             fail(method + " " + url + ": " + failure->message +
                      (retries > 0 ? "; gave up after " + attempts_text(retries + 1) : std::string()),
                  0, FhirErrorKind::transport);
+        }
+        // A refused token: the provider forgets it and this request goes once more with a new one
+        // (a 401 means the request was not processed, so a POST may be sent again too).
+        if (r.status == 401 && options_.token_provider && !reauthenticated && options_.token_provider->refused(token)) {
+            reauthenticated = true;
+            ask_token();
+            build_headers();
+            continue;
         }
         // Retried statuses: a replayable request on every 5xx, 429 and 408. A POST that is not
         // replayable only on 429 and 503, which mean the server did not process it; a 502 or 504

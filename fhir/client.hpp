@@ -47,6 +47,8 @@
 
 #include <rapidjson/document.h>
 
+#include "fhir/token_provider.hpp"
+
 namespace calcalert::fhir {
 
 // How a backoff wait is spread (see the header comment). d is initial_backoff doubled per retry,
@@ -62,6 +64,9 @@ enum class Jitter {
 struct ClientOptions {
     std::string base_url;          // e.g. http://127.0.0.1:8080/fhir (no trailing slash needed)
     std::string bearer_token;      // sent as "Authorization: Bearer ..."; never logged
+    // Instead of bearer_token (not both): asked before each request; on a 401 told so, and the
+    // request is sent once more with its new token (fhir/token_provider.hpp).
+    std::shared_ptr<TokenProvider> token_provider;
     bool verify_tls = true;        // off only when explicitly asked
     std::string ca_file;           // extra CA bundle (PEM), optional
     std::chrono::milliseconds connect_timeout{5000};
@@ -109,6 +114,7 @@ enum class FhirErrorKind {
     budget_spent,  // a retry was due but ClientOptions::fault_budget is spent
     deadline,      // ClientOptions::request_deadline passed, or a retry's wait would pass it
     too_large,     // the body passed ClientOptions::max_response_bytes
+    auth,          // no token: the token provider's service refused (or its file is missing)
 };
 
 // A request that failed: transport error, refused URL, non-2xx status, or a body that is not the FHIR
@@ -136,7 +142,8 @@ public:
             case FhirErrorKind::budget_spent: return true;
             case FhirErrorKind::http_status: return status_ >= 500 || status_ == 429 || status_ == 408;
             case FhirErrorKind::refused:
-            case FhirErrorKind::too_large: return false;
+            case FhirErrorKind::too_large:
+            case FhirErrorKind::auth: return false;
         }
         return false;
     }
@@ -237,6 +244,7 @@ private:
     std::string origin_;  // scheme://host:port of base_, lower case, port explicit
     ClientStats stats_;
     std::uint64_t faults_used_ = 0;  // retries since the fault budget was reset
+    mutable std::string last_token_;  // the token_provider's latest token, redacted from messages
 };
 
 }  // namespace calcalert::fhir

@@ -104,8 +104,8 @@ JwtVerifier::JwtVerifier(const ServeConfig& config, state::StateStore& store, Ur
             std::stringstream ss;
             ss << in.rdbuf();
             try {
-                is.file_keys = parse_jwks(ss.str());
-            } catch (const JwkError& e) {
+                is.file_keys = jose::parse_jwks(ss.str());
+            } catch (const jose::JwkError& e) {
                 throw ConfigError("issuer " + ic.iss + ": jwks_file " + ic.jwks_file + ": " + e.what());
             }
             if (is.file_keys.empty())
@@ -120,11 +120,11 @@ std::size_t JwtVerifier::jku_fetches() const {
     return fetches_;
 }
 
-std::vector<PublicKey> JwtVerifier::jku_keys(const std::string& url, const std::string& kid, std::int64_t now) {
+std::vector<jose::PublicKey> JwtVerifier::jku_keys(const std::string& url, const std::string& kid, std::int64_t now) {
     std::lock_guard<std::mutex> lock(mutex_);
     CachedSet& c = cache_[url];
-    auto with_kid = [&kid](const std::vector<PublicKey>& keys) {
-        std::vector<PublicKey> out;
+    auto with_kid = [&kid](const std::vector<jose::PublicKey>& keys) {
+        std::vector<jose::PublicKey> out;
         for (const auto& k : keys)
             if (k.kid == kid) out.push_back(k);
         return out;
@@ -142,9 +142,9 @@ std::vector<PublicKey> JwtVerifier::jku_keys(const std::string& url, const std::
     auto body = fetch_(url);
     if (!body) return {};
     try {
-        c.keys = parse_jwks(*body);
+        c.keys = jose::parse_jwks(*body);
         c.ok = true;
-    } catch (const JwkError&) {
+    } catch (const jose::JwkError&) {
         c.keys.clear();
         return {};
     }
@@ -156,9 +156,9 @@ AuthResult JwtVerifier::verify(std::string_view token, const std::string& audien
     const auto dot2 = dot1 == std::string_view::npos ? dot1 : token.find('.', dot1 + 1);
     if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos)
         return fail("not a compact JWS (three parts)");
-    const auto header_text = base64url_decode(token.substr(0, dot1));
-    const auto payload_text = base64url_decode(token.substr(dot1 + 1, dot2 - dot1 - 1));
-    const auto signature = base64url_decode(token.substr(dot2 + 1));
+    const auto header_text = jose::base64url_decode(token.substr(0, dot1));
+    const auto payload_text = jose::base64url_decode(token.substr(dot1 + 1, dot2 - dot1 - 1));
+    const auto signature = jose::base64url_decode(token.substr(dot2 + 1));
     if (!header_text || !payload_text || !signature) return fail("a part is not base64url");
     if (signature->empty()) return fail("unsigned token");
 
@@ -188,7 +188,7 @@ AuthResult JwtVerifier::verify(std::string_view token, const std::string& audien
     if (issuer == issuers_.end()) return fail("issuer not allowed: " + *iss);
 
     // The key: the issuer's file first, then an allow-listed jku.
-    std::vector<PublicKey> candidates;
+    std::vector<jose::PublicKey> candidates;
     for (const auto& k : issuer->second.file_keys)
         if (k.kid == *kid) candidates.push_back(k);
     if (candidates.empty()) {
@@ -207,7 +207,7 @@ AuthResult JwtVerifier::verify(std::string_view token, const std::string& audien
     const std::string_view signing_input = token.substr(0, dot2);
     bool verified = false;
     for (const auto& k : candidates)
-        if (verify_signature(k, *alg, signing_input, *signature)) {
+        if (jose::verify_signature(k, *alg, signing_input, *signature)) {
             verified = true;
             break;
         }

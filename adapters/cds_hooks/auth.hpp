@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "adapters/cds_hooks/config.hpp"
-#include "adapters/cds_hooks/jws.hpp"
+#include "jose/jws.hpp"
 #include "adapters/state/state_store.hpp"
 
 namespace calcalert::cds {
@@ -47,15 +47,15 @@ public:
 private:
     struct Issuer {
         IssuerConfig config;
-        std::vector<PublicKey> file_keys;
+        std::vector<jose::PublicKey> file_keys;
     };
     struct CachedSet {
-        std::vector<PublicKey> keys;
+        std::vector<jose::PublicKey> keys;
         std::int64_t fetched_at = 0;
         bool ok = false;
     };
     // Keys with `kid` from the jku URL (cached; refetched when stale, or once a minute when kid is unknown).
-    std::vector<PublicKey> jku_keys(const std::string& url, const std::string& kid, std::int64_t now);
+    std::vector<jose::PublicKey> jku_keys(const std::string& url, const std::string& kid, std::int64_t now);
 
     ServeConfig config_;
     state::StateStore& store_;

@@ -18,6 +18,7 @@ Commands:
   poll       poll a FHIR server and write the findings back as DetectedIssues
   alerts     list the DetectedIssues calcalert wrote on a FHIR server
   serve      run the CDS Hooks 2.0 service (patient-view, order-select, order-sign)
+  smart      make a SMART Backend Services client key and print its JWK Set
   version    print the version
 
 Run 'calcalert <command> --help' for a command's options.
@@ -43,6 +44,7 @@ int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& er
         if (command == "serve") return serve_command(rest, out, err);
         if (command == "poll") return poll_command(rest, out, err);
         if (command == "alerts") return alerts_command(rest, out, err);
+        if (command == "smart") return smart_command(rest, out, err);
         if (command == "version" || command == "--version") {
             out << "calcalert " << CALCALERT_VERSION << "\n";
             return ok;

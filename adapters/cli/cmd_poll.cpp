@@ -17,6 +17,7 @@
 #include "adapters/cli/log.hpp"
 #include "adapters/poll/poller.hpp"
 #include "adapters/state/state_store.hpp"
+#include "auth/smart_backend.hpp"
 #include "fhir/client.hpp"
 #include "fhir/views.hpp"
 
@@ -43,7 +44,15 @@ Options:
                          $XDG_STATE_HOME/calcalert/state.sqlite, else ~/.local/state/calcalert/state.sqlite)
   --dry-run              write nothing (neither server nor state); print what would be written
   --now RFC3339          evaluation time (default: the current time of each pass)
-  --token-file FILE      bearer token for the server (else $CALCALERT_FHIR_TOKEN, else none)
+  --token-file FILE      bearer token for the server (else $CALCALERT_FHIR_TOKEN, else none); re-read
+                         after a 401, so a rotated file is picked up
+  --smart-client-id ID   SMART Backend Services: the client id registered with the server ...
+  --smart-key FILE       ... the client's private key (PEM, EC P-384 for ES384 or RSA for RS384;
+                         `calcalert smart keygen` makes one, `calcalert smart jwks` prints its JWKS)
+  --smart-scope SCOPES   ... the scopes asked for (default: v2 system/Observation.rs system/Condition.rs
+                         system/Procedure.rs system/Patient.r system/DetectedIssue.cruds)
+  --smart-token-url URL  ... the token endpoint (default: from {server}/.well-known/smart-configuration)
+  --smart-jku URL        ... the URL of the client's JWK Set, sent in the assertion header (optional)
   --ca-file FILE         extra CA certificates (PEM) for TLS
   --insecure-skip-tls-verify   do not verify the server's certificate (testing only)
   --page-size N          search page size (default 200)
@@ -70,6 +79,7 @@ stderr and tried again by the next pass.
 
 const char* const kAlertsHelp = R"(Usage: calcalert alerts --server URL [--token-file FILE] [--identifier-system URI]
                         [--insecure-skip-tls-verify] [--ca-file FILE]
+                        [--smart-client-id ID --smart-key FILE [--smart-scope ...] [--smart-token-url URL]]
 
 Lists the DetectedIssues calcalert wrote on a FHIR server: patient, rule, severity, status, summary.
 )";
@@ -124,17 +134,35 @@ fhir::ClientOptions client_options(const Options& opts) {
         throw UsageError("--server must be an http:// or https:// URL, not '" + *server + "'");
     c.base_url = *server;
     while (!c.base_url.empty() && c.base_url.back() == '/') c.base_url.pop_back();
-    if (auto f = opts.value("token-file")) {
+    if (auto f = opts.value("ca-file")) c.ca_file = *f;
+    if (opts.flag("insecure-skip-tls-verify")) c.verify_tls = false;
+    const auto client_id = opts.value("smart-client-id");
+    const auto key_file = opts.value("smart-key");
+    if (client_id || key_file) {
+        if (!client_id || !key_file) throw UsageError("--smart-client-id and --smart-key go together");
+        if (opts.value("token-file")) throw UsageError("--token-file and SMART Backend Services (--smart-*) exclude each other");
+        auth::SmartBackendOptions so;
+        so.fhir_base_url = c.base_url;
+        so.client_id = *client_id;
+        try {
+            so.key = jose::load_private_key_pem(*key_file, "");
+        } catch (const jose::JwkError& e) {
+            throw UsageError(std::string("--smart-key: ") + e.what());
+        }
+        so.key.kid = jose::jwk_thumbprint(so.key);
+        if (auto v = opts.value("smart-scope")) so.scope = *v;
+        if (auto v = opts.value("smart-token-url")) so.token_url = *v;
+        if (auto v = opts.value("smart-jku")) so.jku = *v;
+        so.ca_file = c.ca_file;
+        so.verify_tls = c.verify_tls;
+        c.token_provider = std::make_shared<auth::SmartBackendServices>(std::move(so));
+    } else if (auto f = opts.value("token-file")) {
         std::ifstream in(*f);
         if (!in) throw UsageError("--token-file " + *f + ": cannot open");
-        std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-        c.bearer_token = token;
+        c.token_provider = fhir::token_file(*f);
     } else if (const char* env = std::getenv("CALCALERT_FHIR_TOKEN"); env && *env) {
         c.bearer_token = env;
     }
-    if (auto f = opts.value("ca-file")) c.ca_file = *f;
-    if (opts.flag("insecure-skip-tls-verify")) c.verify_tls = false;
     return c;
 }
 
@@ -161,7 +189,8 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     Options opts(args,
                  {"server", "interval", "state", "now", "token-file", "ca-file", "page-size", "batch", "overlap",
                   "bundle-type", "lab-code-search", "retries", "fault-budget", "request-deadline", "catalog",
-                  "terminology", "identifier-system"},
+                  "terminology", "identifier-system", "smart-client-id", "smart-key", "smart-scope", "smart-token-url",
+                  "smart-jku"},
                  {"help", "once", "dry-run", "insecure-skip-tls-verify"});
     if (opts.flag("help")) {
         out << kPollHelp;
@@ -261,7 +290,10 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
 }
 
 int alerts_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"server", "token-file", "ca-file", "identifier-system"}, {"help", "insecure-skip-tls-verify"});
+    Options opts(args,
+                 {"server", "token-file", "ca-file", "identifier-system", "smart-client-id", "smart-key", "smart-scope",
+                  "smart-token-url", "smart-jku"},
+                 {"help", "insecure-skip-tls-verify"});
     if (opts.flag("help")) {
         out << kAlertsHelp;
         return ok;

@@ -7,6 +7,9 @@
 // silently wrong results for search features the in-memory matcher cannot evaluate.
 //
 // Usage: node server.mjs --port N [--no-validate] [--verbose]
+//        [--smart-jwks FILE --smart-client-id ID [--smart-token-seconds N]]
+// With --smart-jwks, the server is a SMART Backend Services resource server (smart-auth.mjs):
+// every FHIR request but metadata and the discovery document needs a token from /auth/token.
 // Prints exactly one line to stdout when ready: "sandbox listening http://127.0.0.1:PORT/fhir".
 
 import {
@@ -31,6 +34,7 @@ import {
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 import http from 'node:http';
 import { isErrorIssue, loadDefinitions, validateFhirResource } from './fhir-common.mjs';
+import { createSmartAuth } from './smart-auth.mjs';
 
 const HOST = '127.0.0.1';
 const MAX_BODY_BYTES = 50 * 1024 * 1024;
@@ -44,14 +48,18 @@ const MEDPLUM_MAX_TX_CONDITIONAL_ENTRIES = 8;
 // ---- command line ----------------------------------------------------------------
 
 function usage() {
-  return 'usage: node server.mjs --port N [--no-validate] [--verbose]\n' +
-    '  --port N        TCP port on 127.0.0.1 (0 picks a free port)\n' +
-    '  --no-validate   do not validate resources on create/update\n' +
-    '  --verbose       log every request to stderr\n';
+  return 'usage: node server.mjs --port N [--no-validate] [--verbose] [--smart-jwks FILE --smart-client-id ID]\n' +
+    '  --port N                TCP port on 127.0.0.1 (0 picks a free port)\n' +
+    '  --no-validate           do not validate resources on create/update\n' +
+    '  --verbose               log every request to stderr\n' +
+    '  --smart-jwks FILE       SMART Backend Services: the registered client\'s public JWK Set\n' +
+    '  --smart-client-id ID    ... and its client id\n' +
+    '  --smart-token-seconds N ... and the lifetime of the access tokens it is granted (default 300)\n';
 }
 
 function parseArgs(argv) {
-  const opts = { port: undefined, validate: true, verbose: false };
+  const opts = { port: undefined, validate: true, verbose: false, smartJwks: undefined, smartClientId: undefined, smartTokenSeconds: 300 };
+  const value = (a, i) => (a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[i + 1]);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--port' || a.startsWith('--port=')) {
@@ -64,6 +72,17 @@ function parseArgs(argv) {
       opts.validate = false;
     } else if (a === '--verbose') {
       opts.verbose = true;
+    } else if (a === '--smart-jwks' || a.startsWith('--smart-jwks=')) {
+      opts.smartJwks = value(a, i);
+      if (!a.includes('=')) i++;
+    } else if (a === '--smart-client-id' || a.startsWith('--smart-client-id=')) {
+      opts.smartClientId = value(a, i);
+      if (!a.includes('=')) i++;
+    } else if (a === '--smart-token-seconds' || a.startsWith('--smart-token-seconds=')) {
+      const v = value(a, i);
+      if (!a.includes('=')) i++;
+      if (v === undefined || !/^\d+$/.test(v) || Number(v) < 1) throw new Error(`invalid --smart-token-seconds value: ${v}`);
+      opts.smartTokenSeconds = Number(v);
     } else if (a === '-h' || a === '--help') {
       process.stdout.write(usage());
       process.exit(0);
@@ -73,6 +92,9 @@ function parseArgs(argv) {
   }
   if (opts.port === undefined) {
     throw new Error('--port is required');
+  }
+  if ((opts.smartJwks === undefined) !== (opts.smartClientId === undefined)) {
+    throw new Error('--smart-jwks and --smart-client-id go together');
   }
   return opts;
 }
@@ -519,6 +541,7 @@ async function main() {
   const router = new FhirRouter();
   const repo = new SandboxRepository({ validate: opts.validate });
   let capabilityStatement;
+  let smart; // SMART Backend Services, when --smart-jwks is given (after listen: it needs the origin)
   const log = (obj) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...obj }) + '\n');
 
   // All repository work is serialized: the in-memory store then behaves as a fully
@@ -537,6 +560,18 @@ async function main() {
     let status = 500;
     try {
       const method = req.method ?? 'GET';
+      if (smart) {
+        if (await smart.handle(req, res, url, async () => parseBody(req, await readBody(req)) ?? {})) {
+          status = res.statusCode;
+          return;
+        }
+        if (url.pathname !== '/fhir/metadata' && !smart.authorized(req)) {
+          status = 401;
+          res.setHeader('WWW-Authenticate', 'Bearer error="invalid_token"');
+          send(res, 401, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', details: { text: 'a valid SMART access token is required' } }] });
+          return;
+        }
+      }
       if (!['GET', 'POST', 'PUT', 'DELETE', 'PATCH'].includes(method)) {
         throw new HttpError(405, `Method not allowed: ${method}`);
       }
@@ -648,6 +683,9 @@ async function main() {
   });
   const port = server.address().port;
   repo.baseUrl = `http://${HOST}:${port}/fhir`;
+  if (opts.smartJwks) {
+    smart = createSmartAuth({ jwksFile: opts.smartJwks, clientId: opts.smartClientId, tokenSeconds: opts.smartTokenSeconds, origin: `http://${HOST}:${port}` });
+  }
   capabilityStatement = buildCapabilityStatement(repo.baseUrl, medplumVersion);
 
   let stopping = false;

@@ -90,9 +90,9 @@ struct Env {
     rules::RuleCatalog catalog = rules::RuleCatalog::load(kSrc + "/rules/catalog", term.concepts());
     mappings::Medications meds = mappings::Medications::load(kSrc + "/mappings/data");
     std::vector<std::string> lab_tokens = lab_code_tokens(kSrc + "/mappings/data/lab-codes.tsv");
-    PrivateKey ec = generate_es384_key("ehr-ec-1");
-    PrivateKey rsa = generate_rs384_key("ehr-rsa-1");
-    PrivateKey vendor = generate_es384_key("vendor-ec-1");
+    jose::PrivateKey ec = jose::generate_es384_key("ehr-ec-1");
+    jose::PrivateKey rsa = jose::generate_rs384_key("ehr-rsa-1");
+    jose::PrivateKey vendor = jose::generate_es384_key("vendor-ec-1");
     fs::path dir = fs::temp_directory_path() / ("calcalert-cds-it-" + std::to_string(::getpid()));
     std::unique_ptr<Poco::Net::HTTPServer> jwks_http;
     std::string jku;
@@ -212,7 +212,7 @@ Resp http(const Running& r, const std::string& method, const std::string& path, 
 }
 
 int g_jti = 0;
-std::string token(const Running& r, const std::string& path, const PrivateKey* key = nullptr,
+std::string token(const Running& r, const std::string& path, const jose::PrivateKey* key = nullptr,
                   const std::function<void(cdstest::Claims&)>& tweak = {}) {
     cdstest::Claims c;
     c.iss = kIss;
@@ -279,7 +279,7 @@ TEST_CASE("service calls: full prefetch, null keys, fallback to the sandbox FHIR
     const auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
 
     SUBCASE("full prefetch (ES384 and RS384 clients)") {
-        for (const PrivateKey* key : {&env().ec, &env().rsa}) {
+        for (const jose::PrivateKey* key : {&env().ec, &env().rsa}) {
             const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)),
                                 token(*r, kPV, key));
             REQUIRE_MESSAGE(c.status == 200, c.body);
@@ -372,15 +372,15 @@ TEST_CASE("JWT negative cases are all 401 with no details") {
         c.exp = c.iat + 300;
         c.jti = "none-1";
         expect_401(cdstest::unsigned_token("ehr-ec-1", c), "alg none");
-        const std::string hs = base64url_encode(cdstest::header_json("HS256", "ehr-ec-1", c)) + "." +
-                               base64url_encode(cdstest::payload_json(c)) + "." + base64url_encode(std::string(32, 'k'));
+        const std::string hs = jose::base64url_encode(cdstest::header_json("HS256", "ehr-ec-1", c)) + "." +
+                               jose::base64url_encode(cdstest::payload_json(c)) + "." + jose::base64url_encode(std::string(32, 'k'));
         expect_401(hs, "HS256");
     }
     expect_401(token(*r, kPV, nullptr, [](cdstest::Claims& c) { c.iat -= 1000; c.exp = c.iat + 300; }), "expired");
     expect_401(token(*r, kPV, nullptr, [](cdstest::Claims& c) { c.aud += "-other"; }), "wrong aud");
     expect_401(token(*r, "/cds-services"), "aud of another endpoint");
     {
-        const PrivateKey stranger = generate_es384_key("stranger-kid");
+        const jose::PrivateKey stranger = jose::generate_es384_key("stranger-kid");
         expect_401(token(*r, kPV, &stranger), "unknown kid");
     }
     {
@@ -562,7 +562,7 @@ TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") 
     ServeProcess serve("serve-issuers.json", cfg.str());
     const std::string base = serve.first_line.substr(std::string("listening ").size());
     int jti = 0;
-    auto signed_by = [&](const std::string& iss, const PrivateKey& key, const std::string& path) {
+    auto signed_by = [&](const std::string& iss, const jose::PrivateKey& key, const std::string& path) {
         cdstest::Claims c;
         c.iss = iss;
         c.aud = base + path;
@@ -578,12 +578,12 @@ TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") 
     auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
     const std::string body = cdstest::replace_all(cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)),
                                                   "2026-11-14T07:50:00Z", yesterday);
-    auto call_as = [&](const std::string& iss, const PrivateKey& key) {
+    auto call_as = [&](const std::string& iss, const jose::PrivateKey& key) {
         const Resp c = post(kPV, body, signed_by(iss, key, kPV));
         CHECK_MESSAGE(c.status == 200, c.body);
         return rules_of(c);
     };
-    auto override_as = [&](const std::string& iss, const PrivateKey& key, const std::string& uuid) {
+    auto override_as = [&](const std::string& iss, const jose::PrivateKey& key, const std::string& uuid) {
         const std::string fb = R"({"feedback":[{"card":")" + uuid +
                                R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"not-clinically-relevant"}},"outcomeTimestamp":")" +
                                yesterday + R"("}]})";

@@ -6,7 +6,7 @@
 #include <limits>
 
 #include "adapters/cds_hooks/auth.hpp"
-#include "adapters/cds_hooks/jws.hpp"
+#include "jose/jws.hpp"
 #include "adapters/state/state_store.hpp"
 #include "cds_test_support.hpp"
 
@@ -54,49 +54,49 @@ struct TempDir {
 
 TEST_CASE("base64url is strict and round-trips") {
     for (const std::string& s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar", std::string("\xff\xfe\x00\x01", 4)})
-        CHECK(base64url_decode(base64url_encode(s)) == s);
-    CHECK(base64url_encode("\xfb\xff") == "-_8");
-    CHECK_FALSE(base64url_decode("ab+c").has_value());  // standard alphabet
-    CHECK_FALSE(base64url_decode("abc=").has_value());  // padding
-    CHECK_FALSE(base64url_decode("a").has_value());
-    CHECK_FALSE(base64url_decode("-_9").has_value());   // non-zero leftover bits
+        CHECK(jose::base64url_decode(jose::base64url_encode(s)) == s);
+    CHECK(jose::base64url_encode("\xfb\xff") == "-_8");
+    CHECK_FALSE(jose::base64url_decode("ab+c").has_value());  // standard alphabet
+    CHECK_FALSE(jose::base64url_decode("abc=").has_value());  // padding
+    CHECK_FALSE(jose::base64url_decode("a").has_value());
+    CHECK_FALSE(jose::base64url_decode("-_9").has_value());   // non-zero leftover bits
 }
 
 TEST_CASE("ES384 and RS384 signatures made here verify; a changed byte or the other algorithm does not") {
-    const PrivateKey ec = generate_es384_key("ec-1");
-    const PrivateKey rsa = generate_rs384_key("rsa-1");
-    const auto keys = parse_jwks(cdstest::jwks_of({&ec, &rsa}));
+    const jose::PrivateKey ec = jose::generate_es384_key("ec-1");
+    const jose::PrivateKey rsa = jose::generate_rs384_key("rsa-1");
+    const auto keys = jose::parse_jwks(cdstest::jwks_of({&ec, &rsa}));
     REQUIRE(keys.size() == 2);
     CHECK(keys[0].kty == "EC");
     CHECK(keys[1].kty == "RSA");
     for (const auto* k : {&ec, &rsa}) {
-        const std::string token = sign_compact_jws("{\"alg\":\"" + k->alg + "\"}", "{\"a\":1}", *k);
+        const std::string token = jose::sign_compact_jws("{\"alg\":\"" + k->alg + "\"}", "{\"a\":1}", *k);
         const auto dot = token.rfind('.');
-        const auto sig = base64url_decode(token.substr(dot + 1));
+        const auto sig = jose::base64url_decode(token.substr(dot + 1));
         REQUIRE(sig.has_value());
         if (k->alg == "ES384") CHECK(sig->size() == 96);
-        const PublicKey& pub = k == &ec ? keys[0] : keys[1];
-        const PublicKey& other = k == &ec ? keys[1] : keys[0];
-        CHECK(verify_signature(pub, k->alg, token.substr(0, dot), *sig));
-        CHECK_FALSE(verify_signature(other, k->alg, token.substr(0, dot), *sig));
-        CHECK_FALSE(verify_signature(pub, k->alg == "ES384" ? "RS384" : "ES384", token.substr(0, dot), *sig));
-        CHECK_FALSE(verify_signature(pub, "HS384", token.substr(0, dot), *sig));
+        const jose::PublicKey& pub = k == &ec ? keys[0] : keys[1];
+        const jose::PublicKey& other = k == &ec ? keys[1] : keys[0];
+        CHECK(jose::verify_signature(pub, k->alg, token.substr(0, dot), *sig));
+        CHECK_FALSE(jose::verify_signature(other, k->alg, token.substr(0, dot), *sig));
+        CHECK_FALSE(jose::verify_signature(pub, k->alg == "ES384" ? "RS384" : "ES384", token.substr(0, dot), *sig));
+        CHECK_FALSE(jose::verify_signature(pub, "HS384", token.substr(0, dot), *sig));
         std::string bad = *sig;
         bad[10] = static_cast<char>(bad[10] ^ 1);
-        CHECK_FALSE(verify_signature(pub, k->alg, token.substr(0, dot), bad));
-        CHECK_FALSE(verify_signature(pub, k->alg, token.substr(0, dot) + "x", *sig));
+        CHECK_FALSE(jose::verify_signature(pub, k->alg, token.substr(0, dot), bad));
+        CHECK_FALSE(jose::verify_signature(pub, k->alg, token.substr(0, dot) + "x", *sig));
     }
 }
 
 TEST_CASE("JWK Sets: malformed keys are errors naming the key; foreign key types are skipped") {
-    CHECK_THROWS_AS(parse_jwks("[]"), JwkError);
-    CHECK_THROWS_AS(parse_jwks("{\"keys\":{}}"), JwkError);
-    CHECK_THROWS_WITH_AS(parse_jwks(R"({"keys":[{"kty":"EC","crv":"P-384","kid":"k","x":"AAAA","y":"AAAA"}]})"),
-                         doctest::Contains("kid k"), JwkError);
-    CHECK_THROWS_AS(parse_jwks(R"({"keys":[{"kty":"RSA","kid":"r","n":"!!","e":"AQAB"}]})"), JwkError);
-    CHECK(parse_jwks(R"({"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"},{"kty":"EC","crv":"P-256","kid":"p"}]})").empty());
-    const PrivateKey small = generate_rs384_key("small", 1024);
-    const auto keys = parse_jwks(cdstest::jwks_of({&small}));
+    CHECK_THROWS_AS(jose::parse_jwks("[]"), jose::JwkError);
+    CHECK_THROWS_AS(jose::parse_jwks("{\"keys\":{}}"), jose::JwkError);
+    CHECK_THROWS_WITH_AS(jose::parse_jwks(R"({"keys":[{"kty":"EC","crv":"P-384","kid":"k","x":"AAAA","y":"AAAA"}]})"),
+                         doctest::Contains("kid k"), jose::JwkError);
+    CHECK_THROWS_AS(jose::parse_jwks(R"({"keys":[{"kty":"RSA","kid":"r","n":"!!","e":"AQAB"}]})"), jose::JwkError);
+    CHECK(jose::parse_jwks(R"({"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"},{"kty":"EC","crv":"P-256","kid":"p"}]})").empty());
+    const jose::PrivateKey small = jose::generate_rs384_key("small", 1024);
+    const auto keys = jose::parse_jwks(cdstest::jwks_of({&small}));
     REQUIRE(keys.size() == 1);
     CHECK_FALSE(keys[0].usable_for("RS384"));  // under 2048 bits
 }
@@ -152,8 +152,8 @@ TEST_CASE("the public CDS Hooks sandbox token verifies inside its window only") 
 }
 
 TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
-    const PrivateKey ec = generate_es384_key("ec-1");
-    const PrivateKey rsa = generate_rs384_key("rsa-1");
+    const jose::PrivateKey ec = jose::generate_es384_key("ec-1");
+    const jose::PrivateKey rsa = jose::generate_rs384_key("rsa-1");
     const TempDir tmp("cds-jws-test-");
     const auto& dir = tmp.path;
     {
@@ -200,8 +200,8 @@ TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
     CHECK(v.verify(cdstest::unsigned_token("ec-1", claims()), aud, now).reason.find("unsigned") == 0);
     {
         auto c = claims();
-        const std::string hs = base64url_encode(cdstest::header_json("HS256", "ec-1", c)) + "." +
-                               base64url_encode(cdstest::payload_json(c)) + "." + base64url_encode("0123456789abcdef0123456789abcdef");
+        const std::string hs = jose::base64url_encode(cdstest::header_json("HS256", "ec-1", c)) + "." +
+                               jose::base64url_encode(cdstest::payload_json(c)) + "." + jose::base64url_encode("0123456789abcdef0123456789abcdef");
         CHECK(v.verify(hs, aud, now).reason.find("alg not allowed") == 0);
     }
     {
@@ -215,9 +215,9 @@ TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
         CHECK(v.verify(cdstest::sign(ec, c), aud, now).reason == "lifetime too long");
     }
     {
-        const PrivateKey stranger = generate_es384_key("stranger");
+        const jose::PrivateKey stranger = jose::generate_es384_key("stranger");
         CHECK(v.verify(cdstest::sign(stranger, claims()), aud, now).reason.find("unknown kid") == 0);
-        const PrivateKey impostor = generate_es384_key("ec-1");  // a known kid, another key
+        const jose::PrivateKey impostor = jose::generate_es384_key("ec-1");  // a known kid, another key
         CHECK(v.verify(cdstest::sign(impostor, claims()), aud, now).reason.find("signature") == 0);
     }
     {
@@ -234,7 +234,7 @@ TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
 // lifetime check through signed overflow (exp - iat) and could be replayed; every such token is now a
 // 401 with a reason, checked without overflow (this test also runs under UBSan).
 TEST_CASE("JWT time claims: negative, extreme, reversed and nbf values are refused without overflow") {
-    const PrivateKey ec = generate_es384_key("ec-t");
+    const jose::PrivateKey ec = jose::generate_es384_key("ec-t");
     const TempDir tmp("cds-jws-time-test-");
     const auto& dir = tmp.path;
     {
@@ -255,7 +255,7 @@ TEST_CASE("JWT time claims: negative, extreme, reversed and nbf values are refus
     auto token = [&](const std::string& times) {
         const std::string payload = "{\"iss\":\"https://ehr.example.org\",\"sub\":\"client-1\",\"aud\":\"" + aud +
                                     "\"," + times + ",\"jti\":\"t-" + std::to_string(++n) + "\"}";
-        return sign_compact_jws("{\"alg\":\"ES384\",\"typ\":\"JWT\",\"kid\":\"ec-t\"}", payload, ec);
+        return jose::sign_compact_jws("{\"alg\":\"ES384\",\"typ\":\"JWT\",\"kid\":\"ec-t\"}", payload, ec);
     };
     auto times = [](std::int64_t iat, std::int64_t exp) {
         return "\"iat\":" + std::to_string(iat) + ",\"exp\":" + std::to_string(exp);

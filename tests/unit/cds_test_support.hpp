@@ -11,7 +11,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include "adapters/cds_hooks/jws.hpp"
+#include "jose/jws.hpp"
 
 namespace cdstest {
 
@@ -43,19 +43,19 @@ inline std::string payload_json(const Claims& c) {
            ",\"iat\":" + std::to_string(c.iat) + ",\"jti\":\"" + c.jti + "\"}";
 }
 
-inline std::string sign(const calcalert::cds::PrivateKey& key, const Claims& c) {
-    return calcalert::cds::sign_compact_jws(header_json(key.alg, key.kid, c), payload_json(c), key);
+inline std::string sign(const calcalert::jose::PrivateKey& key, const Claims& c) {
+    return calcalert::jose::sign_compact_jws(header_json(key.alg, key.kid, c), payload_json(c), key);
 }
 
 // alg "none" and HS256 forgeries (the HMAC key being the public JWK text, the classic confusion attack).
 inline std::string unsigned_token(const std::string& kid, const Claims& c) {
-    return calcalert::cds::base64url_encode(header_json("none", kid, c)) + "." +
-           calcalert::cds::base64url_encode(payload_json(c)) + ".";
+    return calcalert::jose::base64url_encode(header_json("none", kid, c)) + "." +
+           calcalert::jose::base64url_encode(payload_json(c)) + ".";
 }
 
-inline std::string jwks_of(const std::vector<const calcalert::cds::PrivateKey*>& keys) {
+inline std::string jwks_of(const std::vector<const calcalert::jose::PrivateKey*>& keys) {
     std::string s = "{\"keys\":[";
-    for (std::size_t i = 0; i < keys.size(); ++i) s += (i ? "," : "") + calcalert::cds::public_jwk_json(*keys[i]);
+    for (std::size_t i = 0; i < keys.size(); ++i) s += (i ? "," : "") + calcalert::jose::public_jwk_json(*keys[i]);
     return s + "]}";
 }
 

@@ -1,12 +1,15 @@
-#include "adapters/cds_hooks/jws.hpp"
+#include "jose/jws.hpp"
 
 #include <array>
+#include <cstdio>
 #include <cstring>
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/param_build.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/rsa.h>
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -14,7 +17,7 @@
 
 #include "fhir/json_parse.hpp"
 
-namespace calcalert::cds {
+namespace calcalert::jose {
 namespace {
 
 constexpr std::size_t kP384Bytes = 48;
@@ -253,6 +256,52 @@ PrivateKey generate_rs384_key(std::string kid, int bits) {
     return PrivateKey{std::move(kid), "RS384", wrap(k)};
 }
 
+PrivateKey load_private_key_pem(const std::string& path, std::string kid) {
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+    if (!f) throw JwkError(path + ": cannot open the private key file");
+    EVP_PKEY* k = PEM_read_PrivateKey(f.get(), nullptr, nullptr, nullptr);
+    if (!k) throw JwkError(path + ": not an unencrypted PEM private key");
+    PrivateKey key{std::move(kid), "", wrap(k)};
+    if (EVP_PKEY_is_a(k, "EC")) {
+        char group[64] = {};
+        std::size_t len = 0;
+        if (EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, &len) != 1 ||
+            (std::string(group) != "secp384r1" && std::string(group) != "P-384"))
+            throw JwkError(path + ": an EC key on " + std::string(group) + "; ES384 needs P-384");
+        key.alg = "ES384";
+    } else if (EVP_PKEY_is_a(k, "RSA")) {
+        if (EVP_PKEY_get_bits(k) < 2048)
+            throw JwkError(path + ": an RSA key of " + std::to_string(EVP_PKEY_get_bits(k)) + " bits; RS384 needs 2048 or more");
+        key.alg = "RS384";
+    } else {
+        throw JwkError(path + ": neither an EC P-384 nor an RSA key");
+    }
+    return key;
+}
+
+std::string private_key_pem(const PrivateKey& key) {
+    std::unique_ptr<BIO, int (*)(BIO*)> bio(BIO_new(BIO_s_mem()), &BIO_free);
+    if (!bio || PEM_write_bio_PrivateKey(bio.get(), key.pkey.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1)
+        throw JwkError("cannot write the private key as PEM");
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(bio.get(), &data);
+    return std::string(data, static_cast<std::size_t>(n));
+}
+
+std::string jwk_thumbprint(const PrivateKey& key) {
+    // RFC 7638: the required members only, in lexicographic order, no whitespace.
+    rapidjson::Document d;
+    const std::string jwk = public_jwk_json(key);
+    d.Parse(jwk.c_str(), jwk.size());
+    std::string canonical;
+    auto member = [&](const char* name) { return std::string("\"") + name + "\":\"" + d[name].GetString() + "\""; };
+    if (key.alg == "ES384") canonical = "{" + member("crv") + "," + member("kty") + "," + member("x") + "," + member("y") + "}";
+    else canonical = "{" + member("e") + "," + member("kty") + "," + member("n") + "}";
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(canonical.data()), canonical.size(), digest);
+    return base64url_encode(std::string_view(reinterpret_cast<const char*>(digest), sizeof digest));
+}
+
 std::string public_jwk_json(const PrivateKey& key) {
     rapidjson::StringBuffer sb;
     rapidjson::Writer<rapidjson::StringBuffer> w(sb);
@@ -312,4 +361,4 @@ std::string sign_compact_jws(const std::string& header_json, const std::string& 
     return input + "." + base64url_encode(sig);
 }
 
-}  // namespace calcalert::cds
+}  // namespace calcalert::jose
