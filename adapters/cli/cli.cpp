@@ -18,6 +18,7 @@ Commands:
   poll       poll a FHIR server and write the findings back as DetectedIssues
   alerts     list the DetectedIssues calcalert wrote on a FHIR server
   serve      run the CDS Hooks 2.0 service (patient-view, order-select, order-sign)
+  doctor     check whether a FHIR server offers what calcalert needs, before go-live
   smart      make a SMART Backend Services client key and print its JWK Set
   version    print the version
 
@@ -45,6 +46,7 @@ int run(const std::vector<std::string>& raw, std::ostream& out, std::ostream& er
         if (command == "poll") return poll_command(rest, out, err);
         if (command == "alerts") return alerts_command(rest, out, err);
         if (command == "smart") return smart_command(rest, out, err);
+        if (command == "doctor") return doctor_command(rest, out, err);
         if (command == "version" || command == "--version") {
             out << "calcalert " << CALCALERT_VERSION << "\n";
             return ok;

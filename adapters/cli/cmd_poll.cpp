@@ -15,9 +15,9 @@
 #include "adapters/cli/cli.hpp"
 #include "adapters/cli/commands.hpp"
 #include "adapters/cli/log.hpp"
+#include "adapters/cli/server_options.hpp"
 #include "adapters/poll/poller.hpp"
 #include "adapters/state/state_store.hpp"
-#include "auth/smart_backend.hpp"
 #include "fhir/client.hpp"
 #include "fhir/views.hpp"
 
@@ -37,6 +37,8 @@ never loses or duplicates an alert. Resources that cannot be read are reported a
 by every later pass.
 
 Options:
+  --config FILE          a poll configuration file (docs/configuration.md): every option below as a
+                         key, also as CALCALERT_POLL_<KEY>; the command line wins
   --server URL           FHIR base URL, e.g. https://fhir.example.org/r4
   --once                 one pass, then exit
   --interval DURATION    a pass every DURATION (30s, 5m, 1h) until SIGTERM or SIGINT
@@ -72,9 +74,9 @@ Options:
 Output: a summary on stdout; JSON log lines on stderr (and one line per resource that cannot be
 read); a progress line when stderr is a terminal.
 Exit codes: 0 success; 2 usage error; 3 the server or the state failed (what the pass finished is
-kept; the next pass resumes); 4 invalid rule catalog or terminology; 5 the pass finished but left
-patients queued (resources that cannot be read, writes the server refused): they are listed on
-stderr and tried again by the next pass.
+kept; the next pass resumes); 4 invalid configuration file, rule catalog or terminology; 5 the pass
+finished but left patients queued (resources that cannot be read, writes the server refused): they
+are listed on stderr and tried again by the next pass.
 )";
 
 const char* const kAlertsHelp = R"(Usage: calcalert alerts --server URL [--token-file FILE] [--identifier-system URI]
@@ -126,46 +128,6 @@ std::string state_path(const Options& opts) {
     }
 }
 
-fhir::ClientOptions client_options(const Options& opts) {
-    fhir::ClientOptions c;
-    auto server = opts.value("server");
-    if (!server || server->empty()) throw UsageError("--server URL is required");
-    if (server->rfind("http://", 0) != 0 && server->rfind("https://", 0) != 0)
-        throw UsageError("--server must be an http:// or https:// URL, not '" + *server + "'");
-    c.base_url = *server;
-    while (!c.base_url.empty() && c.base_url.back() == '/') c.base_url.pop_back();
-    if (auto f = opts.value("ca-file")) c.ca_file = *f;
-    if (opts.flag("insecure-skip-tls-verify")) c.verify_tls = false;
-    const auto client_id = opts.value("smart-client-id");
-    const auto key_file = opts.value("smart-key");
-    if (client_id || key_file) {
-        if (!client_id || !key_file) throw UsageError("--smart-client-id and --smart-key go together");
-        if (opts.value("token-file")) throw UsageError("--token-file and SMART Backend Services (--smart-*) exclude each other");
-        auth::SmartBackendOptions so;
-        so.fhir_base_url = c.base_url;
-        so.client_id = *client_id;
-        try {
-            so.key = jose::load_private_key_pem(*key_file, "");
-        } catch (const jose::JwkError& e) {
-            throw UsageError(std::string("--smart-key: ") + e.what());
-        }
-        so.key.kid = jose::jwk_thumbprint(so.key);
-        if (auto v = opts.value("smart-scope")) so.scope = *v;
-        if (auto v = opts.value("smart-token-url")) so.token_url = *v;
-        if (auto v = opts.value("smart-jku")) so.jku = *v;
-        so.ca_file = c.ca_file;
-        so.verify_tls = c.verify_tls;
-        c.token_provider = std::make_shared<auth::SmartBackendServices>(std::move(so));
-    } else if (auto f = opts.value("token-file")) {
-        std::ifstream in(*f);
-        if (!in) throw UsageError("--token-file " + *f + ": cannot open");
-        c.token_provider = fhir::token_file(*f);
-    } else if (const char* env = std::getenv("CALCALERT_FHIR_TOKEN"); env && *env) {
-        c.bearer_token = env;
-    }
-    return c;
-}
-
 void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) {
     for (const auto& w : s.writes)
         out << (dry_run ? "would " : "") << std::left << std::setw(7) << w.action << " " << w.patient << " "
@@ -186,19 +148,24 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
 }  // namespace
 
 int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args,
-                 {"server", "interval", "state", "now", "token-file", "ca-file", "page-size", "batch", "overlap",
-                  "bundle-type", "lab-code-search", "retries", "fault-budget", "request-deadline", "catalog",
-                  "terminology", "identifier-system", "smart-client-id", "smart-key", "smart-scope", "smart-token-url",
-                  "smart-jku"},
-                 {"help", "once", "dry-run", "insecure-skip-tls-verify"});
+    std::set<std::string> values = {"interval",  "state",          "now",        "page-size",
+                                    "batch",     "overlap",        "bundle-type", "lab-code-search",
+                                    "retries",   "fault-budget",   "request-deadline", "catalog",
+                                    "terminology", "identifier-system"};
+    std::set<std::string> flags = {"help", "once", "dry-run"};
+    values.insert(server_value_options().begin(), server_value_options().end());
+    flags.insert(server_flag_options().begin(), server_flag_options().end());
+    Options opts(args, values, flags);
     if (opts.flag("help")) {
         out << kPollHelp;
         return ok;
     }
-    if (!opts.positional().empty()) throw UsageError("poll takes no FILE arguments");
     const bool once = opts.flag("once");
-    const auto interval = opts.value("interval");
+    const auto cli_interval = opts.value("interval");
+    apply_poll_config(opts);
+    if (!opts.positional().empty()) throw UsageError("poll takes no FILE arguments");
+    // --once on the command line wins over an interval from the configuration.
+    const auto interval = once ? cli_interval : opts.value("interval");
     if (once == interval.has_value()) throw UsageError("give exactly one of --once and --interval DURATION");
     const auto every = interval ? parse_duration(*interval, "interval") : std::chrono::seconds(0);
     fhir::ClientOptions copts = client_options(opts);
@@ -290,14 +257,16 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
 }
 
 int alerts_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args,
-                 {"server", "token-file", "ca-file", "identifier-system", "smart-client-id", "smart-key", "smart-scope",
-                  "smart-token-url", "smart-jku"},
-                 {"help", "insecure-skip-tls-verify"});
+    std::set<std::string> values = {"identifier-system"};
+    std::set<std::string> flags = {"help"};
+    values.insert(server_value_options().begin(), server_value_options().end());
+    flags.insert(server_flag_options().begin(), server_flag_options().end());
+    Options opts(args, values, flags);
     if (opts.flag("help")) {
         out << kAlertsHelp;
         return ok;
     }
+    apply_poll_config(opts);
     fhir::ClientOptions copts = client_options(opts);
     const std::string system = opts.value("identifier-system").value_or("urn:calcalert:detected-issue");
     fhir::FhirClient client(copts);

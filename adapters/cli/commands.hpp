@@ -49,6 +49,7 @@ int sandbox_command(const std::vector<std::string>& args, std::ostream& out, std
 int serve_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int alerts_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+int doctor_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 int smart_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 
 }  // namespace calcalert::cli

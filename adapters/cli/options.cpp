@@ -40,6 +40,11 @@ Options::Options(const std::vector<std::string>& args, const std::set<std::strin
     }
 }
 
+void Options::fill_from(const std::map<std::string, std::string>& values, const std::set<std::string>& flags) {
+    for (const auto& [name, v] : values) values_.emplace(name, v);  // emplace keeps what is there
+    flags_.insert(flags.begin(), flags.end());
+}
+
 std::optional<std::string> Options::value(const std::string& name) const {
     auto it = values_.find(name);
     if (it == values_.end()) return std::nullopt;

@@ -24,6 +24,9 @@ public:
     std::optional<std::string> value(const std::string& name) const;
     bool flag(const std::string& name) const { return flags_.count(name) > 0; }
     const std::vector<std::string>& positional() const { return positional_; }
+    // Values and flags from elsewhere (a config file, the environment) for the options the command
+    // line did not give: the command line wins.
+    void fill_from(const std::map<std::string, std::string>& values, const std::set<std::string>& flags);
 
 private:
     std::map<std::string, std::string> values_;

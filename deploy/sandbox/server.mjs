@@ -374,7 +374,7 @@ function buildCapabilityStatement(baseUrl, medplumVersion) {
           interaction: ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'].map(
             (code) => ({ code })
           ),
-          versioning: 'versioned',
+          versioning: 'versioned-update',
           readHistory: true,
           updateCreate: true,
           conditionalCreate: true,

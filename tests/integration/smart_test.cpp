@@ -246,6 +246,19 @@ TEST_CASE("calcalert alerts and poll with --smart-client-id and --smart-key") {
     std::tie(code, out) = run("alerts --server " + env().fhir->base_url());
     CHECK(code == 3);
     CHECK(out.find("401") != std::string::npos);
+    // doctor: SMART offered, the grant's scopes shown, ready.
+    std::tie(code, out) = run("doctor" + smart);
+    CHECK_MESSAGE(code == 0, out);
+    CHECK_MESSAGE(out.find("ok      SMART Backend Services: token_endpoint " + env().origin() + "/auth/token") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("ok      access token scopes: granted system/Observation.rs") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("ok      read access") != std::string::npos, out);
+    // doctor with a key the server does not know: the grant is refused, not ready (exit 3).
+    std::ofstream(env().dir / "other.pem") << jose::private_key_pem(jose::generate_es384_key(""));
+    std::tie(code, out) = run("doctor --server " + env().fhir->base_url() + " --smart-client-id " + kClient + " --smart-key " +
+                              (env().dir / "other.pem").string());
+    CHECK(code == 3);
+    CHECK_MESSAGE(out.find("missing access token:") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("invalid_client") != std::string::npos, out);
     // Only one of the two options: a usage error.
     std::tie(code, out) = run("alerts --server " + env().fhir->base_url() + " --smart-client-id x");
     CHECK(code == 2);
