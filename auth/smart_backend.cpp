@@ -1,6 +1,5 @@
 #include "auth/smart_backend.hpp"
 
-#include <curl/curl.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <rapidjson/writer.h>
 
 #include "fhir/client.hpp"
+#include "fhir/http_transport.hpp"
 #include "fhir/json_parse.hpp"
 
 namespace calcalert::auth {
@@ -24,80 +24,24 @@ constexpr std::size_t kMaxAnswerBytes = 1024 * 1024;
 constexpr int kAssertionSeconds = 300;
 const fhir::JsonLimits kAnswerLimits{16, kMaxAnswerBytes};
 
-// One libcurl easy handle (RAII), for the two small requests this client makes.
-class Curl {
-public:
-    Curl() : h_(curl_easy_init()) {
-        if (!h_) throw std::runtime_error("curl_easy_init failed");
-    }
-    ~Curl() { curl_easy_cleanup(h_); }
-    Curl(const Curl&) = delete;
-    Curl& operator=(const Curl&) = delete;
-    CURL* get() const { return h_; }
-
-private:
-    CURL* h_;
-};
-
-class Headers {
-public:
-    ~Headers() { curl_slist_free_all(list_); }
-    void add(const char* line) {
-        curl_slist* next = curl_slist_append(list_, line);
-        if (!next) throw std::bad_alloc();
-        list_ = next;
-    }
-    curl_slist* get() const { return list_; }
-
-private:
-    curl_slist* list_ = nullptr;
-};
-
-struct Answer {
-    long status = 0;
-    std::string body;
-};
-
-std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
-    auto* body = static_cast<std::string*>(user);
-    if (body->size() + size * n > kMaxAnswerBytes) return 0;  // aborts the transfer
-    body->append(data, size * n);
-    return size * n;
-}
-
-// GET (form empty) or POST a form; FhirError kind transport when there is no complete answer.
-Answer request(const SmartBackendOptions& o, const std::string& url, const std::string* form) {
-    Curl curl;
-    Headers headers;
+// GET (form null) or POST a form; FhirError kind transport when there is no complete answer.
+fhir::Response request(const SmartBackendOptions& o, const std::string& url, const std::string* form) {
+    fhir::TransportOptions t;
+    t.connect_timeout = o.timeout;
+    t.verify_tls = o.verify_tls;
+    t.ca_file = o.ca_file;
+    t.max_response_bytes = kMaxAnswerBytes;
+    fhir::HeaderList headers;
     headers.add("Accept: application/json");
     if (form) headers.add("Content-Type: application/x-www-form-urlencoded");
-    Answer a;
-    char error[CURL_ERROR_SIZE] = {};
-    CURL* h = curl.get();
-    curl_easy_setopt(h, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get());
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &a.body);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(o.timeout.count()));
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, "calcalert");
-    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, o.verify_tls ? 1L : 0L);
-    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, o.verify_tls ? 2L : 0L);
-    if (!o.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, o.ca_file.c_str());
-    if (form) {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, form->c_str());
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(form->size()));
-    }
-    const CURLcode rc = curl_easy_perform(h);
-    if (rc != CURLE_OK) {
-        const std::string what = rc == CURLE_WRITE_ERROR ? "the answer is larger than 1 MiB"
-                                                         : (error[0] ? std::string(error) : curl_easy_strerror(rc));
-        throw FhirError((form ? "POST " : "GET ") + url + ": " + what, 0, FhirErrorKind::transport);
-    }
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &a.status);
-    return a;
+    headers.add("Expect:");
+    fhir::HttpTransport transport;
+    fhir::Response r;
+    std::uint64_t connections = 0;
+    const std::string method = form ? "POST" : "GET";
+    if (const auto failure = transport.perform(t, method, url, form, headers, o.timeout, r, connections))
+        throw FhirError(method + " " + url + ": " + failure->message, 0, FhirErrorKind::transport);
+    return r;
 }
 
 std::string form_encode(const std::string& s) {
@@ -175,7 +119,7 @@ std::string SmartBackendServices::discover_token_url() {
     std::string base = options_.fhir_base_url;
     while (!base.empty() && base.back() == '/') base.pop_back();
     const std::string url = base + "/.well-known/smart-configuration";
-    const Answer a = request(options_, url, nullptr);
+    const fhir::Response a = request(options_, url, nullptr);
     if (a.status >= 500) throw FhirError("GET " + url + ": HTTP " + std::to_string(a.status), a.status, FhirErrorKind::transport);
     if (a.status != 200)
         throw FhirError("GET " + url + ": HTTP " + std::to_string(a.status) +
@@ -235,7 +179,7 @@ Grant SmartBackendServices::request_grant(const std::string& token_url) {
                              "&client_assertion_type=" + form_encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") +
                              "&client_assertion=" + form_encode(client_assertion(token_url));
     const auto sent = options_.now();
-    const Answer a = request(options_, token_url, &form);
+    const fhir::Response a = request(options_, token_url, &form);
     const auto d = json_object(a.body);
     if (a.status != 200) {
         std::string why = "HTTP " + std::to_string(a.status);

@@ -19,6 +19,7 @@
 
 #include <rapidjson/error/en.h>
 
+#include "fhir/http_text.hpp"
 #include "fhir/json_parse.hpp"
 #include "fhir/problem.hpp"
 #include "fhir/views.hpp"
@@ -28,210 +29,24 @@ namespace calcalert::fhir {
 namespace {
 
 using std::chrono::milliseconds;
+using text::encode_url;
+using text::escaped;
+using text::has_scheme;
+using text::iequals;
+using text::is_control;
+using text::is_token_char;
+using text::istarts_with;
+using text::lower;
+using text::origin_of;
+using text::parse_retry_after;
+using text::quoted_snippet;
+using text::trim;
+using text::UrlParser;
 
 constexpr int kMaxRedirects = 5;
 constexpr std::chrono::milliseconds kTimerSlack{10};
-constexpr std::size_t kSnippetChars = 80;
 constexpr std::size_t kMaxIssues = 10;
 constexpr std::size_t kMaxIssueChars = 500;
-
-// libcurl's global state is set up once per process, whichever thread gets there first.
-void curl_global_once() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-        const CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-        if (rc != CURLE_OK) throw std::runtime_error(std::string("libcurl: curl_global_init failed: ") + curl_easy_strerror(rc));
-    });
-}
-
-std::string lower(std::string s) {
-    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return s;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-        if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
-    return true;
-}
-
-bool istarts_with(std::string_view s, std::string_view prefix) {
-    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) s.remove_suffix(1);
-    return s;
-}
-
-bool is_control(unsigned char c) { return c < 0x20 || c == 0x7f; }
-
-// Length of the valid UTF-8 sequence starting at s[i], 0 when it is not one.
-std::size_t utf8_length(std::string_view s, std::size_t i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    std::size_t n = 0;
-    if (c >= 0xc2 && c <= 0xdf) n = 2;
-    else if (c >= 0xe0 && c <= 0xef) n = 3;
-    else if (c >= 0xf0 && c <= 0xf4) n = 4;
-    else return 0;
-    if (i + n > s.size()) return 0;
-    for (std::size_t k = 1; k < n; ++k)
-        if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return 0;
-    return n;
-}
-
-void append_hex_escape(std::string& out, unsigned char c) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "\\x%02x", c);
-    out += buf;
-}
-
-// The text with control characters and invalid UTF-8 escaped, cut after `max` characters ("..." then).
-std::string escaped(std::string_view s, std::size_t max = std::string_view::npos) {
-    std::string out;
-    std::size_t i = 0, chars = 0;
-    while (i < s.size() && chars < max) {
-        const auto c = static_cast<unsigned char>(s[i]);
-        if (c == '\n') out += "\\n", ++i;
-        else if (c == '\r') out += "\\r", ++i;
-        else if (c == '\t') out += "\\t", ++i;
-        else if (is_control(c)) append_hex_escape(out, c), ++i;
-        else if (c < 0x80) out += static_cast<char>(c), ++i;
-        else if (const std::size_t n = utf8_length(s, i)) out.append(s.substr(i, n)), i += n;
-        else append_hex_escape(out, c), ++i;
-        ++chars;
-    }
-    if (i < s.size()) out += "...";
-    return out;
-}
-
-std::string quoted_snippet(std::string_view body) { return "\"" + escaped(body, kSnippetChars) + "\""; }
-
-// "http:" etc. at the start: an absolute URL (or another scheme, refused later).
-bool has_scheme(std::string_view s) {
-    if (s.empty() || !std::isalpha(static_cast<unsigned char>(s[0]))) return false;
-    for (std::size_t i = 1; i < s.size(); ++i) {
-        const auto c = static_cast<unsigned char>(s[i]);
-        if (c == ':') return true;
-        if (!std::isalnum(c) && c != '+' && c != '-' && c != '.') return false;
-    }
-    return false;
-}
-
-// Percent-encodes what a URL cannot carry literally. Returns the position of a control character
-// (refused: it would split the request line), or npos.
-std::size_t encode_url(std::string_view in, std::string& out) {
-    static constexpr char kHex[] = "0123456789ABCDEF";
-    out.clear();
-    for (std::size_t i = 0; i < in.size(); ++i) {
-        const auto c = static_cast<unsigned char>(in[i]);
-        if (is_control(c)) return i;
-        if (c == ' ' || c >= 0x80 || c == '"' || c == '<' || c == '>' || c == '\\' || c == '^' || c == '`' || c == '{' ||
-            c == '|' || c == '}') {
-            out += '%';
-            out += kHex[c >> 4];
-            out += kHex[c & 0xf];
-        } else {
-            out += static_cast<char>(c);
-        }
-    }
-    return std::string_view::npos;
-}
-
-// RAII for libcurl's URL parser.
-class UrlParser {
-public:
-    UrlParser() : u_(curl_url()) {
-        if (!u_) throw std::bad_alloc();
-    }
-    ~UrlParser() { curl_url_cleanup(u_); }
-    UrlParser(const UrlParser&) = delete;
-    UrlParser& operator=(const UrlParser&) = delete;
-
-    // Sets the URL; a relative one is resolved against the URL set before (RFC 3986).
-    bool set(const std::string& url) { return curl_url_set(u_, CURLUPART_URL, url.c_str(), 0) == CURLUE_OK; }
-    std::optional<std::string> get(CURLUPart part, unsigned flags = 0) const {
-        char* p = nullptr;
-        if (curl_url_get(u_, part, &p, flags) != CURLUE_OK || p == nullptr) return std::nullopt;
-        std::string s(p);
-        curl_free(p);
-        return s;
-    }
-
-private:
-    CURLU* u_;
-};
-
-// scheme://host:port of an absolute http(s) URL, lower case with the port explicit; nullopt otherwise.
-std::optional<std::string> origin_of(const std::string& url) {
-    UrlParser u;
-    if (!u.set(url)) return std::nullopt;
-    const auto scheme = u.get(CURLUPART_SCHEME);
-    const auto host = u.get(CURLUPART_HOST);
-    const auto port = u.get(CURLUPART_PORT, CURLU_DEFAULT_PORT);
-    if (!scheme || !host || !port || host->empty()) return std::nullopt;
-    const std::string s = lower(*scheme);
-    if (s != "http" && s != "https") return std::nullopt;
-    return s + "://" + lower(*host) + ":" + *port;
-}
-
-// ---- Retry-After --------------------------------------------------------------------------------
-
-int month_number(std::string_view m) {
-    static constexpr std::string_view kMonths[] = {"jan", "feb", "mar", "apr", "may", "jun",
-                                                   "jul", "aug", "sep", "oct", "nov", "dec"};
-    for (int i = 0; i < 12; ++i)
-        if (iequals(m, kMonths[i])) return i + 1;
-    return 0;
-}
-
-// An HTTP-date in any of the three forms RFC 9110 asks recipients to accept:
-//   IMF-fixdate  "Sun, 06 Nov 1994 08:49:37 GMT"
-//   RFC 850      "Sunday, 06-Nov-94 08:49:37 GMT"
-//   asctime      "Sun Nov  6 08:49:37 1994"
-std::optional<std::chrono::system_clock::time_point> parse_http_date(const std::string& s) {
-    char weekday[10] = {}, mon[4] = {};
-    int year = 0, day = 0, hh = 0, mm = 0, ss = 0, used = 0;
-    int month = 0;
-    auto whole = [&](int n, int expected) { return n == expected && used > 0 && static_cast<std::size_t>(used) == s.size(); };
-    if (whole(std::sscanf(s.c_str(), "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d GMT%n", weekday, &day, mon, &year, &hh,
-                          &mm, &ss, &used),
-              7)) {
-        month = month_number(mon);
-    } else if (used = 0; whole(std::sscanf(s.c_str(), "%9[A-Za-z], %2d-%3[A-Za-z]-%2d %2d:%2d:%2d GMT%n", weekday, &day,
-                                           mon, &year, &hh, &mm, &ss, &used),
-                               7)) {
-        month = month_number(mon);
-        year += year < 70 ? 2000 : 1900;
-    } else if (used = 0; whole(std::sscanf(s.c_str(), "%3[A-Za-z] %3[A-Za-z] %2d %2d:%2d:%2d %4d%n", weekday, mon, &day,
-                                           &hh, &mm, &ss, &year, &used),
-                               7)) {
-        month = month_number(mon);
-    } else {
-        return std::nullopt;
-    }
-    if (month == 0) return std::nullopt;
-    const std::chrono::year_month_day ymd{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
-                                          std::chrono::day(static_cast<unsigned>(day))};
-    if (!ymd.ok() || hh > 23 || mm > 59 || ss > 60) return std::nullopt;
-    return std::chrono::sys_days(ymd) + std::chrono::hours(hh) + std::chrono::minutes(mm) + std::chrono::seconds(ss);
-}
-
-// Retry-After as a wait: delta-seconds or an HTTP-date (in the past: no wait). nullopt when unreadable.
-std::optional<milliseconds> parse_retry_after(std::string_view value, std::chrono::system_clock::time_point now) {
-    const std::string v(trim(value));
-    if (v.empty()) return std::nullopt;
-    if (std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-        if (v.size() > 9) return milliseconds(std::chrono::hours(24 * 365));  // absurdly long; capped by the caller
-        return milliseconds(std::chrono::seconds(std::stol(v)));
-    }
-    const auto when = parse_http_date(v);
-    if (!when) return std::nullopt;
-    if (*when <= now) return milliseconds(0);
-    return std::chrono::duration_cast<milliseconds>(*when - now);
-}
 
 // ---- responses ---------------------------------------------------------------------------------
 
@@ -290,224 +105,11 @@ std::string error_body_summary(const Response& r) {
     return out;
 }
 
-// ---- libcurl ------------------------------------------------------------------------------------
-
-// Where the body goes, counted as it arrives: libcurl calls the write callback with the decoded
-// bytes (after gzip / deflate), so a small compressed body that inflates to gigabytes is stopped
-// here after `max` bytes.
-struct BodySink {
-    std::string* body = nullptr;
-    std::size_t max = 0;  // 0: no limit
-    bool over = false;    // the transfer was aborted because the body passed `max`
-};
-
-std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
-    auto& sink = *static_cast<BodySink*>(user);
-    const std::size_t n = size * count;
-    if (sink.max != 0 && n > sink.max - sink.body->size()) {  // body->size() <= max always
-        sink.over = true;
-        return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
-    }
-    try {
-        sink.body->append(data, n);
-        return n;
-    } catch (...) {
-        return 0;
-    }
-}
-
-// Collects header lines; lower-case names, the last value wins; a new status line (an interim
-// 1xx response) starts over.
-std::size_t on_header(char* data, std::size_t size, std::size_t count, void* user) {
-    try {
-        auto& headers = *static_cast<std::map<std::string, std::string>*>(user);
-        const std::string_view line(data, size * count);
-        if (line.substr(0, 5) == "HTTP/") {
-            headers.clear();
-        } else if (const auto colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
-            headers[lower(std::string(trim(line.substr(0, colon))))] = std::string(trim(line.substr(colon + 1)));
-        }
-        return size * count;
-    } catch (...) {
-        return 0;
-    }
-}
-
-bool retryable_transport_error(CURLcode rc) {
-    switch (rc) {
-        case CURLE_COULDNT_RESOLVE_HOST:
-        case CURLE_COULDNT_RESOLVE_PROXY:
-        case CURLE_COULDNT_CONNECT:
-        case CURLE_OPERATION_TIMEDOUT:
-        case CURLE_SEND_ERROR:
-        case CURLE_RECV_ERROR:
-        case CURLE_GOT_NOTHING:
-        case CURLE_PARTIAL_FILE:
-        case CURLE_HTTP2:
-        case CURLE_HTTP2_STREAM: return true;
-        default: return false;
-    }
-}
-
-// The request never left this machine: retrying cannot repeat a write.
-bool nothing_sent(CURLcode rc) {
-    return rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY || rc == CURLE_COULDNT_CONNECT;
-}
-
 std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
 std::string attempts_text(int n) { return std::to_string(n) + (n == 1 ? " attempt" : " attempts"); }
 
-std::string transport_message(CURLcode rc, const char* errbuf) {
-    std::string what;
-    switch (rc) {
-        case CURLE_COULDNT_CONNECT: what = "cannot connect"; break;
-        case CURLE_COULDNT_RESOLVE_HOST: what = "cannot resolve the host"; break;
-        case CURLE_COULDNT_RESOLVE_PROXY: what = "cannot resolve the proxy"; break;
-        case CURLE_OPERATION_TIMEDOUT: what = "timed out"; break;
-        case CURLE_PEER_FAILED_VERIFICATION:
-        case CURLE_SSL_CONNECT_ERROR:
-        case CURLE_SSL_CERTPROBLEM:
-        case CURLE_SSL_CIPHER:
-        case CURLE_SSL_CACERT_BADFILE: what = "TLS error"; break;
-        case CURLE_BAD_CONTENT_ENCODING: what = "cannot decode the response"; break;
-        case CURLE_SEND_ERROR:
-        case CURLE_RECV_ERROR: what = "connection broken"; break;
-        case CURLE_PARTIAL_FILE: what = "the body was cut short"; break;
-        case CURLE_GOT_NOTHING: what = "no answer"; break;
-        default: what = "transport error"; break;
-    }
-    const std::string_view reason = curl_easy_strerror(rc);
-    std::string msg = what + ": " + std::string(reason);
-    // libcurl's detail ("Failed to connect to 127.0.0.1 port 5 after 0 ms: Couldn't connect to
-    // server") without the reason repeated.
-    std::string_view detail = errbuf != nullptr ? trim(errbuf) : std::string_view();
-    if (detail.size() > reason.size() + 2 && detail.substr(detail.size() - reason.size()) == reason &&
-        detail.substr(detail.size() - reason.size() - 2, 2) == ": ")
-        detail.remove_suffix(reason.size() + 2);
-    if (!detail.empty() && detail != reason) msg += " (" + std::string(detail) + ")";
-    return msg;
-}
-
-// RAII for a libcurl header list.
-class HeaderList {
-public:
-    HeaderList() = default;
-    ~HeaderList() { curl_slist_free_all(list_); }
-    HeaderList(const HeaderList&) = delete;
-    HeaderList& operator=(const HeaderList&) = delete;
-    void add(const std::string& line) {
-        curl_slist* next = curl_slist_append(list_, line.c_str());
-        if (next == nullptr) throw std::bad_alloc();
-        list_ = next;
-    }
-    curl_slist* get() const { return list_; }
-    void clear() {
-        curl_slist_free_all(list_);
-        list_ = nullptr;
-    }
-
-private:
-    curl_slist* list_ = nullptr;
-};
-
-bool is_token_char(unsigned char c) {
-    return std::isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
-}
-
 }  // namespace
-
-// One easy handle per client, reused for every request so that libcurl keeps connections alive.
-struct FhirClient::Curl {
-    CURL* handle = nullptr;
-    char errbuf[CURL_ERROR_SIZE] = {};
-
-    Curl() {
-        curl_global_once();
-        handle = curl_easy_init();
-        if (handle == nullptr) throw std::runtime_error("libcurl: cannot create an easy handle");
-    }
-    ~Curl() { curl_easy_cleanup(handle); }
-    Curl(const Curl&) = delete;
-    Curl& operator=(const Curl&) = delete;
-
-    struct Failure {
-        CURLcode code = CURLE_OK;
-        std::string message;
-        bool too_large = false;  // the body passed max_response_bytes (received or announced)
-    };
-
-    // One request on the reused handle, at most `timeout` long (0: no limit). curl_easy_reset keeps
-    // the connection cache, so every request sets all of its options again without losing
-    // keep-alive connections.
-    std::optional<Failure> perform(const ClientOptions& o, const std::string& method, const std::string& url,
-                                   const std::string* body, const HeaderList& headers, std::chrono::milliseconds timeout,
-                                   Response& out, std::uint64_t& connections) {
-        BodySink sink{&out.body, o.max_response_bytes, false};
-        curl_easy_reset(handle);
-        errbuf[0] = '\0';
-        CURLcode rc = CURLE_OK;
-        auto set = [&](CURLoption option, auto value) {
-            if (rc == CURLE_OK) rc = curl_easy_setopt(handle, option, value);
-        };
-        set(CURLOPT_ERRORBUFFER, errbuf);
-        set(CURLOPT_URL, url.c_str());
-        set(CURLOPT_NOSIGNAL, 1L);
-#if LIBCURL_VERSION_NUM >= 0x075500
-        set(CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-        set(CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-        // Redirects are followed by FhirClient::perform itself, same origin only.
-        set(CURLOPT_FOLLOWLOCATION, 0L);
-        set(CURLOPT_ACCEPT_ENCODING, "");  // every encoding libcurl decodes (gzip, deflate, ...)
-        set(CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o.connect_timeout.count()));
-        set(CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
-        set(CURLOPT_SSL_VERIFYPEER, o.verify_tls ? 1L : 0L);
-        set(CURLOPT_SSL_VERIFYHOST, o.verify_tls ? 2L : 0L);
-        set(CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
-        if (!o.ca_file.empty()) set(CURLOPT_CAINFO, o.ca_file.c_str());
-        set(CURLOPT_USERAGENT, o.user_agent.c_str());
-        set(CURLOPT_TCP_KEEPALIVE, 1L);
-        set(CURLOPT_HTTPHEADER, headers.get());
-        set(CURLOPT_WRITEFUNCTION, &on_body);
-        set(CURLOPT_WRITEDATA, static_cast<void*>(&sink));
-        // A Content-Length above the cap fails before the body is read (CURLE_FILESIZE_EXCEEDED);
-        // for a compressed body that is the compressed size, hence also the count in on_body.
-        if (o.max_response_bytes != 0)
-            set(CURLOPT_MAXFILESIZE_LARGE,
-                static_cast<curl_off_t>(std::min<std::uint64_t>(o.max_response_bytes, std::numeric_limits<curl_off_t>::max())));
-        set(CURLOPT_HEADERFUNCTION, &on_header);
-        set(CURLOPT_HEADERDATA, static_cast<void*>(&out.headers));
-        if (method == "GET") {
-            set(CURLOPT_HTTPGET, 1L);
-        } else {
-            // The body outlives the transfer: libcurl reads it in place.
-            set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body ? body->size() : 0));
-            set(CURLOPT_POSTFIELDS, body ? body->data() : "");
-            if (method != "POST") set(CURLOPT_CUSTOMREQUEST, method.c_str());
-        }
-        if (rc != CURLE_OK) return Failure{rc, std::string("libcurl rejected an option: ") + curl_easy_strerror(rc), false};
-
-        rc = curl_easy_perform(handle);
-        long n = 0;
-        if (curl_easy_getinfo(handle, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0) connections += static_cast<std::uint64_t>(n);
-        const std::string cap = std::to_string(o.max_response_bytes) + " bytes";
-        if (rc == CURLE_WRITE_ERROR && sink.over)
-            return Failure{rc, "the response body is larger than max_response_bytes (" + cap + ", counted after decoding); transfer aborted",
-                           true};
-        if (rc == CURLE_FILESIZE_EXCEEDED) {
-            const auto length = out.headers.find("content-length");
-            const std::string announced = length != out.headers.end() ? escaped(length->second, 32) + " bytes" : "unknown size";
-            return Failure{rc, "the server announced a body of " + announced + ", more than max_response_bytes (" + cap + "); not read", true};
-        }
-        if (rc != CURLE_OK) return Failure{rc, transport_message(rc, errbuf), false};
-        long status = 0;
-        curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &status);
-        out.status = status;
-        return std::nullopt;
-    }
-};
 
 FhirClient::FhirClient(ClientOptions options) : options_(std::move(options)) {
     auto bad = [](const std::string& what) { throw std::invalid_argument("FhirClient: " + what); };
@@ -549,7 +151,12 @@ FhirClient::FhirClient(ClientOptions options) : options_(std::move(options)) {
         auto engine = std::make_shared<std::mt19937_64>(seed);
         options_.random = [engine] { return std::uniform_real_distribution<double>(0.0, 1.0)(*engine); };
     }
-    curl_ = std::make_unique<Curl>();
+    transport_options_.connect_timeout = options_.connect_timeout;
+    transport_options_.verify_tls = options_.verify_tls;
+    transport_options_.ca_file = options_.ca_file;
+    transport_options_.user_agent = options_.user_agent;
+    transport_options_.max_response_bytes = options_.max_response_bytes;
+    transport_ = std::make_unique<HttpTransport>();
 }
 
 FhirClient::~FhirClient() = default;
@@ -747,14 +354,14 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
         r.method = method;
         r.url = url;
         r.attempts = retries + 1;
-        const auto failure = curl_->perform(options_, method, url, body, list, timeout, r, stats_.connections);
+        const auto failure = transport_->perform(transport_options_, method, url, body, list, timeout, r, stats_.connections);
         ++stats_.requests;
         const bool more = retries < options_.max_retries;
         if (failure) {
             if (failure->too_large) fail(method + " " + url + ": " + failure->message, 0, FhirErrorKind::too_large);
             // Timed out because the deadline cut the attempt short, not by an earlier connect_timeout
             // (libcurl's timer may fire a millisecond before the time it was given: kTimerSlack).
-            if (failure->code == CURLE_OPERATION_TIMEDOUT && deadline_bounds && left() <= kTimerSlack)
+            if (failure->timed_out() && deadline_bounds && left() <= kTimerSlack)
                 fail(method + " " + url + ": " + failure->message + "; " + until_what + " passed after " +
                          attempts_text(retries + 1),
                      0, FhirErrorKind::deadline);
@@ -762,7 +369,7 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
             // POST that is not is retried only when it cannot have reached the server (cannot
             // resolve / connect); after a timeout, a broken connection or a lost answer the server
             // may have processed it, and a repeated create would duplicate data.
-            const bool may = retryable_transport_error(failure->code) && (replayable || nothing_sent(failure->code));
+            const bool may = failure->retryable && (replayable || failure->nothing_sent);
             if (may && more) {
                 before_retry(failure->message, nullptr);
                 continue;

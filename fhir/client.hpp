@@ -47,6 +47,7 @@
 
 #include <rapidjson/document.h>
 
+#include "fhir/http_transport.hpp"
 #include "fhir/token_provider.hpp"
 
 namespace calcalert::fhir {
@@ -93,15 +94,6 @@ struct ClientOptions {
     // ... and the jitter's randomness: a value in [0, 1) (others are clamped into it). Default: a
     // std::mt19937_64 per client, seeded from std::random_device.
     std::function<double()> random;
-};
-
-struct Response {
-    long status = 0;
-    std::string body;
-    std::map<std::string, std::string> headers;  // lower-case names
-    std::string method;
-    std::string url;  // the URL that gave this response (after same-origin redirects)
-    int attempts = 1;  // retries included
 };
 
 // What went wrong, for callers that decide what to do next (retry the pass later, re-read the
@@ -237,8 +229,8 @@ private:
     [[noreturn]] void fail(const std::string& message, long status, FhirErrorKind kind) const;
     // parse_resource, then FhirError unless it is a Bundle of this type.
     rapidjson::Document expect_bundle(const Response& response, const std::string& type) const;
-    struct Curl;
-    std::unique_ptr<Curl> curl_;
+    TransportOptions transport_options_;
+    std::unique_ptr<HttpTransport> transport_;
     ClientOptions options_;
     std::string base_;
     std::string origin_;  // scheme://host:port of base_, lower case, port explicit
