@@ -33,6 +33,7 @@
 #include <rapidjson/document.h>
 
 #include "../support/sandbox_server.hpp"
+#include "../support/shell.hpp"
 #include "../unit/cds_test_support.hpp"
 #include "adapters/cds_hooks/server.hpp"
 #include "adapters/poll/poller.hpp"
@@ -652,14 +653,8 @@ TEST_CASE("calcalert serve: stops gracefully on SIGTERM; --insecure-dev only on 
     const fs::path cfg = env().dir / "serve.json";
     std::ofstream(cfg) << R"({"state_file": ":memory:", "insecure_dev": true})";
     {
-        const std::string cmd = bin.string() + " serve --config " + cfg.string() + " --bind 0.0.0.0 --port 0 2>&1";
-        FILE* p = ::popen(cmd.c_str(), "r");
-        REQUIRE(p);
-        std::string out;
-        char buf[512];
-        while (std::fgets(buf, sizeof buf, p)) out += buf;
-        const int status = ::pclose(p);
-        CHECK(WEXITSTATUS(status) == 4);
+        const auto [code, out] = test::run_shell(bin.string() + " serve --config " + cfg.string() + " --bind 0.0.0.0 --port 0");
+        CHECK(code == 4);
         CHECK(out.find("loopback") != std::string::npos);
     }
     ServeProcess serve("serve.json", R"({"state_file": ":memory:", "insecure_dev": true})");

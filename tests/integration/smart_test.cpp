@@ -15,6 +15,7 @@
 #include <rapidjson/document.h>
 
 #include "../support/sandbox_server.hpp"
+#include "../support/shell.hpp"
 #include "auth/smart_backend.hpp"
 #include "fhir/client.hpp"
 #include "jose/jws.hpp"
@@ -225,16 +226,7 @@ TEST_CASE("the client's assertion: header and claims as SMART Backend Services a
 TEST_CASE("calcalert alerts and poll with --smart-client-id and --smart-key") {
     const std::string bin = CALCALERT_BINARY;
     const std::string state = (env().dir / "state.sqlite").string();
-    auto run = [&](const std::string& args) {
-        const std::string cmd = bin + " " + args + " 2>&1";
-        FILE* p = ::popen(cmd.c_str(), "r");
-        REQUIRE(p);
-        std::string out;
-        char buf[512];
-        while (std::fgets(buf, sizeof buf, p)) out += buf;
-        const int status = ::pclose(p);
-        return std::make_pair(WEXITSTATUS(status), out);
-    };
+    auto run = [&](const std::string& args) { return test::run_shell(bin + " " + args); };
     const std::string smart = " --server " + env().fhir->base_url() + " --smart-client-id " + kClient + " --smart-key " +
                               (env().dir / "key.pem").string();
     auto [code, out] = run("poll --once --state " + state + smart);

@@ -1,6 +1,8 @@
 // jose: private keys from PEM files (the SMART client key) and their RFC 7638 thumbprints.
 #include <doctest/doctest.h>
 
+#include "../support/shell.hpp"
+
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <unistd.h>
@@ -14,14 +16,6 @@ using namespace calcalert;
 
 namespace {
 
-struct TempDir {
-    std::filesystem::path path = std::filesystem::temp_directory_path() / ("calcalert-pem-" + std::to_string(::getpid()));
-    TempDir() { std::filesystem::create_directories(path); }
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-};
 
 std::string pem_of(EVP_PKEY* k) {
     BIO* bio = BIO_new(BIO_s_mem());
@@ -37,7 +31,7 @@ std::string pem_of(EVP_PKEY* k) {
 }  // namespace
 
 TEST_CASE("a PEM private key round-trips; its thumbprint is stable and its own") {
-    TempDir dir;
+    test::TempDir dir("pem");
     for (auto key : {jose::generate_es384_key(""), jose::generate_rs384_key("", 2048)}) {
         CAPTURE(key.alg);
         const auto file = dir.path / ("key-" + key.alg + ".pem");
@@ -57,7 +51,7 @@ TEST_CASE("a PEM private key round-trips; its thumbprint is stable and its own")
 }
 
 TEST_CASE("keys SMART cannot use are refused with the file's name") {
-    TempDir dir;
+    test::TempDir dir("pem");
     struct Row {
         const char* name;
         std::string text;

@@ -2,6 +2,8 @@
 // paths relative to the file, the environment over the file, the command line over both.
 #include <doctest/doctest.h>
 
+#include "../support/shell.hpp"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -16,16 +18,11 @@ using namespace calcalert::cli;
 
 namespace {
 
-struct TempConfig {
-    std::filesystem::path dir = std::filesystem::temp_directory_path() / ("calcalert-pollcfg-" + std::to_string(::getpid()));
-    TempConfig() { std::filesystem::create_directories(dir); }
-    ~TempConfig() {
-        std::error_code ignored;
-        std::filesystem::remove_all(dir, ignored);
-    }
+struct TempConfig : test::TempDir {
+    TempConfig() : test::TempDir("pollcfg") {}
     std::string write(const std::string& name, const std::string& text) const {
-        std::ofstream(dir / name) << text;
-        return (dir / name).string();
+        std::ofstream(path / name) << text;
+        return (path / name).string();
     }
 };
 
@@ -39,7 +36,7 @@ TEST_CASE("poll config: every key to its option, paths relative to the file") {
     const PollConfig c = load_poll_config(path, {});
     CHECK(c.values.at("server") == "https://fhir.example.org/r4");
     CHECK(c.values.at("interval") == "5m");
-    CHECK(c.values.at("state") == (t.dir / "state.sqlite").string());
+    CHECK(c.values.at("state") == (t.path / "state.sqlite").string());
     CHECK(c.values.at("page-size") == "100");
     CHECK(c.values.at("smart-client-id") == "calcalert");
     CHECK(c.values.at("smart-key") == "/etc/calcalert/key.pem");
@@ -70,7 +67,7 @@ TEST_CASE("poll config: unknown keys and wrong types are errors naming the key")
         const auto path = t.write("bad.json", row.text);
         CHECK_THROWS_WITH_AS(load_poll_config(path, {}), doctest::Contains(row.expected), ConfigError);
     }
-    CHECK_THROWS_WITH_AS(load_poll_config((t.dir / "missing.json").string(), {}), doctest::Contains("cannot open"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_poll_config((t.path / "missing.json").string(), {}), doctest::Contains("cannot open"), ConfigError);
     const auto deep = t.write("deep.json", std::string(50, '[') + std::string(50, ']'));
     CHECK_THROWS_WITH_AS(load_poll_config(deep, {}), doctest::Contains("nested deeper than 8 levels"), ConfigError);
 }
