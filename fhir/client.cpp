@@ -644,7 +644,9 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
     if (body != nullptr) fields.emplace_back("Content-Type", "application/fhir+json");
     if (!options_.bearer_token.empty()) fields.emplace_back("Authorization", "Bearer " + options_.bearer_token);
     fields.emplace_back("Expect", "");  // no "Expect: 100-continue" round trip before large bodies
-    for (const auto& [name, value] : headers) {
+    for (const auto& header : headers) {
+        const std::string& name = header.first;  // not a structured binding: clang before 16 cannot capture one
+        const std::string& value = header.second;
         if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return is_token_char(static_cast<unsigned char>(c)); }))
             fail(method + " " + url + ": the request header name \"" + escaped(name, 64) + "\" is not a valid HTTP field name", 0,
                  FhirErrorKind::refused);
