@@ -317,7 +317,8 @@ private:
         for (const auto* list : {&drug_, &ingredients_})
             for (const auto& d : *list)
                 for (const auto& c : d.cc.coding) any_rxnorm = any_rxnorm || c.system == kRxNormSystem;
-        for (const auto& [cls, title] : rules::order_classes()) {
+        for (const auto& order_class : rules::order_classes()) {
+            const std::string& cls = order_class.first;  // not a structured binding: clang before 16 cannot capture one
             std::vector<Match> matches;
             auto add = [&](const MedicationCode* row, const Concept* from) {
                 if (row->order_class != cls) return;

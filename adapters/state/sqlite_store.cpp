@@ -119,21 +119,40 @@ public:
 
     void transaction(const std::function<void()>& work) override {
         std::lock_guard lock(mutex_);
-        if (in_transaction_) throw StateError(path_ + ": nested transaction");
+        if (depth_ > 0) {
+            // Nested: a savepoint inside the open transaction; an exception undoes only its writes.
+            const std::string name = "nested_" + std::to_string(depth_);
+            run([&] { session_ << "SAVEPOINT " + name, now; });
+            ++depth_;
+            try {
+                work();
+            } catch (...) {
+                --depth_;
+                try {
+                    session_ << "ROLLBACK TO SAVEPOINT " + name, now;
+                    session_ << "RELEASE SAVEPOINT " + name, now;
+                } catch (...) {
+                }
+                throw;
+            }
+            --depth_;
+            run([&] { session_ << "RELEASE SAVEPOINT " + name, now; });
+            return;
+        }
         run([&] { session_.begin(); });
-        in_transaction_ = true;
+        depth_ = 1;
         try {
             work();
             run([&] { session_.commit(); });
         } catch (...) {
-            in_transaction_ = false;
+            depth_ = 0;
             try {
                 session_.rollback();
             } catch (...) {
             }
             throw;
         }
-        in_transaction_ = false;
+        depth_ = 0;
     }
 
     std::optional<std::string> watermark(const std::string& server, const std::string& type) override {
@@ -558,7 +577,7 @@ private:
     std::string path_;
     Session session_;
     std::recursive_mutex mutex_;
-    bool in_transaction_ = false;
+    int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
 };
 
 }  // namespace

@@ -111,7 +111,8 @@ public:
     virtual ~StateStore() = default;
 
     // Runs `work` in one database transaction: all of its writes land, or none (on an exception,
-    // which is rethrown). Calls may not nest.
+    // which is rethrown). A call inside another is a savepoint: its exception undoes only its own
+    // writes, and they land only when the outer transaction commits.
     virtual void transaction(const std::function<void()>& work) = 0;
 
     // --- poll: watermarks per (server, resource type), as the server's own lastUpdated text ---

@@ -290,3 +290,33 @@ TEST_CASE("the default state file is under the user's state directory, never the
     env.set("HOME", nullptr);
     CHECK_THROWS_AS(default_state_path(), StateError);
 }
+
+TEST_CASE("a transaction inside a transaction is a savepoint: its failure undoes only its own writes") {
+    auto s = open_sqlite_store(":memory:");
+    auto alert = [](const std::string& id) {
+        AlertRecord a;
+        a.server = "http://s/fhir";
+        a.identifier = id;
+        a.patient = "Patient/p";
+        a.rule_id = "r";
+        a.status = "final";
+        return a;
+    };
+    s->transaction([&] {
+        s->put_alert(alert("outer"));
+        CHECK_THROWS_AS(s->transaction([&] {
+            s->put_alert(alert("inner"));
+            throw std::runtime_error("inner fails");
+        }), std::runtime_error);
+        s->transaction([&] { s->put_alert(alert("inner-ok")); });
+    });
+    CHECK(s->alert("http://s/fhir", "outer"));
+    CHECK_FALSE(s->alert("http://s/fhir", "inner"));
+    CHECK(s->alert("http://s/fhir", "inner-ok"));
+    // An outer failure undoes its savepoints' writes too.
+    CHECK_THROWS_AS(s->transaction([&] {
+        s->transaction([&] { s->put_alert(alert("nested-then-outer-fails")); });
+        throw std::runtime_error("outer fails");
+    }), std::runtime_error);
+    CHECK_FALSE(s->alert("http://s/fhir", "nested-then-outer-fails"));
+}
