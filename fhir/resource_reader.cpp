@@ -1,12 +1,14 @@
 #include "fhir/resource_reader.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <vector>
 
+#include "fhir/datetime.hpp"
 #include "fhir/json_parse.hpp"
 #include "fhir/views.hpp"
 
@@ -156,18 +158,7 @@ private:
             reject(where, "Bundle.entry", "expected an array");
             return;
         }
-        BundleContext ctx;
-        for (rapidjson::SizeType i = 0; i < entries->Size(); ++i) {
-            if (i < bad_entry.size() && bad_entry[i]) continue;
-            const Json& e = (*entries)[i];
-            const Json* full = member(e, "fullUrl");
-            const Json* res = member(e, "resource");
-            if (!full || !full->IsString() || !res || !res->IsObject()) continue;
-            const Json* rt = member(*res, "resourceType");
-            const Json* id = member(*res, "id");
-            if (rt && rt->IsString() && id && id->IsString())
-                ctx.full_urls.emplace(full->GetString(), std::string(rt->GetString()) + "/" + id->GetString());
-        }
+        const BundleContext ctx = BundleContext::of(bundle, &bad_entry);
         JsonPath child;
         if (jpath) {
             child = *jpath;
@@ -187,10 +178,44 @@ private:
                 continue;
             }
             const Json* res = member(e, "resource");
-            if (!res) continue;  // e.g. a DELETE request or a response entry: nothing to read
+            if (!res) {  // a DELETE request, or a response entry: nothing to read
+                deleted_entry(e, at);
+                continue;
+            }
             if (jpath) child[child.size() - 2].index = i;
             resource(*res, at, &ctx, epath + ".resource", jpath ? &child : nullptr);
         }
+    }
+
+    // An entry that deletes a resource: request.method DELETE with a url "Type/id" (or
+    // "Type/id/_history/v"; absolute or relative). A conditional delete (a url with '?') names no
+    // resource and is left alone.
+    void deleted_entry(const Json& entry, Location where) {
+        const Json* req = member(entry, "request");
+        if (!req || !req->IsObject() || string_or_empty(*req, "method") != "DELETE") return;
+        std::string url = string_or_empty(*req, "url");
+        if (url.empty() || url.find('?') != std::string::npos) return;
+        std::string version;
+        if (const auto h = url.find("/_history/"); h != std::string::npos) {
+            version = url.substr(h + 10);
+            url.resize(h);
+        }
+        const auto slash = url.rfind('/');
+        if (slash == std::string::npos || slash == 0 || slash + 1 == url.size()) return;
+        const auto type_start = url.rfind('/', slash - 1);
+        const std::string type = url.substr(type_start == std::string::npos ? 0 : type_start + 1,
+                                            slash - (type_start == std::string::npos ? 0 : type_start + 1));
+        const std::string id = url.substr(slash + 1);
+        if (type.empty() || !std::isupper(static_cast<unsigned char>(type[0]))) return;
+        std::optional<std::int64_t> at;
+        if (const Json* resp = member(entry, "response"); resp && resp->IsObject()) {
+            const std::string etag = string_or_empty(*resp, "etag");  // W/"3"
+            if (version.empty() && etag.size() > 4 && etag.rfind("W/\"", 0) == 0 && etag.back() == '"')
+                version = etag.substr(3, etag.size() - 4);
+            at = parse_datetime(string_or_empty(*resp, "lastModified"));
+        }
+        where.resource = type + "/" + id;
+        handler_.on_deleted(where.resource, version, at, where);
     }
 
     ResourceHandler& handler_;
@@ -275,9 +300,134 @@ bool looks_like_ndjson(std::string_view text) {
 
 }  // namespace
 
+std::string normalize_base(std::string_view url) {
+    std::string out(url);
+    while (!out.empty() && out.back() == '/') out.pop_back();
+    const auto scheme = out.find("://");
+    if (scheme == std::string::npos) return out;
+    const auto host_end = out.find('/', scheme + 3);
+    for (std::size_t i = 0; i < std::min(out.size(), host_end); ++i)
+        out[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(out[i])));
+    return out;
+}
+
+namespace {
+
+// A FHIR id: [A-Za-z0-9-.]{1,64}.
+bool valid_id(std::string_view id) {
+    if (id.empty() || id.size() > 64) return false;
+    return std::all_of(id.begin(), id.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+    });
+}
+
+// "https://host/fhir" of "https://host/fhir/Observation/1" (a version suffix ignored); "" when the URL
+// is not absolute or does not end in Type/id.
+std::string server_base_of(std::string_view url) {
+    if (url.find("://") == std::string_view::npos) return {};
+    if (const auto h = url.find("/_history/"); h != std::string_view::npos) url = url.substr(0, h);
+    const auto id_slash = url.rfind('/');
+    if (id_slash == std::string_view::npos || id_slash == 0) return {};
+    const auto type_slash = url.rfind('/', id_slash - 1);
+    if (type_slash == std::string_view::npos) return {};
+    const std::string_view type = url.substr(type_slash + 1, id_slash - type_slash - 1);
+    if (type.empty() || !std::isupper(static_cast<unsigned char>(type[0])) || !valid_id(url.substr(id_slash + 1)))
+        return {};
+    const std::string_view base = url.substr(0, type_slash);
+    if (base.find("://") == std::string_view::npos || base.size() <= base.find("://") + 3) return {};
+    return normalize_base(base);
+}
+
+std::string_view strip_history(std::string_view ref) {
+    if (const auto h = ref.find("/_history/"); h != std::string_view::npos) return ref.substr(0, h);
+    return ref;
+}
+
+}  // namespace
+
+BundleContext BundleContext::of(const rapidjson::Value& bundle, const std::vector<bool>* skip) {
+    BundleContext ctx;
+    const Json* entries = member(bundle, "entry");
+    if (!entries || !entries->IsArray()) return ctx;
+    ctx.entry_full_urls.resize(entries->Size());
+    auto skipped = [skip](rapidjson::SizeType i) { return skip && i < skip->size() && (*skip)[i]; };
+    for (rapidjson::SizeType i = 0; i < entries->Size(); ++i) {
+        if (skipped(i)) continue;
+        const Json& e = (*entries)[i];
+        const Json* full = member(e, "fullUrl");
+        if (!full || !full->IsString()) continue;
+        const std::string url(full->GetString(), full->GetStringLength());
+        ctx.entry_full_urls[i] = url;
+        if (auto base = server_base_of(url); !base.empty()) ctx.bases.insert(std::move(base));
+        const Json* res = member(e, "resource");
+        if (!res || !res->IsObject()) continue;
+        const std::string type = string_or_empty(*res, "resourceType");
+        const std::string id = string_or_empty(*res, "id");
+        if (!type.empty() && !id.empty())
+            ctx.full_urls.emplace(url, type + "/" + id);
+        else if (type == "Patient" && !member(*res, "id"))
+            ctx.full_urls.emplace(url, url);  // a Patient without an id is its fullUrl
+    }
+    // The Observations a DiagnosticReport of this Bundle lists, and the report's subject.
+    for (rapidjson::SizeType i = 0; i < entries->Size(); ++i) {
+        if (skipped(i)) continue;
+        const Json* res = member((*entries)[i], "resource");
+        if (!res || !res->IsObject() || string_or_empty(*res, "resourceType") != "DiagnosticReport") continue;
+        const Json* subject = member(*res, "subject");
+        const std::string subject_ref = subject && subject->IsObject() ? string_or_empty(*subject, "reference") : "";
+        const Json* results = member(*res, "result");
+        if (subject_ref.empty() || !results || !results->IsArray()) continue;
+        for (const auto& r : results->GetArray()) {
+            if (!r.IsObject()) continue;
+            const std::string ref = string_or_empty(r, "reference");
+            if (ref.empty() || ref[0] == '#') continue;  // contained: read with the report
+            ctx.report_subjects.emplace(std::string(strip_history(ctx.resolve(ref))), subject_ref);
+        }
+    }
+    return ctx;
+}
+
 std::string_view BundleContext::resolve(std::string_view reference) const {
     auto it = full_urls.find(std::string(reference));
     return it == full_urls.end() ? reference : std::string_view(it->second);
+}
+
+std::string_view BundleContext::full_url_of(long entry) const {
+    if (entry < 0 || static_cast<std::size_t>(entry) >= entry_full_urls.size()) return {};
+    return entry_full_urls[static_cast<std::size_t>(entry)];
+}
+
+std::string_view BundleContext::report_subject(std::string_view observation_ref, long entry) const {
+    if (report_subjects.empty()) return {};
+    if (auto it = report_subjects.find(std::string(observation_ref)); it != report_subjects.end()) return it->second;
+    const std::string_view full = full_url_of(entry);
+    if (full.empty()) return {};
+    if (auto it = report_subjects.find(std::string(full)); it != report_subjects.end()) return it->second;
+    return {};
+}
+
+PatientIdentity patient_identity(std::string_view reference, const BundleContext* bundle, std::string_view server_base) {
+    using Kind = PatientIdentity::Kind;
+    std::string_view ref = reference;
+    if (bundle) {
+        if (auto it = bundle->full_urls.find(std::string(reference)); it != bundle->full_urls.end()) {
+            ref = it->second;
+            if (ref.rfind("urn:", 0) == 0) return {Kind::patient, std::string(ref)};  // a Patient without an id
+        }
+    }
+    if (ref.rfind("urn:uuid:", 0) == 0 || ref.rfind("urn:oid:", 0) == 0) return {Kind::unresolved, {}};
+    ref = strip_history(ref);
+    if (ref.find("://") == std::string_view::npos) {
+        if (ref.rfind("Patient/", 0) != 0 || !valid_id(ref.substr(8))) return {};
+        return {Kind::patient, std::string(ref)};
+    }
+    const auto p = ref.rfind("/Patient/");
+    if (p == std::string_view::npos || !valid_id(ref.substr(p + 9))) return {};
+    const std::string id(ref.substr(p + 9));
+    const std::string base = normalize_base(ref.substr(0, p));
+    if ((!server_base.empty() && base == server_base) || (bundle && bundle->bases.count(base)))
+        return {Kind::patient, "Patient/" + id};
+    return {Kind::patient, base + "/Patient/" + id};
 }
 
 ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler) {

@@ -208,7 +208,7 @@ std::vector<ObservationView::Component> ObservationView::components() const {
         const std::string cpath = indexed("Observation.component", i);
         const Json& c = (*arr)[i];
         if (!c.IsObject()) throw ElementError(cpath, std::string("expected an object, found ") + json_type_name(c));
-        Component comp{i, codeable_concept(member(c, "code"), cpath + ".code"), object_member(c, "valueQuantity", cpath),
+        Component comp{i, &c, codeable_concept(member(c, "code"), cpath + ".code"), object_member(c, "valueQuantity", cpath),
                        member(c, "dataAbsentReason") != nullptr, range_high(c, cpath)};
         out.push_back(std::move(comp));
     }
@@ -232,6 +232,56 @@ std::optional<EpochSeconds> ConditionView::onset() const {
     if (auto t = time_member(*json_, "onsetDateTime", type_)) return t;
     if (const Json* p = object_member(*json_, "onsetPeriod", type_)) return time_member(*p, "start", "Condition.onsetPeriod");
     return std::nullopt;
+}
+
+std::optional<EpochSeconds> ConditionView::recorded_date() const { return time_member(*json_, "recordedDate", type_); }
+
+ProcedureView::ProcedureView(const Json& json) : ResourceView(json, "Procedure") {
+    if (auto s = string_member(json, "status", type_)) status_ = *s;
+    code_ = codeable_concept(member(json, "code"), "Procedure.code");
+    subject_ = subject_of(json, type_);
+}
+
+ProcedureView::Performed ProcedureView::performed() const {
+    Performed p;
+    if (auto t = time_member(*json_, "performedDateTime", type_)) {
+        p.start = p.end = t;
+        return p;
+    }
+    if (const Json* period = object_member(*json_, "performedPeriod", type_)) {
+        p.start = time_member(*period, "start", "Procedure.performedPeriod");
+        p.end = time_member(*period, "end", "Procedure.performedPeriod");
+        if (p.start && p.end && *p.end < *p.start)
+            throw ElementError("Procedure.performedPeriod.end", "the period ends before it starts");
+        return p;
+    }
+    for (const char* o : {"performedString", "performedAge", "performedRange"})
+        if (member(*json_, o)) p.other = o;
+    return p;
+}
+
+PatientView::PatientView(const Json& json) : ResourceView(json, "Patient") {}
+
+std::optional<bool> PatientView::deceased_boolean() const {
+    const Json* v = member(*json_, "deceasedBoolean");
+    if (!v) return std::nullopt;
+    if (!v->IsBool())
+        throw ElementError("Patient.deceasedBoolean", std::string("expected a boolean, found ") + json_type_name(*v));
+    return v->GetBool();
+}
+
+std::optional<EpochSeconds> PatientView::deceased_date_time() const {
+    return time_member(*json_, "deceasedDateTime", type_);
+}
+
+std::optional<std::string> modifier_extension_url(const Json& obj, const std::string& path) {
+    const Json* arr = array_member(obj, "modifierExtension", path);
+    if (!arr || arr->Empty()) return std::nullopt;
+    const Json& first = (*arr)[0];
+    const std::string epath = path + ".modifierExtension[0]";
+    if (!first.IsObject()) throw ElementError(epath, std::string("expected an object, found ") + json_type_name(first));
+    if (auto url = string_member(first, "url", epath)) return std::string(*url);
+    return std::string("(no url)");
 }
 
 bool ConditionView::has_abatement() const {
@@ -271,24 +321,6 @@ std::vector<std::string> operation_outcome_issues(const Json& json) {
 std::string string_or_empty(const Json& obj, std::string_view name) {
     const Json* v = member(obj, name);
     return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
-}
-
-std::optional<std::string> normalize_patient_reference(std::string_view ref) {
-    if (ref.rfind("urn:uuid:", 0) == 0 || ref.rfind("urn:oid:", 0) == 0) return std::string(ref);
-    // Drop a version suffix.
-    if (auto h = ref.find("/_history/"); h != std::string_view::npos) ref = ref.substr(0, h);
-    // Find the last "Patient/" segment start: either at 0 or after a '/'.
-    std::size_t pos = std::string_view::npos;
-    if (ref.rfind("Patient/", 0) == 0) {
-        pos = 0;
-    } else {
-        auto p = ref.rfind("/Patient/");
-        if (p != std::string_view::npos) pos = p + 1;
-    }
-    if (pos == std::string_view::npos) return std::nullopt;
-    std::string_view id = ref.substr(pos + 8);
-    if (id.empty() || id.find('/') != std::string_view::npos || id.find('?') != std::string_view::npos) return std::nullopt;
-    return "Patient/" + std::string(id);
 }
 
 }  // namespace calcalert::fhir

@@ -100,6 +100,7 @@ public:
 
     struct Component {
         std::size_t index;
+        const Json* json;
         CodeableConcept code;
         const Json* value_quantity;
         bool data_absent;
@@ -121,6 +122,7 @@ public:
     std::string_view clinical_status() const;      // first code of clinicalStatus, "" if absent
     std::string_view verification_status() const;  // first code of verificationStatus, "" if absent
     std::optional<EpochSeconds> onset() const;     // onsetDateTime or onsetPeriod.start
+    std::optional<EpochSeconds> recorded_date() const;
     bool has_abatement() const;
     std::optional<EpochSeconds> abatement() const;  // abatementDateTime or abatementPeriod.start
 
@@ -129,12 +131,39 @@ private:
     std::string_view subject_;
 };
 
+class ProcedureView : public ResourceView {
+public:
+    explicit ProcedureView(const Json& json);
+    std::string_view status() const { return status_; }
+    const CodeableConcept& code() const { return code_; }
+    std::string_view subject_reference() const { return subject_; }
+    struct Performed {
+        std::optional<EpochSeconds> start;  // performedDateTime, or performedPeriod.start
+        std::optional<EpochSeconds> end;    // performedDateTime, or performedPeriod.end
+        std::string_view other;             // "performedString", "performedAge", ...: present but not a time
+    };
+    Performed performed() const;
+
+private:
+    std::string_view status_;
+    CodeableConcept code_;
+    std::string_view subject_;
+};
+
+class PatientView : public ResourceView {
+public:
+    explicit PatientView(const Json& json);
+    std::optional<bool> deceased_boolean() const;
+    std::optional<EpochSeconds> deceased_date_time() const;
+};
+
+// The url of the first entry of `obj.modifierExtension` ("(no url)" when it has none), or nullopt when
+// there is none. No modifier extension is understood by the reader: FHIR R4 says a modifier the
+// reader does not know changes the meaning of the element holding it. `path` is obj's FHIR path.
+std::optional<std::string> modifier_extension_url(const Json& obj, const std::string& path);
+
 // OperationOutcome.issue as readable lines: "error (processing): diagnostics [expression]".
 std::vector<std::string> operation_outcome_issues(const Json& json);
 
-// A reference to a patient written any of the ways FHIR allows. Returns "Patient/<id>" for
-// "Patient/1", "Patient/1/_history/2", "https://host/fhir/Patient/1"; returns the input itself for
-// "urn:uuid:..." (to be resolved by the Bundle); nullopt for a reference to anything else.
-std::optional<std::string> normalize_patient_reference(std::string_view ref);
 
 }  // namespace calcalert::fhir

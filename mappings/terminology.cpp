@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -90,7 +91,57 @@ Terminology Terminology::load(const std::filesystem::path& dir) {
             throw TerminologyError(where + ": factor must be a positive number");
         t.units_[r.cells[0] + "|" + r.cells[1]] = UnitConversion{factor, r.cells[3], r.cells.size() > 4 ? r.cells[4] : ""};
     }
+
+    for (const auto& r : read_tsv(dir / "procedure-codes.tsv", 5)) {
+        const auto& concepts = rules::procedure_concepts();
+        auto sys = t.canonical_system(r.cells[1]);
+        if (std::find(concepts.begin(), concepts.end(), r.cells[0]) == concepts.end())
+            throw TerminologyError(r.where + ": unknown procedure concept '" + r.cells[0] + "' (known: dialysis)");
+        if (!sys) throw TerminologyError(r.where + ": unknown system '" + r.cells[1] + "'");
+        if (r.cells[3] != "exact") throw TerminologyError(r.where + ": match must be exact");
+        if (r.cells[2].empty()) throw TerminologyError(r.where + ": empty code");
+        t.procedures_[t.key(*sys, r.cells[2])] = ProcedureCode{r.cells[0], r.cells[4]};
+    }
+
+    for (const auto& r : read_tsv(dir / "plausibility.tsv", 4)) {
+        auto analyte = rules::analyte_from_name(r.cells[0]);
+        if (!analyte) throw TerminologyError(r.where + ": unknown analyte '" + r.cells[0] + "'");
+        auto number = [&](const std::string& cell, const char* what) {
+            char* end = nullptr;
+            const double v = std::strtod(cell.c_str(), &end);
+            if (cell.empty() || *end != '\0' || !std::isfinite(v))
+                throw TerminologyError(r.where + ": " + what + " must be a finite number");
+            return v;
+        };
+        const double low = number(r.cells[1], "low");
+        const double high = number(r.cells[2], "high");
+        if (low > high) throw TerminologyError(r.where + ": low is above high");
+        if (r.cells[3] != rules::canonical_unit(*analyte))
+            throw TerminologyError(r.where + ": the limits must be in " + std::string(rules::canonical_unit(*analyte)));
+        auto& slot = t.plausible_[static_cast<std::size_t>(*analyte)];
+        if (slot) throw TerminologyError(r.where + ": a second row for " + r.cells[0]);
+        slot = PlausibleRange{low, high};
+    }
     return t;
+}
+
+const ProcedureCode* Terminology::procedure(std::string_view system, std::string_view code) const {
+    auto sys = canonical_system(system);
+    if (!sys || code.empty()) return nullptr;
+    auto it = procedures_.find(key(*sys, code));
+    return it == procedures_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> Terminology::procedure_tokens() const {
+    std::vector<std::string> out;
+    for (const auto& [k, v] : procedures_) out.push_back(k);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+const PlausibleRange* Terminology::plausible_range(rules::Analyte a) const {
+    const auto& slot = plausible_[static_cast<std::size_t>(a)];
+    return slot ? &*slot : nullptr;
 }
 
 const LabCode* Terminology::lab(std::string_view system, std::string_view code) const {

@@ -32,6 +32,17 @@ struct ConditionCode {
     std::string caveat;
 };
 
+struct ProcedureCode {
+    std::string concept_id;  // one of rules::procedure_concepts()
+    std::string display;
+};
+
+// Plausibility limits of an analyte in its canonical unit (clinical-rules.md §5.1.4).
+struct PlausibleRange {
+    double low;
+    double high;
+};
+
 struct UnitConversion {
     double factor;          // canonical = value × factor
     std::string property;   // mass, moles, ...
@@ -55,6 +66,13 @@ public:
     // Every lab code the rules read, as FHIR token values "system|code", sorted.
     std::vector<std::string> lab_tokens() const;
 
+    // Procedure codes (procedure-codes.tsv) and their token values "system|code", sorted.
+    const ProcedureCode* procedure(std::string_view system, std::string_view code) const;
+    std::vector<std::string> procedure_tokens() const;
+
+    // The plausibility limits of the analyte (plausibility.tsv), or nullptr when it has none.
+    const PlausibleRange* plausible_range(rules::Analyte analyte) const;
+
     // concept -> title, for the rule catalog.
     const std::map<std::string, std::string>& concepts() const { return concept_titles_; }
 
@@ -65,6 +83,8 @@ private:
     std::unordered_map<std::string, ConditionCode> conditions_;
     std::vector<std::pair<std::string, ConditionCode>> condition_prefixes_;  // key prefix -> code
     std::unordered_map<std::string, UnitConversion> units_;                   // analyte|unit
+    std::unordered_map<std::string, ProcedureCode> procedures_;
+    std::optional<PlausibleRange> plausible_[rules::analyte_count];
     std::map<std::string, std::string> concept_titles_;
 };
 

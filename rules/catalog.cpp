@@ -167,6 +167,21 @@ FactParameters read_parameters(Obj p) {
         f.egfr_below = c.num("below", f.egfr_below);
         c.finish();
     }
+    {
+        Obj c = p.sub("dialysisProcedure");
+        f.dialysis_window_days = c.num("windowDays", f.dialysis_window_days);
+        if (auto st = c.strings("countedStatuses"); !st.empty()) {
+            // FHIR R4 EventStatus: what a site may count (never not-done, entered-in-error, unknown).
+            static const std::set<std::string> allowed{"preparation", "in-progress", "on-hold", "stopped", "completed"};
+            for (const auto& s : st)
+                if (!allowed.count(s))
+                    c.fail(c.path() + "countedStatuses",
+                           "'" + s + "' may not count (allowed: preparation, in-progress, on-hold, stopped, completed)");
+            f.dialysis_counted_statuses = st;
+        }
+        if (!(f.dialysis_window_days >= 0)) c.fail(c.path() + "windowDays", "must be a number of days, 0 or more");
+        c.finish();
+    }
     p.finish();
     return f;
 }
@@ -225,6 +240,13 @@ const std::vector<std::pair<std::string, std::string>>& lab_facts() {
     return facts;
 }
 
+const std::vector<std::pair<std::string, std::string>>& procedure_facts() {
+    static const std::vector<std::pair<std::string, std::string>> facts{
+        {"dialysis-procedure", "Dialysis procedure within the window"},
+    };
+    return facts;
+}
+
 const std::vector<std::pair<std::string, std::string>>& order_classes() {
     static const std::vector<std::pair<std::string, std::string>> classes{
         {"iv-calcium", "Draft order for an intravenous calcium salt"},
@@ -251,6 +273,7 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
     RuleCatalog cat;
     cat.dir_ = dir;
     for (const auto& [id, title] : lab_facts()) cat.titles_[id] = title;
+    for (const auto& [id, title] : procedure_facts()) cat.titles_[id] = title;
     for (const auto& [concept_id, title] : concepts) cat.titles_["dx." + concept_id] = title;
     cat.titles_["ca-x-p"] = "Calcium-phosphate product";
 

@@ -34,6 +34,10 @@ struct FactParameters {
     double pth_default_high = 65;
     double egfr_window_days = 180;
     double egfr_below = 15;
+    // Fact dialysis-procedure: a dialysis Procedure (ProcedureFact concept "dialysis") of a counted
+    // status, performed within the window.
+    double dialysis_window_days = 30;
+    std::vector<std::string> dialysis_counted_statuses{"completed", "in-progress"};
 };
 
 struct DerivedFact {
@@ -71,6 +75,10 @@ struct Rule {
 
 // The facts computed from labs in code; their thresholds and windows come from FactParameters.
 const std::vector<std::pair<std::string, std::string>>& lab_facts();  // id, title
+
+// The facts computed from Procedures in code (dialysis-procedure); their window and statuses come from
+// FactParameters.
+const std::vector<std::pair<std::string, std::string>>& procedure_facts();  // id, title
 
 // The order classes a draft MedicationRequest can match (fact order.<id>; OrderFact::order_class): id, title.
 const std::vector<std::pair<std::string, std::string>>& order_classes();

@@ -84,6 +84,7 @@ public:
         Evaluation out;
         out.notes = in_.notes;
         patient_facts(out.notes);
+        if (deceased(out.notes)) return out;
         fire_rules(out.findings);
         return out;
     }
@@ -92,6 +93,7 @@ public:
         Evaluation out;
         out.notes = in_.notes;
         patient_facts(out.notes);
+        if (deceased(out.notes)) return out;
         std::vector<std::string> sources;  // the orders, in order of first appearance
         for (const auto& o : orders)
             if (std::find(sources.begin(), sources.end(), o.source) == sources.end()) sources.push_back(o.source);
@@ -120,12 +122,77 @@ public:
     }
 
 private:
-    // The patient's facts: counted labs and conditions, lab facts, derived facts.
+    // The patient's facts: counted labs, conditions and procedures, lab facts, derived facts.
     void patient_facts(std::vector<DataQualityNote>& notes) {
         select_labs(notes);
         select_conditions(notes);
+        select_procedures(notes);
         lab_facts_();
         derived_facts();
+    }
+
+    // clinical-rules.md §5.1.6: a patient deceased at `now` gets no finding (the note says why).
+    bool deceased(std::vector<DataQualityNote>& notes) const {
+        if (!in_.deceased) return false;
+        const Deceased& d = *in_.deceased;
+        if (d.at && *d.at > now_) {
+            notes.push_back({d.source, "Patient.deceasedDateTime",
+                             "deceasedDateTime " + date_for_people(*d.at) +
+                                 " lies after the evaluation time: the patient is evaluated"});
+            return false;
+        }
+        notes.push_back({d.source, d.at ? "Patient.deceasedDateTime" : "Patient.deceasedBoolean",
+                         "the patient is deceased (" +
+                             (d.at ? "deceasedDateTime " + date_for_people(*d.at) : std::string("deceasedBoolean true")) +
+                             "): no finding"});
+        return true;
+    }
+
+    // Fact dialysis-procedure: the latest dialysis Procedure of a counted status performed within the
+    // window (a period counts by its end; an in-progress one without an end is still going on).
+    void select_procedures(std::vector<DataQualityNote>& notes) {
+        const auto tolerance = static_cast<EpochSeconds>(p_.future_tolerance_hours * kHour);
+        const ProcedureFact* latest = nullptr;
+        EpochSeconds latest_t = 0;
+        std::size_t within_window = 0;
+        for (const auto& pr : in_.procedures) {
+            if (pr.concept_id != "dialysis" || (!pr.performed_start && !pr.performed_end)) continue;
+            const std::string label = "Dialysis procedure " + pr.code_label;
+            const auto& st = p_.dialysis_counted_statuses;
+            if (std::find(st.begin(), st.end(), pr.status) == st.end()) {
+                notes.push_back({pr.source, "Procedure.status", label + " not counted: status '" + pr.status + "'"});
+                continue;
+            }
+            const EpochSeconds start = pr.performed_start ? *pr.performed_start : *pr.performed_end;
+            if (start > now_ + tolerance) {
+                notes.push_back({pr.source, "Procedure.performed[x]",
+                                 label + " not counted: performed " + date_for_people(start) + ", more than " +
+                                     format_number(p_.future_tolerance_hours) + " h after the evaluation time"});
+                continue;
+            }
+            const EpochSeconds t = pr.performed_end ? *pr.performed_end : pr.status == "in-progress" ? now_ : start;
+            if (static_cast<double>(now_ - t) > p_.dialysis_window_days * kDay) continue;  // older: outside the window
+            ++within_window;
+            if (!latest || t > latest_t || (t == latest_t && pr.source < latest->source)) {
+                latest = &pr;
+                latest_t = t;
+            }
+        }
+        if (!latest) return;
+        const EpochSeconds start = latest->performed_start ? *latest->performed_start : *latest->performed_end;
+        std::string when = date_for_people(start);
+        if (latest->performed_end && *latest->performed_end != start)
+            when += " to " + date_for_people(*latest->performed_end);
+        else if (!latest->performed_end && latest->status == "in-progress")
+            when = "since " + when + ", not ended";
+        std::string text = "\"" + (latest->display.empty() ? std::string("dialysis") : latest->display) + "\" " +
+                           latest->code_label + ", " + latest->status + ", performed " + when + " (within " +
+                           format_number(p_.dialysis_window_days) + " days";
+        if (within_window > 1) text += "; the latest of " + std::to_string(within_window);
+        text += ")";
+        auto& f = facts_["dialysis-procedure"];
+        append(f, text, {latest->source});
+        f.brief = "dialysis on " + date_for_people(latest_t);
     }
 
     // Labs that count, per analyte, latest first.
@@ -167,11 +234,21 @@ private:
     }
 
     void select_conditions(std::vector<DataQualityNote>& notes) {
+        const auto tolerance = static_cast<EpochSeconds>(p_.future_tolerance_hours * kHour);
         for (const auto& c : in_.conditions) {
             const std::string& v = c.verification_status;
             if (v == "refuted" || v == "entered-in-error") {
                 notes.push_back({c.source, "Condition.verificationStatus",
                                  c.code_label + " not counted: verificationStatus '" + v + "'"});
+                continue;
+            }
+            // clinical-rules.md §5.1.5: a condition that has not happened yet.
+            const bool future_onset = c.onset && *c.onset > now_ + tolerance;
+            if (future_onset || (c.recorded && *c.recorded > now_ + tolerance)) {
+                notes.push_back({c.source, future_onset ? "Condition.onset[x]" : "Condition.recordedDate",
+                                 c.code_label + " not counted: " + (future_onset ? "onset " : "recorded ") +
+                                     date_for_people(future_onset ? *c.onset : *c.recorded) + ", more than " +
+                                     format_number(p_.future_tolerance_hours) + " h after the evaluation time"});
                 continue;
             }
             const std::string& s = c.clinical_status;

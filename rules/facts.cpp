@@ -19,6 +19,11 @@ constexpr std::array<AnalyteInfo, analyte_count> analytes{{
 }};
 }  // namespace
 
+const std::vector<std::string_view>& procedure_concepts() {
+    static const std::vector<std::string_view> concepts{"dialysis"};
+    return concepts;
+}
+
 std::string_view analyte_name(Analyte a) { return analytes[static_cast<std::size_t>(a)].name; }
 std::string_view analyte_label(Analyte a) { return analytes[static_cast<std::size_t>(a)].label; }
 std::string_view canonical_unit(Analyte a) { return analytes[static_cast<std::size_t>(a)].unit; }

@@ -61,9 +61,31 @@ struct ConditionFact {
     std::string clinical_status;      // "" when absent
     std::string verification_status;  // "" when absent
     std::optional<EpochSeconds> onset;
+    std::optional<EpochSeconds> recorded;  // Condition.recordedDate
     bool has_abatement = false;
     std::optional<EpochSeconds> abatement;
     std::string source;
+};
+
+// The procedure concepts the engine reads (ProcedureFact::concept_id; the terminology data maps
+// Procedure codes to them): "dialysis" (fact dialysis-procedure).
+const std::vector<std::string_view>& procedure_concepts();
+
+// One Procedure mapped to a procedure concept. The engine decides whether it counts (status, time).
+struct ProcedureFact {
+    std::string concept_id;                    // "dialysis"
+    std::string code_label;                    // "SNOMED CT 302497006", for explanations
+    std::string display;
+    std::string status;                        // Procedure.status
+    std::optional<EpochSeconds> performed_start;  // performedDateTime, or performedPeriod.start
+    std::optional<EpochSeconds> performed_end;    // performedDateTime, or performedPeriod.end
+    std::string source;
+};
+
+// What the Patient resource says about death: deceasedBoolean true, or deceasedDateTime.
+struct Deceased {
+    std::optional<EpochSeconds> at;  // deceasedDateTime; nullopt for deceasedBoolean true
+    std::string source;              // "Patient/1/_history/2"
 };
 
 // Data that could not be used, kept so that nothing is dropped silently.
@@ -74,10 +96,14 @@ struct DataQualityNote {
 };
 
 struct PatientFacts {
-    std::string patient;  // "Patient/123"
+    // "Patient/123"; for a patient another server names, its absolute URL
+    // ("https://other.example.org/fhir/Patient/123"); for a Patient without an id, its urn:uuid fullUrl.
+    std::string patient;
     std::vector<LabResult> labs;
     std::vector<ConditionFact> conditions;
     std::vector<DataQualityNote> notes;
+    std::vector<ProcedureFact> procedures{};
+    std::optional<Deceased> deceased{};  // from the Patient resource: no finding once it holds at `now`
 };
 
 // One draft order (a MedicationRequest of CDS Hooks draftOrders) that matches an order class: the fact

@@ -73,19 +73,9 @@ void feed(mappings::FactBuilder& builder, const Json& value, const std::string& 
     if (!value.IsObject()) return;
     const std::string type = resource_type_of(value);
     if (type == "Bundle") {
-        fhir::BundleContext ctx;
         const Json* entries = member(value, "entry");
         if (!entries || !entries->IsArray()) return;
-        for (const auto& e : entries->GetArray()) {
-            if (!e.IsObject()) continue;
-            const Json* full = member(e, "fullUrl");
-            const Json* res = member(e, "resource");
-            if (full && full->IsString() && res && res->IsObject()) {
-                const Json* id = member(*res, "id");
-                const std::string t = resource_type_of(*res);
-                if (id && id->IsString() && !t.empty()) ctx.full_urls[string_of(*full)] = t + "/" + string_of(*id);
-            }
-        }
+        const fhir::BundleContext ctx = fhir::BundleContext::of(value);
         long index = 0;
         for (const auto& e : entries->GetArray()) {
             const long i = index++;
@@ -143,7 +133,7 @@ std::string lower(std::string s) {
 const std::vector<ServiceDef>& service_definitions() {
     static const std::vector<ServiceDef> defs = {
         {"calcalert-patient-view", "patient-view", "Calciphylaxis and calcinosis alerts",
-         "Checks the patient's calcium, phosphate, PTH, eGFR and albumin results and problem list for "
+         "Checks the patient's calcium, phosphate, PTH, eGFR and albumin results, dialysis procedures and problem list for "
          "calciphylaxis and calcinosis risk (seven rules: suspected calciphylaxis, calciphylaxis risk, wound "
          "sepsis risk, metastatic calcification risk, dystrophic calcinosis watch, calcinosis infection risk, "
          "metastatic pattern).",
@@ -185,13 +175,21 @@ std::vector<std::string> lab_code_tokens(const std::filesystem::path& tsv) {
     return out;
 }
 
-std::map<std::string, std::string> prefetch_templates(const std::vector<std::string>& lab_tokens) {
-    std::string codes;
-    for (const auto& t : lab_tokens) codes += (codes.empty() ? "" : ",") + t;
-    return {
-        {"observations", "Observation?patient={{context.patientId}}&code=" + codes + "&_sort=-date"},
-        {"conditions", "Condition?patient={{context.patientId}}"},
+std::map<std::string, std::string> prefetch_templates(const std::vector<std::string>& lab_tokens,
+                                                      const std::vector<std::string>& procedure_tokens) {
+    auto list = [](const std::vector<std::string>& tokens) {
+        std::string out;
+        for (const auto& t : tokens) out += (out.empty() ? "" : ",") + t;
+        return out;
     };
+    std::map<std::string, std::string> templates{
+        {"observations", "Observation?patient={{context.patientId}}&code=" + list(lab_tokens) + "&_sort=-date"},
+        {"conditions", "Condition?patient={{context.patientId}}"},
+        {"patient", "Patient/{{context.patientId}}"},
+    };
+    if (!procedure_tokens.empty())
+        templates["procedures"] = "Procedure?patient={{context.patientId}}&code=" + list(procedure_tokens) + "&_sort=-date";
+    return templates;
 }
 
 std::string render_template(const std::string& tmpl, const std::string& patient_id) {
@@ -209,8 +207,8 @@ bool is_fhir_id(std::string_view s) {
     });
 }
 
-std::string discovery_json(const std::vector<std::string>& lab_tokens) {
-    const auto templates = prefetch_templates(lab_tokens);
+std::string discovery_json(const std::vector<std::string>& lab_tokens, const std::vector<std::string>& procedure_tokens) {
+    const auto templates = prefetch_templates(lab_tokens, procedure_tokens);
     rapidjson::StringBuffer sb;
     Writer w(sb);
     w.StartObject();
@@ -234,9 +232,9 @@ std::string discovery_json(const std::vector<std::string>& lab_tokens) {
         }
         w.EndObject();
         w.Key("usageRequirements");
-        w.String("Send a JWT signed with ES384 or RS384 by a registered issuer. Observations and Conditions are read "
-                 "from the prefetch or, when a key is missing, from fhirServer (which must be registered with the "
-                 "service) with fhirAuthorization.");
+        w.String("Send a JWT signed with ES384 or RS384 by a registered issuer. Observations, Conditions, dialysis "
+                 "Procedures and the Patient are read from the prefetch or, when a key is missing, from fhirServer "
+                 "(which must be registered with the service) with fhirAuthorization.");
         w.EndObject();
     }
     w.EndArray();
@@ -281,7 +279,8 @@ CdsService::CdsService(const ServeConfig& config, const mappings::Terminology& t
                        FhirSourceFactory sources, std::vector<std::string> lab_tokens,
                        const mappings::Medications* medications)
     : config_(config), term_(terminology), catalog_(catalog), medications_(medications), store_(store), metrics_(metrics),
-      sources_(std::move(sources)), templates_(prefetch_templates(lab_tokens)), discovery_(discovery_json(lab_tokens)) {
+      sources_(std::move(sources)), templates_(prefetch_templates(lab_tokens, terminology.procedure_tokens())),
+      discovery_(discovery_json(lab_tokens, terminology.procedure_tokens())) {
     card_options_.identifier_system = config.identifier_system;
     card_options_.rule_system = config.rule_system;
     for (const auto& s : config.fhir_servers) allowed_servers_.push_back(normalize_base_url(s));
@@ -361,7 +360,7 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
             }
 
         // Prefetch resolution.
-        mappings::FactBuilder builder(term_);
+        mappings::FactBuilder builder(term_, fhir_server);
         std::unique_ptr<FhirSource> source;
         auto fhir = [&]() -> FhirSource& {
             if (!source) source = sources_(fhir_server, token, end_by);
@@ -413,6 +412,11 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
                 });
             } catch (const Refusal&) {
                 throw;
+            } catch (const fhir::FhirError& e) {
+                // A read (the Patient) of a resource the server does not have: no data, as a null key.
+                const bool read = query.find('?') == std::string::npos;
+                if (!read || e.kind() != fhir::FhirErrorKind::http_status || (e.status() != 404 && e.status() != 410))
+                    refuse(412, "incomplete", name + ": could not be read from fhirServer: " + e.what());
             } catch (const std::exception& e) {
                 refuse(412, "incomplete", name + ": could not be read from fhirServer: " + e.what());
             }

@@ -5,10 +5,12 @@
 // Services: calcalert-patient-view (the seven patient rules), calcalert-order-select and
 // calcalert-order-sign (the order rules of clinical-rules.md §3 over context.draftOrders, plus the
 // patient rules' critical findings). Prefetch keys: `observations` (the patient's Observations with
-// the analytes' LOINC codes, newest first) and `conditions` (the patient's Conditions). A key that
-// is present is used as sent (null = no data); a missing key is fetched from fhirServer with the
-// fhirAuthorization token, following link[next]; an OperationOutcome in a key fails the call (412)
-// or is dropped and fetched like a missing key, by configuration.
+// the analytes' LOINC codes, newest first), `conditions` (the patient's Conditions), `procedures`
+// (the patient's dialysis Procedures) and `patient` (the Patient: deceased). A key that is present
+// is used as sent (null = no data); a missing key is fetched from fhirServer with the
+// fhirAuthorization token, following link[next] (a Patient the server does not have, 404 or 410, is
+// no data); an OperationOutcome in a key fails the call (412) or is dropped and fetched like a
+// missing key, by configuration.
 #pragma once
 
 #include <chrono>
@@ -62,9 +64,11 @@ inline constexpr const char* kInsecureDevIssuer = "urn:calcalert:insecure-dev";
 // "http://loinc.org|17861-6" for every lab code of the terminology data (mappings/data/lab-codes.tsv).
 std::vector<std::string> lab_code_tokens(const std::filesystem::path& lab_codes_tsv);
 // Prefetch key -> template, within the CDS Hooks 2.0 prefetch restrictions (type-level searches on
-// the patient reference and token equality, _sort).
-std::map<std::string, std::string> prefetch_templates(const std::vector<std::string>& lab_tokens);
-std::string discovery_json(const std::vector<std::string>& lab_tokens);
+// the patient reference and token equality, _sort; the instance read of the patient):
+// `observations`, `conditions`, `procedures` (the dialysis procedure codes) and `patient`.
+std::map<std::string, std::string> prefetch_templates(const std::vector<std::string>& lab_tokens,
+                                                      const std::vector<std::string>& procedure_tokens);
+std::string discovery_json(const std::vector<std::string>& lab_tokens, const std::vector<std::string>& procedure_tokens);
 // Replaces {{context.patientId}} (the only token the templates use).
 std::string render_template(const std::string& tmpl, const std::string& patient_id);
 // A FHIR id: [A-Za-z0-9-.]{1,64}.

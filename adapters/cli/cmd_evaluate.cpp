@@ -23,8 +23,9 @@ const char* const kEvaluateHelp = R"(Usage: calcalert evaluate [options] FILE...
 
 Reads FHIR R4 JSON: Bundles of any type, NDJSON files (one resource per line, as Bulk Data writes
 them; files ending in .ndjson or .jsonl are streamed) or single resources. '-' reads standard input.
-Maps Observations and Conditions to facts, runs the rule catalog for every patient and prints the
-findings. Unusable data (unknown units, entered-in-error results, ...) is reported as data-quality
+Maps Observations (also those contained in a DiagnosticReport), Conditions, dialysis Procedures and
+Patients (deceased) to facts, runs the rule catalog for every patient and prints the findings. When
+a resource appears more than once (a _history Bundle, a resend), only its latest version counts. Unusable data (unknown units, entered-in-error results, ...) is reported as data-quality
 notes; a rejected file, line or resource is reported on stderr, one line each, naming where.
 
 Options:

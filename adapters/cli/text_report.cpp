@@ -20,6 +20,15 @@ void indented(std::ostream& out, const std::string& text, const std::string& pad
     while (std::getline(in, line)) out << pad << line << "\n";
 }
 
+// How a patient is named: "Patient/1"; a patient another server names by its last two segments and
+// its URL ("Patient/1 (https://other.example.org/fhir/Patient/1)"); a urn:uuid as it is.
+std::string patient_name(const std::string& patient) {
+    if (patient.find("://") == std::string::npos) return patient;
+    const auto p = patient.rfind("/Patient/");
+    if (p == std::string::npos) return patient;
+    return patient.substr(p + 1) + " (" + patient + ")";
+}
+
 }  // namespace
 
 void write_text_report(std::ostream& out, const std::vector<PatientResult>& results, rules::EpochSeconds now) {
@@ -27,7 +36,7 @@ void write_text_report(std::ostream& out, const std::vector<PatientResult>& resu
     std::size_t by_severity[3] = {0, 0, 0};
     out << "calcalert evaluation at " << fhir::format_datetime(now) << "\n";
     for (const auto& r : results) {
-        out << "\n" << r.patient << "\n";
+        out << "\n" << patient_name(r.patient) << "\n";
         if (r.evaluation.findings.empty()) out << "  no findings\n";
         if (!r.evaluation.findings.empty()) ++with_findings;
         for (const auto& f : r.evaluation.findings) {

@@ -3,6 +3,7 @@
 #include "adapters/poll/paging.hpp"
 #include "adapters/poll/url.hpp"
 #include "fhir/datetime.hpp"
+#include "fhir/resource_reader.hpp"
 #include "fhir/views.hpp"
 
 namespace calcalert::poll {
@@ -13,15 +14,10 @@ using Json = rapidjson::Value;
 }  // namespace
 
 std::optional<std::string> local_patient(const std::string& reference, const std::string& base_url) {
-    std::string_view ref = reference;
-    if (ref.find("://") != std::string_view::npos) {
-        // Absolute: only on this server's base ("<base>/Patient/x").
-        if (ref.size() <= base_url.size() || ref.compare(0, base_url.size(), base_url) != 0 || ref[base_url.size()] != '/')
-            return std::nullopt;
-        ref.remove_prefix(base_url.size() + 1);
-    }
-    if (ref.rfind("Patient/", 0) != 0) return std::nullopt;
-    return fhir::normalize_patient_reference(ref);
+    const fhir::PatientIdentity id = fhir::patient_identity(reference, nullptr, fhir::normalize_base(base_url));
+    // Another server's patient is named by its absolute URL, never "Patient/<id>".
+    if (id.kind != fhir::PatientIdentity::Kind::patient || id.id.rfind("Patient/", 0) != 0) return std::nullopt;
+    return id.id;
 }
 
 FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::set<std::string>& named,

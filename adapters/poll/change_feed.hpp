@@ -32,7 +32,7 @@ struct FeedResult {
 };
 
 struct FeedOptions {
-    std::string type;                    // Observation, Condition
+    std::string type;                    // Observation, Condition, Procedure
     std::string filter;                  // e.g. "code=http://loinc.org|17861-6,..." ("" = every resource)
     std::string watermark_key;           // the key of this feed's watermark and cursor (default: type)
     std::size_t page_size = 200;

@@ -57,6 +57,12 @@ std::string lab_code_list(const mappings::Terminology& terminology) {
     return codes;
 }
 
+std::string procedure_code_list(const mappings::Terminology& terminology) {
+    std::string codes;
+    for (const auto& t : terminology.procedure_tokens()) codes += (codes.empty() ? "" : ",") + url_encode(t);
+    return codes;
+}
+
 LabCodeSearch discover_lab_code_search(fhir::FhirClient& client) {
     try {
         const rapidjson::Document cs = client.get_resource("metadata");
@@ -92,7 +98,8 @@ bool read_server_alert(const rapidjson::Value& res, const std::string& identifie
 
 HistoryReader::HistoryReader(fhir::FhirClient& client, const mappings::Terminology& terminology,
                              const rules::RuleCatalog& catalog, HistoryOptions options)
-    : client_(client), term_(terminology), catalog_(catalog), opt_(std::move(options)), codes_(lab_code_list(terminology)) {}
+    : client_(client), term_(terminology), catalog_(catalog), opt_(std::move(options)), codes_(lab_code_list(terminology)),
+      procedure_codes_(procedure_code_list(terminology)) {}
 
 std::string HistoryReader::subject_param(const std::string& patient) const {
     return "subject=" + url_encode(patient) + "," + url_encode(client_.base_url() + "/" + patient);
@@ -118,9 +125,15 @@ PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSecon
             queries.push_back("Observation?" + subject + "&category=laboratory" + dated + count);
     }
     queries.push_back("Condition?" + subject + count);
+    // Dialysis Procedures performed within their window (clinical-rules.md §5.2.2); a period counts
+    // by its end, so a search on `date` (performed[x]) from the window's start finds them.
+    const std::string procedures_since = url_encode(fhir::format_datetime(
+        now - static_cast<rules::EpochSeconds>((p.dialysis_window_days + 2) * 86400)));
+    if (!procedure_codes_.empty())
+        queries.push_back("Procedure?" + subject + "&code=" + procedure_codes_ + "&date=ge" + procedures_since + count);
 
     PatientHistory h;
-    mappings::FactBuilder builder(term_);
+    mappings::FactBuilder builder(term_, client_.base_url());
     std::set<std::string> read;  // "Type/id": a resource on two pages or in two searches counts once
     for (const auto& q : queries) {
         search_pages(client_, q, [&](const rapidjson::Document& page, const std::string&) {
@@ -130,12 +143,22 @@ PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSecon
                 const Json* res = fhir::member((*entries)[i], "resource");
                 if (!res || !res->IsObject()) continue;
                 const std::string type = fhir::string_or_empty(*res, "resourceType");
-                if (type != "Observation" && type != "Condition") continue;  // OperationOutcome, _include
+                if (type != "Observation" && type != "Condition" && type != "Procedure")
+                    continue;  // OperationOutcome, _include
                 const std::string id = fhir::string_or_empty(*res, "id");
                 if (!id.empty() && !read.insert(type + "/" + id).second) continue;
                 fhir::read_value(*res, "GET " + q + " entry[" + std::to_string(i) + "]", builder);
             }
         }, h.notes);
+    }
+    // The Patient itself: a deceased patient gets no finding (clinical-rules.md §5.1.6). A patient
+    // only referenced, never created (404), or deleted (410), has no Patient to read.
+    try {
+        const std::string target = "Patient/" + url_encode(patient.substr(patient.find('/') + 1));
+        const rapidjson::Document res = client_.get_resource(target);
+        if (fhir::string_or_empty(res, "resourceType") == "Patient") fhir::read_value(res, "GET " + patient, builder);
+    } catch (const fhir::FhirError& e) {
+        if (e.kind() != fhir::FhirErrorKind::http_status || (e.status() != 404 && e.status() != 410)) throw;
     }
 
     for (const auto& problem : builder.problems()) {

@@ -1,7 +1,8 @@
 // Reads what the rules need about one patient from the FHIR server: the lab Observations of the
 // codes the rules read within the rule windows (also those dated only by `issued`, and labs that sit
-// only in a `component` of a panel), the Conditions, and calcalert's own DetectedIssues. Subjects
-// may be written relative or as absolute URLs on this server's base.
+// only in a `component` of a panel), the Conditions, the dialysis Procedures of the procedure window,
+// the Patient (deceased), and calcalert's own DetectedIssues. Subjects may be written relative or as
+// absolute URLs on this server's base.
 //
 // How lab codes are searched follows the server's CapabilityStatement (`LabCodeSearch`):
 // `combo-code` (code or component code) where offered; else `code` plus a second search on
@@ -31,6 +32,8 @@ LabCodeSearch lab_code_search_from_capabilities(const rapidjson::Value& capabili
 // The codes the rules read, as a token search value list (comma-separated, each system|code,
 // percent-encoded), for the change feed and the history searches alike.
 std::string lab_code_list(const mappings::Terminology& terminology);
+// The dialysis procedure codes (mappings/data/procedure-codes.tsv), in the same form.
+std::string procedure_code_list(const mappings::Terminology& terminology);
 LabCodeSearch discover_lab_code_search(fhir::FhirClient& client);
 
 struct PatientHistory {
@@ -67,6 +70,7 @@ private:
     const rules::RuleCatalog& catalog_;
     HistoryOptions opt_;
     std::string codes_;
+    std::string procedure_codes_;
     std::vector<std::string> notes_;  // of read_alerts(), until handed out
 };
 

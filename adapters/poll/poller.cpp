@@ -126,6 +126,9 @@ void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std:
             break;
     }
     add("Condition", "", "Condition");
+    // Dialysis Procedures (clinical-rules.md §5.2.2), by their codes.
+    if (const std::string procedures = procedure_code_list(term_); !procedures.empty())
+        add("Procedure", "code=" + procedures, "Procedure");
     for (const auto& f : feeds) {
         const FeedResult r = feed.sync(f, now, named, [this] { kill_point("feed-page"); });
         sum.feed_pages += r.pages;

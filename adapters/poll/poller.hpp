@@ -1,7 +1,8 @@
 // Scheduled hospital polling, one pass as a resumable job over four stages:
 //
-//   1. ChangeFeed (change_feed.hpp): Observations of the lab codes and Conditions changed since the
-//      watermark; every page checkpointed (patients queued, versions marked processed, cursor).
+//   1. ChangeFeed (change_feed.hpp): Observations of the lab codes, Conditions and dialysis
+//      Procedures changed since the watermark; every page checkpointed (patients queued, versions
+//      marked processed, cursor).
 //   2. The work: the queued patients, plus every patient with an open alert (a finding can stop
 //      holding as time passes); each read by HistoryReader (history_reader.hpp) and evaluated.
 //   3. reconcile() (reconcile.hpp): the pure decision create / amend / reopen / cancel / unchanged.
@@ -75,7 +76,7 @@ struct Unreadable {
 };
 
 struct PollSummary {
-    std::size_t resources_read = 0;     // Observations and Conditions returned by the change feed
+    std::size_t resources_read = 0;     // Observations, Conditions and Procedures returned by the change feed
     std::size_t resources_skipped = 0;  // already processed (same id and versionId) or repeated
     std::size_t feed_pages = 0;
     bool resumed = false;               // the pass continued an unfinished one

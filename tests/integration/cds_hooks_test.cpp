@@ -227,9 +227,7 @@ std::string token(const Running& r, const std::string& path, const jose::Private
 
 const std::string kPV = "/cds-services/calcalert-patient-view";
 
-std::string prefetch_of(const cdstest::PatientData& p) {
-    return "{\"observations\":" + p.observations + ",\"conditions\":" + p.conditions + "}";
-}
+std::string prefetch_of(const cdstest::PatientData& p) { return p.prefetch(); }
 
 rapidjson::Document json(const std::string& s) {
     rapidjson::Document d;
@@ -295,7 +293,7 @@ TEST_CASE("service calls: full prefetch, null keys, fallback to the sandbox FHIR
     }
     SUBCASE("null keys: no data, nothing fetched") {
         const Resp c = http(*r, "POST", kPV,
-                            cdstest::call_body("patient-view", "harold-kim", R"({"observations":null,"conditions":null})", fhir, kEhrToken),
+                            cdstest::call_body("patient-view", "harold-kim", cdstest::null_prefetch(), fhir, kEhrToken),
                             token(*r, kPV));
         CHECK(c.status == 200);
         CHECK(rules_of(c).empty());
@@ -344,6 +342,68 @@ TEST_CASE("service calls: full prefetch, null keys, fallback to the sandbox FHIR
     r->server->stop(1000);
     CHECK(r->log.str().find(kEhrToken) == std::string::npos);
     CHECK(r->log.str().find("eyJ") == std::string::npos);  // no JWT in the logs
+}
+
+TEST_CASE("the procedures and patient keys: used as sent, read from fhirServer when missing") {
+    auto r = start();
+    const std::string fhir = env().fhir.base_url();
+    // On the sandbox FHIR server: a patient whose ESRD rests only on a hemodialysis session 5 days ago,
+    // with a leg ulcer and PTH 450 pg/mL (calciphylaxis-suspected).
+    const std::string pid = "cds-dialysis";
+    const std::string obs = R"({"resourceType":"Observation","id":"cds-dialysis-pth","status":"final",
+        "code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/cds-dialysis"},
+        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":450,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}})";
+    const std::string cond = R"({"resourceType":"Condition","id":"cds-dialysis-ulcer",
+        "clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
+        "code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L97.909"}]},"subject":{"reference":"Patient/cds-dialysis"}})";
+    const std::string proc = R"({"resourceType":"Procedure","id":"cds-dialysis-hd","status":"completed",
+        "code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006","display":"Hemodialysis"}]},
+        "subject":{"reference":"Patient/cds-dialysis"},"performedPeriod":{"start":"2026-11-20T08:00:00Z","end":"2026-11-20T12:00:00Z"}})";
+    const std::string alive = R"({"resourceType":"Patient","id":"cds-dialysis","birthDate":"1957-03-02"})";
+    {
+        fhir::ClientOptions copts;
+        copts.base_url = fhir;
+        fhir::FhirClient client(copts);
+        Env::seed(client, {alive, obs, cond, proc});
+    }
+    auto searchset = [](const std::string& resource) {
+        return R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":)" + resource + "}]}";
+    };
+    const std::string labs_and_problems = "{\"observations\":" + searchset(obs) + ",\"conditions\":" + searchset(cond) + "}";
+
+    SUBCASE("missing: read from fhirServer (the Procedure search and the Patient read)") {
+        const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", pid, labs_and_problems, fhir, kEhrToken), token(*r, kPV));
+        REQUIRE_MESSAGE(c.status == 200, c.body);
+        CHECK(rules_of(c) == std::vector<std::string>{"calciphylaxis-suspected"});
+        CHECK(c.body.find("Hemodialysis") != std::string::npos);
+        const std::string m = r->server->metrics().render();
+        CHECK(m.find("calcalert_cds_prefetch_total{key=\"procedures\",result=\"fallback\"} 1") != std::string::npos);
+        CHECK(m.find("calcalert_cds_prefetch_total{key=\"patient\",result=\"fallback\"} 1") != std::string::npos);
+    }
+    SUBCASE("present: used as sent") {
+        const std::string deceased = cdstest::replace_all(alive, R"("birthDate")", R"("deceasedBoolean":true,"birthDate")");
+        auto all = [&](const std::string& procedures, const std::string& patient) {
+            return cdstest::null_prefetch({{"observations", searchset(obs)}, {"conditions", searchset(cond)},
+                                           {"procedures", procedures}, {"patient", patient}});
+        };
+        const Resp fires = http(*r, "POST", kPV, cdstest::call_body("patient-view", pid, all(searchset(proc), alive)), token(*r, kPV));
+        CHECK(rules_of(fires) == std::vector<std::string>{"calciphylaxis-suspected"});
+        const Resp no_procedures = http(*r, "POST", kPV, cdstest::call_body("patient-view", pid, all("null", alive)), token(*r, kPV));
+        CHECK(rules_of(no_procedures).empty());
+        const Resp dead = http(*r, "POST", kPV, cdstest::call_body("patient-view", pid, all(searchset(proc), deceased)), token(*r, kPV));
+        CHECK(dead.status == 200);
+        CHECK(rules_of(dead).empty());
+        CHECK(r->server->metrics().render().find("result=\"fallback\"") == std::string::npos);
+    }
+    SUBCASE("a patient the server does not have: the Patient read (404) is no data") {
+        const std::string other = cdstest::replace_all(labs_and_problems, "Patient/cds-dialysis", "Patient/cds-nobody");
+        const std::string procedures = "{\"procedures\":" + searchset(cdstest::replace_all(proc, "Patient/cds-dialysis", "Patient/cds-nobody"));
+        const Resp c = http(*r, "POST", kPV,
+                            cdstest::call_body("patient-view", "cds-nobody", procedures + "," + other.substr(1), fhir, kEhrToken),
+                            token(*r, kPV));
+        REQUIRE_MESSAGE(c.status == 200, c.body);
+        CHECK(rules_of(c) == std::vector<std::string>{"calciphylaxis-suspected"});
+    }
 }
 
 TEST_CASE("an OperationOutcome key with policy omit is read from fhirServer") {
@@ -700,7 +760,7 @@ TEST_CASE("calcalert serve: 200 slow clients (a byte at a time) hold no worker; 
         REQUIRE(slow.back()->send(i % 2 == 0 ? std::string("POST ") + kPV + " HTTP/1.1\r\nHost: x\r\n"
                                              : std::string("POST ") + kPV + " HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"));
     }
-    const std::string call = cdstest::call_body("patient-view", "a", R"({"observations":null,"conditions":null})");
+    const std::string call = cdstest::call_body("patient-view", "a", cdstest::null_prefetch());
     for (int round = 0; round < 5; ++round) {
         for (auto& c : slow) c->send("a");  // a byte each, well inside the timeout
         CHECK(serve.request("GET", "/healthz").status == 200);
@@ -773,7 +833,7 @@ TEST_CASE("calcalert serve: malformed and oversized requests are refused by stat
     }
     {
         RawClient c(serve.port);
-        const std::string body = R"({"hook":"patient-view","hookInstance":"x","context":{"patientId":"a"},"prefetch":{"observations":null,"conditions":null}})";
+        const std::string body = R"({"hook":"patient-view","hookInstance":"x","context":{"patientId":"a"},"prefetch":{"observations":null,"conditions":null,"procedures":null,"patient":null}})";
         REQUIRE(c.send("POST " + kPV + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"));
         char buf[64] = {};
         REQUIRE(::recv(c.fd, buf, 25, MSG_WAITALL) == 25);

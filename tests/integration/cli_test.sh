@@ -148,12 +148,34 @@ check "text report exits 0" test $rc -eq 0
 check "text report closes with a count line" grep -qE '^[0-9]+ patients, [0-9]+ with findings; [0-9]+ findings' "$tmp/text.out"
 check "text report shows severities" grep -q '\[HIGH\] calciphylaxis-suspected' "$tmp/text.out"
 
+# Another server's patient is named by its last two segments and its URL.
+run ident evaluate --now $now --format text "$root/tests/fixtures/rules/identity.json"
+check "identity: exit 0, no error line" test $rc -eq 0 -a ! -s "$tmp/ident.err"
+check "text report names another server's patient by its last two segments and its URL" \
+  grep -qxF 'Patient/idn-local (https://other.example.net/fhir/Patient/idn-local)' "$tmp/ident.out"
+
+# Procedure and Patient are inputs: a hemodialysis 10 days ago is ESRD; a deceased Patient gets no finding.
+dia_lines() {  # $1: the Patient resource
+  printf '%s\n' "$1" \
+    '{"resourceType":"Condition","id":"nd-dia-ulcer","clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L97.909"}]},"subject":{"reference":"Patient/nd-dia"}}' \
+    '{"resourceType":"Observation","id":"nd-dia-pth","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/nd-dia"},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":450,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}}' \
+    '{"resourceType":"Procedure","id":"nd-dia-hd","status":"completed","code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006"}]},"subject":{"reference":"Patient/nd-dia"},"performedDateTime":"2026-11-15T08:00:00Z"}'
+}
+dia_lines '{"resourceType":"Patient","id":"nd-dia"}' >"$tmp/dia.ndjson"
+run dia evaluate --now $now --format ndjson "$tmp/dia.ndjson"
+check "a dialysis Procedure in NDJSON: calciphylaxis-suspected" grep -q '"code":"calciphylaxis-suspected"' "$tmp/dia.out"
+dia_lines '{"resourceType":"Patient","id":"nd-dia","deceasedBoolean":true}' >"$tmp/dead.ndjson"
+run dead evaluate --now $now --format text "$tmp/dead.ndjson"
+check "a deceased Patient: no finding, a note saying so" grep -q 'the patient is deceased (deceasedBoolean true): no finding' "$tmp/dead.out"
+check "a deceased Patient: no finding" grep -q '^1 patients, 0 with findings' "$tmp/dead.out"
+
 # Every third-party Synthea bundle reads cleanly (third-party data beside the checkout, not in it).
 if compgen -G "$root/../shared/thirdparty/synthea/*.json" >/dev/null; then
   run synthea evaluate --now $now --format text "$root"/../shared/thirdparty/synthea/*.json
   check "Synthea bundles: exit 0" test $rc -eq 0
   check "Synthea bundles: no error lines" test ! -s "$tmp/synthea.err"
   check "Synthea bundles: 30 patients" grep -q '^30 patients' "$tmp/synthea.out"
+  check "Synthea bundles: no finding (dialysis Procedures and deceased Patients included)" grep -q '^30 patients, 0 with findings' "$tmp/synthea.out"
 else
   echo "SKIP: ../shared/thirdparty/synthea not found: the Synthea bundle checks are skipped"
 fi

@@ -1,6 +1,7 @@
 // Runs every case of tests/fixtures/rules/expected.json and examples/cohort/expected.json through the
 // same pipeline as `calcalert evaluate` (reader -> facts -> engine) and checks the exact set of rules
-// that fire per patient, and the strings each explanation must contain.
+// that fire per patient, the strings each explanation must contain (`detailContains`) and the strings
+// its data-quality notes must contain (`notesContain`).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -34,7 +35,8 @@ using test::terminology;
 
 struct PatientOutcome {
     std::set<std::string> rules;
-    std::string text;  // summaries and details of all findings
+    std::string text;   // summaries and details of all findings
+    std::string notes;  // the data-quality notes, one a line: "source path: message"
 };
 
 std::map<std::string, PatientOutcome> evaluate_files(const std::vector<std::string>& files, rules::EpochSeconds now,
@@ -45,10 +47,12 @@ std::map<std::string, PatientOutcome> evaluate_files(const std::vector<std::stri
     std::map<std::string, PatientOutcome> out;
     for (const auto& [ref, facts] : b.patients()) {
         auto& o = out[ref];
-        for (const auto& f : rules::evaluate(facts, now, catalog()).findings) {
+        const rules::Evaluation ev = rules::evaluate(facts, now, catalog());
+        for (const auto& f : ev.findings) {
             o.rules.insert(f.rule->id);
             o.text += f.summary + "\n" + f.detail + "\n";
         }
+        for (const auto& n : ev.notes) o.notes += n.source + " " + n.path + ": " + n.message + "\n";
     }
     return out;
 }
@@ -90,6 +94,10 @@ void run_expected(const std::string& dir, bool inputs_have_errors = false) {
             for (const auto& s : c["detailContains"].GetArray())
                 CHECK_MESSAGE(it->second.text.find(s.GetString()) != std::string::npos,
                               "explanation lacks '" << s.GetString() << "':\n" << it->second.text);
+        if (c.HasMember("notesContain") && it != outcomes.end())
+            for (const auto& s : c["notesContain"].GetArray())
+                CHECK_MESSAGE(it->second.notes.find(s.GetString()) != std::string::npos,
+                              "data-quality notes lack '" << s.GetString() << "':\n" << it->second.notes);
         ++cases;
     }
     MESSAGE(dir << ": " << cases << " cases");
@@ -147,4 +155,7 @@ TEST_CASE("every third-party Synthea bundle reads without an error") {
     auto out = evaluate_files(files, *fhir::parse_datetime("2026-11-25T12:00:00Z"), problems);
     for (const auto& p : problems) FAIL_CHECK(p.describe());
     CHECK(out.size() == 30);
+    // Stock Synthea has no phosphate, PTH or calciphylaxis codes (../shared/thirdparty/SOURCES.md), and
+    // its dialysis Procedures and deceased Patients must not change that.
+    for (const auto& [patient, o] : out) CHECK_MESSAGE(o.rules.empty(), patient << " has findings:\n" << o.text);
 }

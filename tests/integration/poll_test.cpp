@@ -96,6 +96,53 @@ TEST_CASE("poll: ground truth, idempotent second poll, cancel, amend") {
     for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state_path + suffix);
 }
 
+TEST_CASE("poll: a dialysis Procedure makes ESRD; a deceased Patient cancels that patient's open alert") {
+    test::SandboxServer sandbox;
+    fhir::FhirClient client(client_options(sandbox.base_url()));
+    for (const auto& [dir, file] : fixture_files()) load_bundle(client, dir + "/" + file);
+    const Truth truth = ground_truth();
+    const std::string state_path = temp_state("inputs");
+    auto first = poll_once(sandbox.base_url(), state_path);
+    MESSAGE("first poll: " << first.to_json());
+    check_equal(truth, open_alerts(client));
+    // The fixtures' ESRD by dialysis alone (tests/fixtures/rules/dialysis.json) holds on the server too.
+    CHECK(truth.at("Patient/dia-hd-10-days") == std::set<std::string>{"calciphylaxis-suspected"});
+    CHECK(truth.at("Patient/dia-renal-dialysis-ckd4") == std::set<std::string>{"calciphylaxis-risk"});
+    CHECK(truth.at("Patient/dia-hd-40-days").empty());
+
+    // Patient/dia-hd-40-days (a leg ulcer, PTH 450, a hemodialysis 40 days ago: no alert) has a new
+    // hemodialysis session, its only change, written with an absolute subject on the server's base.
+    const std::string hd = R"({"resourceType":"Procedure","status":"completed",
+      "code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006","display":"Hemodialysis"}]},
+      "subject":{"reference":")" + sandbox.base_url() + R"(/Patient/dia-hd-40-days"},
+      "performedPeriod":{"start":"2026-11-23T08:00:00Z","end":"2026-11-23T12:00:00Z"}})";
+    REQUIRE(client.post("Procedure", hd).status == 201);
+    // Patient/dia-hd-10-days (calciphylaxis-suspected open) has died; nothing else of it changes.
+    rapidjson::Document patient;
+    patient.Parse(client.get("Patient/dia-hd-10-days").body.c_str());
+    REQUIRE(patient.IsObject());
+    patient.RemoveMember("meta");
+    patient.AddMember("deceasedDateTime", "2026-11-24T03:10:00Z", patient.GetAllocator());
+    REQUIRE(client.put("Patient/dia-hd-10-days", to_json(patient)).status == 200);
+
+    auto second = poll_once(sandbox.base_url(), state_path);
+    MESSAGE("after the Procedure and the death: " << second.to_json());
+    CHECK(second.created == 1);
+    CHECK(second.cancelled == 1);
+    CHECK(second.amended + second.reopened == 0);
+    Truth expected = truth;
+    expected["Patient/dia-hd-40-days"] = {"calciphylaxis-suspected"};
+    expected.erase("Patient/dia-hd-10-days");
+    check_equal(expected, open_alerts(client));
+    bool cancelled = false;
+    for (const auto& i : server_issues(client, "urn:calcalert:detected-issue"))
+        if (i.patient == "Patient/dia-hd-10-days" && i.rule == "calciphylaxis-suspected") cancelled = i.status == "cancelled";
+    CHECK(cancelled);
+
+    auto third = poll_once(sandbox.base_url(), state_path);
+    CHECK(third.writes.empty());
+}
+
 TEST_CASE("poll: SIGKILL mid-write-back, then a clean run, ends with the clean run's set and no duplicates") {
     test::SandboxServer sandbox;
     fhir::FhirClient client(client_options(sandbox.base_url()));

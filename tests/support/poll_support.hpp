@@ -50,14 +50,18 @@ inline std::string to_json(const rapidjson::Value& v) {
     return sb.GetString();
 }
 
-// The fixture files polled: every rule fixture and the example cohort. (references.json is left out:
-// its absolute subject URLs name another server, so no subject search on this one can find them.)
+// The fixture files polled: every rule fixture and the example cohort. Left out: references.json and
+// identity.json (absolute subject URLs that name another server, urn:uuid subjects and a Patient
+// without an id: no subject search on this server can find them), versions.json (a _history Bundle:
+// the server keeps only what is written last, with its own version ids) and diagnostic-reports.json
+// (Observations inside or listed by a DiagnosticReport: the poller reads Observations only).
 inline std::vector<std::pair<std::string, std::string>> fixture_files() {
+    static const std::set<std::string> not_polled{"expected.json", "references.json", "identity.json", "versions.json",
+                                                  "diagnostic-reports.json"};
     std::vector<std::pair<std::string, std::string>> out;  // (dir, file)
     for (const auto& e : fs::directory_iterator(kRoot + "/tests/fixtures/rules")) {
         const auto name = e.path().filename().string();
-        if (e.path().extension() == ".json" && name != "expected.json" && name != "references.json")
-            out.emplace_back(kRoot + "/tests/fixtures/rules", name);
+        if (e.path().extension() == ".json" && !not_polled.count(name)) out.emplace_back(kRoot + "/tests/fixtures/rules", name);
     }
     out.emplace_back(kRoot + "/examples/cohort", "cohort.json");
     std::sort(out.begin(), out.end());

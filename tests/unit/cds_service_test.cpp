@@ -9,6 +9,7 @@
 
 #include "adapters/cds_hooks/service.hpp"
 #include "cds_test_support.hpp"
+#include "fhir/client.hpp"
 #include "fhir/json_parse.hpp"
 #include "mappings/detected_issue.hpp"
 #include "mappings/order_facts.hpp"
@@ -38,6 +39,7 @@ struct FakeFhir {
     std::vector<std::string> tokens;
     std::vector<std::chrono::steady_clock::time_point> end_by;  // the deadline each source was made with
     bool fail = false;
+    std::set<std::string> not_found;  // queries answered with HTTP 404
 };
 
 class FakeSource : public FhirSource {
@@ -46,6 +48,7 @@ public:
     void fetch(const std::string& query, const std::function<void(const rapidjson::Value&)>& on_page) override {
         f_.queries.push_back(query);
         if (f_.fail) throw std::runtime_error("connection refused");
+        if (f_.not_found.count(query)) throw fhir::FhirError("GET " + query + ": HTTP 404", 404);
         for (const auto& [prefix, pages] : f_.pages)
             if (query.rfind(prefix, 0) == 0)
                 for (const auto& p : pages) {
@@ -101,15 +104,13 @@ std::vector<std::string> card_rules(const HttpReply& r) {
     return out;
 }
 
-std::string prefetch(const cdstest::PatientData& p) {
-    return "{\"observations\":" + p.observations + ",\"conditions\":" + p.conditions + "}";
-}
+std::string prefetch(const cdstest::PatientData& p) { return p.prefetch(); }
 
 }  // namespace
 
 TEST_CASE("discovery: three services, R4 prefetch templates within the CDS Hooks restrictions") {
     rapidjson::Document d;
-    d.Parse(discovery_json(lab_tokens()).c_str());
+    d.Parse(discovery_json(lab_tokens(), test::terminology().procedure_tokens()).c_str());
     REQUIRE(d.IsObject());
     REQUIRE(d["services"].Size() == 3);
     std::set<std::string> hooks;
@@ -117,11 +118,15 @@ TEST_CASE("discovery: three services, R4 prefetch templates within the CDS Hooks
         hooks.insert(s["hook"].GetString());
         CHECK(s.HasMember("id"));
         CHECK(s.HasMember("description"));
+        std::set<std::string> keys;
         for (const auto& p : s["prefetch"].GetObject()) {
+            keys.insert(p.name.GetString());
             const std::string t = p.value.GetString();
             CHECK(t.find("sort:desc") == std::string::npos);
             CHECK(t.find("{{context.patientId}}") != std::string::npos);
-            // Only patient, token (equality) and _sort parameters on a type-level search.
+            // The instance read of the patient; else only patient, token (equality) and _sort parameters
+            // on a type-level search.
+            if (t == "Patient/{{context.patientId}}") continue;
             const auto q = t.find('?');
             REQUIRE(q != std::string::npos);
             std::stringstream ss(t.substr(q + 1));
@@ -132,6 +137,10 @@ TEST_CASE("discovery: three services, R4 prefetch templates within the CDS Hooks
                 if (name == "_sort") CHECK(param == "_sort=-date");
             }
         }
+        CHECK(keys == std::set<std::string>{"conditions", "observations", "patient", "procedures"});
+        CHECK(std::string(s["prefetch"]["procedures"].GetString()) ==
+              "Procedure?patient={{context.patientId}}&code=http://snomed.info/sct|108241001,http://snomed.info/sct|238318009,"
+              "http://snomed.info/sct|265764009,http://snomed.info/sct|302497006,http://snomed.info/sct|71192002&_sort=-date");
     }
     CHECK(hooks == std::set<std::string>{"patient-view", "order-select", "order-sign"});
 }
@@ -158,7 +167,7 @@ TEST_CASE("null keys mean no data; missing keys are fetched with the token; Oper
     const auto p = cdstest::cohort_patient(kCohort, "harold-kim");
     SUBCASE("null") {
         Fixture fx;
-        const HttpReply r = fx.call(cdstest::call_body("patient-view", "harold-kim", R"({"observations":null,"conditions":null})", kFhir, "tok"));
+        const HttpReply r = fx.call(cdstest::call_body("patient-view", "harold-kim", cdstest::null_prefetch(), kFhir, "tok"));
         CHECK(r.status == 200);
         CHECK(card_rules(r).empty());
         CHECK(fx.fhir.queries.empty());
@@ -167,12 +176,16 @@ TEST_CASE("null keys mean no data; missing keys are fetched with the token; Oper
         Fixture fx;
         fx.fhir.pages["Observation?"] = {p.observations};
         fx.fhir.pages["Condition?"] = {p.conditions};
+        fx.fhir.pages["Procedure?"] = {p.procedures};
+        fx.fhir.pages["Patient/"] = {p.patient};
         const HttpReply r = fx.call(cdstest::call_body("patient-view", "harold-kim", "", kFhir, "secret-token"));
         CHECK(r.status == 200);
         CHECK(card_rules(r) == std::vector<std::string>{"metastatic-calcification-risk"});
-        REQUIRE(fx.fhir.queries.size() == 2);
+        REQUIRE(fx.fhir.queries.size() == 4);
         CHECK(fx.fhir.queries[0].find("Condition?patient=harold-kim") == 0);
         CHECK(fx.fhir.queries[1].find("Observation?patient=harold-kim&code=http://loinc.org%7C") == 0);
+        CHECK(fx.fhir.queries[2] == "Patient/harold-kim");
+        CHECK(fx.fhir.queries[3].find("Procedure?patient=harold-kim&code=http://snomed.info/sct%7C") == 0);
         CHECK(fx.fhir.tokens == std::vector<std::string>{"secret-token"});
         // The fallback reads get the call's deadline, not a fresh budget per request.
         CHECK(fx.fhir.end_by == std::vector<std::chrono::steady_clock::time_point>{fx.deadline});
@@ -192,20 +205,72 @@ TEST_CASE("null keys mean no data; missing keys are fetched with the token; Oper
     const std::string outcome = R"({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"forbidden"}]})";
     SUBCASE("OperationOutcome, policy fail -> 412") {
         Fixture fx(OutcomePolicy::fail);
-        const HttpReply r = fx.call(cdstest::call_body("patient-view", "harold-kim",
-                                                       "{\"observations\":" + outcome + ",\"conditions\":" + p.conditions + "}", kFhir, "t"));
+        const HttpReply r = fx.call(cdstest::call_body(
+            "patient-view", "harold-kim", cdstest::null_prefetch({{"observations", outcome}, {"conditions", p.conditions}}), kFhir, "t"));
         CHECK(r.status == 412);
         CHECK(fx.fhir.queries.empty());
     }
     SUBCASE("OperationOutcome, policy omit -> fetched like a missing key") {
         Fixture fx(OutcomePolicy::omit);
         fx.fhir.pages["Observation?"] = {p.observations};
-        const HttpReply r = fx.call(cdstest::call_body("patient-view", "harold-kim",
-                                                       "{\"observations\":" + outcome + ",\"conditions\":" + p.conditions + "}", kFhir, "t"));
+        const HttpReply r = fx.call(cdstest::call_body(
+            "patient-view", "harold-kim", cdstest::null_prefetch({{"observations", outcome}, {"conditions", p.conditions}}), kFhir, "t"));
         CHECK(r.status == 200);
         CHECK(card_rules(r) == std::vector<std::string>{"metastatic-calcification-risk"});
         CHECK(fx.fhir.queries.size() == 1);
         CHECK(fx.metrics.render().find("calcalert_cds_prefetch_total{key=\"observations\",result=\"outcome\"} 1") != std::string::npos);
+    }
+}
+
+TEST_CASE("procedures and patient: a dialysis Procedure makes ESRD, a deceased Patient gets no card, both read when missing") {
+    // ESRD only by a hemodialysis session 5 days ago; a skin ulcer and PTH 450 pg/mL.
+    const std::string pid = "dialysis-only";
+    const std::string obs = R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Observation","id":"d-pth",
+        "status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/dialysis-only"},
+        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":450,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}}}]})";
+    const std::string cond = R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Condition","id":"d-ulcer",
+        "clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
+        "code":{"coding":[{"system":"http://snomed.info/sct","code":"46742003"}]},"subject":{"reference":"Patient/dialysis-only"}}}]})";
+    const std::string proc = R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Procedure","id":"d-hd",
+        "status":"completed","code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006","display":"Hemodialysis"}]},
+        "subject":{"reference":"Patient/dialysis-only"},"performedPeriod":{"start":"2026-11-20T08:00:00Z","end":"2026-11-20T12:00:00Z"}}}]})";
+    const std::string alive = R"({"resourceType":"Patient","id":"dialysis-only"})";
+    const std::string deceased = R"({"resourceType":"Patient","id":"dialysis-only","deceasedDateTime":"2026-11-22T03:00:00Z"})";
+    auto all = [&](const std::string& procedures, const std::string& patient) {
+        return cdstest::null_prefetch({{"observations", obs}, {"conditions", cond}, {"procedures", procedures}, {"patient", patient}});
+    };
+    SUBCASE("prefetched") {
+        Fixture fx;
+        CHECK(card_rules(fx.call(cdstest::call_body("patient-view", pid, all(proc, alive)))) ==
+              std::vector<std::string>{"calciphylaxis-suspected"});
+        CHECK(card_rules(fx.call(cdstest::call_body("patient-view", pid, all("null", alive)))).empty());
+        CHECK(card_rules(fx.call(cdstest::call_body("patient-view", pid, all(proc, deceased)))).empty());
+        CHECK(fx.fhir.queries.empty());
+    }
+    SUBCASE("missing keys are read from fhirServer") {
+        Fixture fx;
+        fx.fhir.pages["Procedure?patient=dialysis-only&code="] = {proc};
+        fx.fhir.pages["Patient/dialysis-only"] = {alive};
+        const std::string partial = "{\"observations\":" + obs + ",\"conditions\":" + cond + "}";
+        const HttpReply r = fx.call(cdstest::call_body("patient-view", pid, partial, kFhir, "t"));
+        CHECK(card_rules(r) == std::vector<std::string>{"calciphylaxis-suspected"});
+        REQUIRE(fx.fhir.queries.size() == 2);
+        CHECK(fx.fhir.queries[0] == "Patient/dialysis-only");
+        CHECK(fx.fhir.queries[1].find("Procedure?patient=dialysis-only&code=http://snomed.info/sct%7C108241001,") == 0);
+        CHECK(fx.metrics.render().find("calcalert_cds_prefetch_total{key=\"procedures\",result=\"fallback\"} 1") != std::string::npos);
+        CHECK(fx.metrics.render().find("calcalert_cds_prefetch_total{key=\"patient\",result=\"fallback\"} 1") != std::string::npos);
+        fx.fhir.pages["Patient/dialysis-only"] = {deceased};
+        CHECK(card_rules(fx.call(cdstest::call_body("patient-view", pid, partial, kFhir, "t"))).empty());
+    }
+    SUBCASE("a Patient the server does not have (404) is no data; other failures are 412") {
+        Fixture fx;
+        fx.fhir.pages["Procedure?"] = {proc};
+        fx.fhir.not_found = {"Patient/dialysis-only"};
+        const std::string partial = "{\"observations\":" + obs + ",\"conditions\":" + cond + "}";
+        CHECK(card_rules(fx.call(cdstest::call_body("patient-view", pid, partial, kFhir, "t"))) ==
+              std::vector<std::string>{"calciphylaxis-suspected"});
+        fx.fhir.not_found = {fx.fhir.queries.back()};  // the Procedure search
+        CHECK(fx.call(cdstest::call_body("patient-view", pid, partial, kFhir, "t")).status == 412);
     }
 }
 
@@ -269,7 +334,7 @@ TEST_CASE("request bodies go through the untrusted-JSON policy: too deep, invali
     CHECK(nan.status == 400);
     CHECK(diagnostics(nan).find("non-finite") != std::string::npos);
     // A BOM is accepted; feedback bodies follow the same policy.
-    CHECK(fx.call("\xEF\xBB\xBF" + cdstest::call_body("patient-view", "a", R"({"observations":null,"conditions":null})")).status == 200);
+    CHECK(fx.call("\xEF\xBB\xBF" + cdstest::call_body("patient-view", "a", cdstest::null_prefetch())).status == 200);
     const HttpReply fb = fx.feedback(deep);
     CHECK(fb.status == 400);
     CHECK(diagnostics(fb).find("nested deeper than 100 levels") != std::string::npos);

@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -67,14 +68,31 @@ inline std::string tamper_signature(std::string token) {
     return token;
 }
 
-// The example cohort's resources of one patient, split into a searchset Bundle of Observations and
-// one of Conditions (as an EHR would prefetch them). `rename` replaces the patient id in every id and
-// reference (to keep copies apart on a shared FHIR server).
+// The example cohort's resources of one patient, split into a searchset Bundle of Observations, one
+// of Conditions and one of Procedures, and the Patient (as an EHR would prefetch them). `rename`
+// replaces the patient id in every id and reference (to keep copies apart on a shared FHIR server).
 struct PatientData {
     std::string observations;  // searchset Bundle JSON
     std::string conditions;
+    std::string procedures;
+    std::string patient = "null";        // the Patient resource JSON, or null
     std::vector<std::string> resources;  // every resource, for seeding a FHIR server
+    // The prefetch object with every key.
+    std::string prefetch() const {
+        return "{\"observations\":" + observations + ",\"conditions\":" + conditions + ",\"procedures\":" + procedures +
+               ",\"patient\":" + patient + "}";
+    }
 };
+
+// A prefetch object with every key: those given (key -> JSON text), the others null.
+inline std::string null_prefetch(const std::map<std::string, std::string>& given = {}) {
+    std::string out;
+    for (const char* key : {"observations", "conditions", "procedures", "patient"}) {
+        const auto it = given.find(key);
+        out += (out.empty() ? "{" : ",") + std::string("\"") + key + "\":" + (it == given.end() ? "null" : it->second);
+    }
+    return out + "}";
+}
 
 inline std::string replace_all(std::string s, const std::string& from, const std::string& to) {
     for (auto pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size())) s.replace(pos, from.size(), to);
@@ -86,7 +104,7 @@ inline PatientData cohort_patient(const std::string& cohort_path, const std::str
     const std::string text = read_file(cohort_path);
     d.Parse(text.c_str());
     PatientData out;
-    std::string obs, cond;
+    std::string obs, cond, proc;
     for (const auto& e : d["entry"].GetArray()) {
         rapidjson::StringBuffer sb;
         rapidjson::Writer<rapidjson::StringBuffer> w(sb);
@@ -99,9 +117,12 @@ inline PatientData cohort_patient(const std::string& cohort_path, const std::str
         const std::string type = e["resource"]["resourceType"].GetString();
         if (type == "Observation") obs += (obs.empty() ? "" : ",") + std::string("{\"resource\":") + r + "}";
         if (type == "Condition") cond += (cond.empty() ? "" : ",") + std::string("{\"resource\":") + r + "}";
+        if (type == "Procedure") proc += (proc.empty() ? "" : ",") + std::string("{\"resource\":") + r + "}";
+        if (type == "Patient") out.patient = r;
     }
     out.observations = "{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[" + obs + "]}";
     out.conditions = "{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[" + cond + "]}";
+    out.procedures = "{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[" + proc + "]}";
     return out;
 }
 

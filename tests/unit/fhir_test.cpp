@@ -61,14 +61,39 @@ TEST_CASE("FHIR dateTime forms parse to UTC epoch seconds") {
 }
 
 TEST_CASE("patient references in every form FHIR allows") {
-    CHECK(normalize_patient_reference("Patient/123") == "Patient/123");
-    CHECK(normalize_patient_reference("Patient/123/_history/4") == "Patient/123");
-    CHECK(normalize_patient_reference("https://ehr.example.org/fhir/Patient/abc") == "Patient/abc");
-    CHECK(normalize_patient_reference("urn:uuid:6d23a95e-7e18-4201-90ec-9501fa89fbd2") ==
-          "urn:uuid:6d23a95e-7e18-4201-90ec-9501fa89fbd2");
-    CHECK_FALSE(normalize_patient_reference("Group/1"));
-    CHECK_FALSE(normalize_patient_reference("Patient/"));
-    CHECK_FALSE(normalize_patient_reference("Patient?identifier=x"));
+    using Kind = PatientIdentity::Kind;
+    auto id = [](std::string_view ref, const BundleContext* b = nullptr, std::string_view base = {}) {
+        const PatientIdentity p = patient_identity(ref, b, base);
+        return p.kind == Kind::patient ? p.id : p.kind == Kind::unresolved ? std::string("unresolved") : std::string("-");
+    };
+    CHECK(id("Patient/123") == "Patient/123");
+    CHECK(id("Patient/123/_history/4") == "Patient/123");
+    // Absolute: the local patient only on the server's own base (or a base of the Bundle's fullUrls).
+    CHECK(id("https://ehr.example.org/fhir/Patient/abc") == "https://ehr.example.org/fhir/Patient/abc");
+    CHECK(id("HTTPS://EHR.example.org/fhir/Patient/abc/_history/2") == "https://ehr.example.org/fhir/Patient/abc");
+    CHECK(id("https://ehr.example.org/fhir/Patient/abc", nullptr, "https://ehr.example.org/fhir") == "Patient/abc");
+    CHECK(id("https://ehr.example.org/fhirx/Patient/abc", nullptr, "https://ehr.example.org/fhir") ==
+          "https://ehr.example.org/fhirx/Patient/abc");
+    CHECK(id("urn:uuid:6d23a95e-7e18-4201-90ec-9501fa89fbd2") == "unresolved");
+    CHECK(id("Group/1") == "-");
+    CHECK(id("Patient/") == "-");
+    CHECK(id("Patient?identifier=x") == "-");
+    CHECK(id("https://ehr.example.org/fhir/Patient?identifier=x") == "-");
+    CHECK(id("") == "-");
+
+    rapidjson::Document d;
+    d.Parse(R"({"resourceType":"Bundle","entry":[
+      {"fullUrl":"urn:uuid:aaaa","resource":{"resourceType":"Patient","id":"p7"}},
+      {"fullUrl":"urn:uuid:bbbb","resource":{"resourceType":"Patient"}},
+      {"fullUrl":"https://ehr.example.org/fhir/Observation/o1","resource":{"resourceType":"Observation","id":"o1"}},
+      {"fullUrl":"urn:uuid:cccc","resource":{"resourceType":"Group","id":"g1"}}]})");
+    const BundleContext ctx = BundleContext::of(d);
+    CHECK(id("urn:uuid:aaaa", &ctx) == "Patient/p7");
+    CHECK(id("urn:uuid:bbbb", &ctx) == "urn:uuid:bbbb");  // a Patient without an id is its fullUrl
+    CHECK(id("urn:uuid:dddd", &ctx) == "unresolved");
+    CHECK(id("urn:uuid:cccc", &ctx) == "-");
+    CHECK(id("https://ehr.example.org/fhir/Patient/p7", &ctx) == "Patient/p7");  // a base of the Bundle
+    CHECK(id("https://other.example.net/fhir/Patient/p7", &ctx) == "https://other.example.net/fhir/Patient/p7");
 }
 
 TEST_CASE("a Bundle's entries are read with their index, and urn:uuid references resolve") {

@@ -147,12 +147,181 @@ TEST_CASE("subjects: absolute URLs, urn:uuid through the Bundle, and non-patient
       {"fullUrl":"urn:uuid:c3","resource":{"resourceType":"Condition","id":"c3","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":"Group/g1"}}},
       {"fullUrl":"urn:uuid:c4","resource":{"resourceType":"Condition","id":"c4","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":"urn:uuid:nobody"}}}
     ]})");
-    const auto& p = only_patient(b);
-    CHECK(p.patient == "Patient/p7");
-    CHECK(p.conditions.size() == 2);
+    // The absolute URL names another server's patient (no fullUrl of this Bundle is on its base):
+    // not merged with the local Patient/p7 (clinical-rules.md §5.2.3).
+    REQUIRE(b.patients().size() == 2);
+    CHECK(b.patients().at("Patient/p7").conditions.size() == 1);
+    CHECK(b.patients().at("https://ehr.example.org/fhir/Patient/p7").conditions.size() == 1);
     REQUIRE(b.problems().size() == 2);
     CHECK(b.problems()[0].message.find("is not a Patient") != std::string::npos);
-    CHECK(b.problems()[1].message.find("not resolved") != std::string::npos);
+    CHECK(b.problems()[1].message.find("is not the fullUrl of any entry") != std::string::npos);
+}
+
+namespace {
+std::string condition_of(const std::string& id, const std::string& subject) {
+    return R"({"resourceType":"Condition","id":")" + id +
+           R"(","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L94.2"}]},"subject":{"reference":")" +
+           subject + R"("}})";
+}
+}  // namespace
+
+TEST_CASE("patient identity: a server's own base, a Bundle's base, another server, a Patient without an id") {
+    SUBCASE("the server's own base is the local patient") {
+        mappings::FactBuilder b(test::terminology(), "HTTPS://EHR.example.org/fhir/");
+        fhir::read_text(condition_of("c1", "https://ehr.example.org/fhir/Patient/p7"), "t.json", b);
+        fhir::read_text(condition_of("c2", "Patient/p7/_history/3"), "t.json", b);
+        fhir::read_text(condition_of("c3", "https://other.example.net/fhir/Patient/p7"), "t.json", b);
+        REQUIRE(b.patients().size() == 2);
+        CHECK(b.patients().at("Patient/p7").conditions.size() == 2);
+        CHECK(b.patients().at("https://other.example.net/fhir/Patient/p7").conditions.size() == 1);
+    }
+    SUBCASE("a base of the Bundle's fullUrls names its resources") {
+        auto b = build(R"({"resourceType":"Bundle","type":"collection","entry":[
+          {"fullUrl":"https://ehr.example.org/fhir/Condition/c1","resource":)" + condition_of("c1", "Patient/p7") + R"(},
+          {"fullUrl":"https://ehr.example.org/fhir/Condition/c2","resource":)" + condition_of("c2", "https://ehr.example.org/fhir/Patient/p7") + R"(}]})");
+        CHECK(only_patient(b).patient == "Patient/p7");
+        CHECK(only_patient(b).conditions.size() == 2);
+    }
+    SUBCASE("a Patient without an id behind a urn:uuid fullUrl is that patient") {
+        auto b = build(R"({"resourceType":"Bundle","type":"collection","entry":[
+          {"fullUrl":"urn:uuid:6a3c6e0e-1111-4a44-9a55-000000000001","resource":{"resourceType":"Patient","deceasedBoolean":false}},
+          {"fullUrl":"urn:uuid:6a3c6e0e-1111-4a44-9a55-000000000002","resource":)" +
+                       condition_of("c1", "urn:uuid:6a3c6e0e-1111-4a44-9a55-000000000001") + R"(}]})");
+        CHECK(b.problems().empty());
+        CHECK(only_patient(b).patient == "urn:uuid:6a3c6e0e-1111-4a44-9a55-000000000001");
+        CHECK(only_patient(b).conditions.size() == 1);
+    }
+    SUBCASE("a urn:uuid outside a Bundle names nobody") {
+        auto b = build(condition_of("c1", "urn:uuid:6a3c6e0e-1111-4a44-9a55-000000000001"));
+        CHECK(b.patients().empty());
+        REQUIRE(b.problems().size() == 1);
+        CHECK(b.problems()[0].message.find("can only be resolved by the fullUrls of a Bundle") != std::string::npos);
+    }
+}
+
+TEST_CASE("versions: only the latest of a resource read twice counts; a deletion counts too") {
+    auto lab_version = [](const std::string& version, const std::string& updated, double value) {
+        std::string meta = "{";
+        if (!version.empty()) meta += R"("versionId":")" + version + "\"";
+        if (!updated.empty()) meta += std::string(version.empty() ? "" : ",") + R"("lastUpdated":")" + updated + "\"";
+        meta += "}";
+        return R"({"resourceType":"Observation","id":"o1","meta":)" + meta +
+               R"(,"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},"subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":)" +
+               rules::format_number(value) + R"(,"code":"mg/dL"}})";
+    };
+    auto bundle = [](const std::vector<std::string>& entries) {
+        std::string out = R"({"resourceType":"Bundle","type":"history","entry":[)";
+        for (std::size_t i = 0; i < entries.size(); ++i) out += (i ? "," : "") + entries[i];
+        return out + "]}";
+    };
+    auto entry = [](const std::string& r) { return R"({"resource":)" + r + "}"; };
+    auto value_of = [](const mappings::FactBuilder& b) {
+        const auto& p = only_patient(b);
+        REQUIRE(p.labs.size() == 1);
+        return p.labs[0].value;
+    };
+    SUBCASE("numeric versionId: 10 beats 9, in either order") {
+        for (bool newest_first : {true, false}) {
+            auto e9 = entry(lab_version("9", "2026-11-21T00:00:00Z", 12.5));
+            auto e10 = entry(lab_version("10", "2026-11-20T00:00:00Z", 9.1));
+            auto b = build(bundle(newest_first ? std::vector<std::string>{e10, e9} : std::vector<std::string>{e9, e10}));
+            CHECK(value_of(b) == doctest::Approx(9.1));
+            REQUIRE(only_patient(b).notes.size() == 1);
+            CHECK(only_patient(b).notes[0].source == "Observation/o1/_history/9");
+            CHECK(only_patient(b).notes[0].message.find("superseded by version 10") != std::string::npos);
+        }
+    }
+    SUBCASE("no numeric versions: the latest lastUpdated; no meta: the last one read") {
+        auto b = build(bundle({entry(lab_version("b", "2026-11-22T00:00:00Z", 9.1)), entry(lab_version("a", "2026-11-21T00:00:00Z", 12.5))}));
+        CHECK(value_of(b) == doctest::Approx(9.1));
+        auto c = build(bundle({entry(lab_version("", "", 12.5)), entry(lab_version("", "", 9.1))}));
+        CHECK(value_of(c) == doctest::Approx(9.1));
+        CHECK(only_patient(c).notes[0].message.find("the one read last counts") != std::string::npos);
+    }
+    SUBCASE("the same resource in two files counts once") {
+        mappings::FactBuilder b(test::terminology());
+        fhir::read_text(lab_version("3", "", 12.5), "a.json", b);
+        fhir::read_text(lab_version("3", "", 12.5), "b.json", b);
+        CHECK(value_of(b) == doctest::Approx(12.5));
+        CHECK(only_patient(b).notes[0].message.find("appears more than once") != std::string::npos);
+    }
+    SUBCASE("a DELETE entry of a history Bundle takes the resource back") {
+        auto b = build(bundle({R"({"request":{"method":"DELETE","url":"Observation/o1"},"response":{"status":"204","etag":"W/\"4\""}})",
+                               entry(lab_version("3", "", 12.5))}));
+        const auto& p = only_patient(b);
+        CHECK(p.labs.empty());
+        REQUIRE(p.notes.size() == 1);
+        CHECK(p.notes[0].message.find("is deleted by an entry of the input (version 4)") != std::string::npos);
+    }
+    SUBCASE("a later version that cannot be read leaves no earlier one counting") {
+        auto bad = lab_version("4", "", 9.1);
+        bad.replace(bad.find("\"value\":9.1"), 11, "\"value\":\"x\"");
+        auto b = build(bundle({entry(lab_version("3", "", 12.5)), entry(bad)}));
+        CHECK(only_patient(b).labs.empty());
+        REQUIRE(b.problems().size() == 1);
+    }
+}
+
+TEST_CASE("a resource rejected half-way gives nothing") {
+    // The first component is read, the second is not a number: neither counts.
+    auto b = build(R"({"resourceType":"Observation","id":"panel","status":"final","code":{"text":"Renal panel"},
+      "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20",
+      "component":[{"code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},"valueQuantity":{"value":6.1,"code":"mg/dL"}},
+                   {"code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},"valueQuantity":{"value":"x","code":"mg/dL"}}]})");
+    REQUIRE(b.problems().size() == 1);
+    CHECK(only_patient(b).labs.empty());
+}
+
+TEST_CASE("procedures, deceased patients, DiagnosticReports and plausibility limits") {
+    SUBCASE("a dialysis Procedure") {
+        auto b = build(R"({"resourceType":"Procedure","id":"hd1","status":"completed","subject":{"reference":"Patient/p1"},
+          "code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006","display":"Hemodialysis"}]},
+          "performedPeriod":{"start":"2026-11-20T08:00:00Z","end":"2026-11-20T12:00:00Z"}})");
+        const auto& p = only_patient(b);
+        REQUIRE(p.procedures.size() == 1);
+        CHECK(p.procedures[0].concept_id == "dialysis");
+        CHECK(p.procedures[0].code_label == "SNOMED CT 302497006");
+        CHECK(p.procedures[0].performed_end == test::at("2026-11-20T12:00:00Z"));
+        auto c = build(R"({"resourceType":"Procedure","id":"x","status":"completed","subject":{"reference":"Patient/p1"},
+          "code":{"coding":[{"system":"http://snomed.info/sct","code":"80146002"}]},"performedDateTime":"2026-11-20"})");
+        CHECK(c.patients().empty());  // not a procedure the rules read
+    }
+    SUBCASE("deceased") {
+        auto b = build(R"({"resourceType":"Patient","id":"p1","deceasedDateTime":"2026-10-01"})");
+        REQUIRE(only_patient(b).deceased.has_value());
+        CHECK(only_patient(b).deceased->at == test::at("2026-10-01"));
+        auto c = build(R"({"resourceType":"Patient","id":"p1","deceasedBoolean":false})");
+        CHECK_FALSE(only_patient(c).deceased.has_value());
+        auto d = build(R"({"resourceType":"Patient","id":"p1","deceasedBoolean":"yes"})");
+        REQUIRE(d.problems().size() == 1);
+        CHECK(d.problems()[0].path == "Patient.deceasedBoolean");
+    }
+    SUBCASE("Observations contained in a DiagnosticReport take its subject and its reference") {
+        auto b = build(R"({"resourceType":"DiagnosticReport","id":"dr1","meta":{"versionId":"2"},"status":"final","code":{"text":"Renal panel"},
+          "subject":{"reference":"Patient/p1"},"result":[{"reference":"#ca"}],
+          "contained":[{"resourceType":"Observation","id":"ca","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},
+                        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":"9.5","code":"mg/dL"}}]})");
+        REQUIRE(b.problems().size() == 1);
+        CHECK(b.problems()[0].path == "DiagnosticReport.contained[0].valueQuantity.value");
+        auto c = build(R"({"resourceType":"DiagnosticReport","id":"dr1","meta":{"versionId":"2"},"status":"final","code":{"text":"Renal panel"},
+          "subject":{"reference":"Patient/p1"},"result":[{"reference":"#ca"}],
+          "contained":[{"resourceType":"Observation","id":"ca","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},
+                        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":9.5,"code":"mg/dL"}},
+                       {"resourceType":"Observation","id":"unlisted","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2777-1"}]},
+                        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":9.5,"code":"mg/dL"}}]})");
+        const auto& p = only_patient(c);
+        REQUIRE(p.labs.size() == 1);
+        CHECK(p.labs[0].source == "DiagnosticReport/dr1/_history/2");
+    }
+    SUBCASE("an implausible value after conversion is a note") {
+        auto b = build(observation("2000-8", R"({"value":7.5,"code":"mmol/L"})"));  // 30.06 mg/dL
+        const auto& p = only_patient(b);
+        CHECK(p.labs.empty());
+        REQUIRE(p.notes.size() == 1);
+        CHECK(p.notes[0].message.find("implausible, outside 2-25 mg/dL") != std::string::npos);
+        CHECK(p.notes[0].message.find("reported 7.5 mmol/L") != std::string::npos);
+        CHECK(only_patient(build(observation("2731-8", R"({"value":0,"code":"pg/mL"})"))).labs.size() == 1);  // limits included
+    }
 }
 
 TEST_CASE("a condition coded in two systems for one concept counts once") {
