@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "fhir/views.hpp"
+#include "mappings/condition_reading.hpp"
 #include "rules/engine.hpp"
 
 namespace calcalert::mappings {
@@ -179,30 +180,27 @@ void FactBuilder::observation(const rapidjson::Value& json, const fhir::Location
 void FactBuilder::condition(const rapidjson::Value& json, const fhir::Location& where,
                             const fhir::BundleContext* bundle) {
     fhir::ConditionView cond(json);
-    std::vector<std::pair<const ConditionCode*, const fhir::Coding*>> matches;
-    for (const auto& c : cond.code().coding) {
-        const ConditionCode* cc = term_.condition(c.system, c.code);
-        if (!cc) continue;
-        bool seen = false;
-        for (const auto& m : matches) seen = seen || m.first->concept_id == cc->concept_id;
-        if (!seen) matches.emplace_back(cc, &c);
-    }
-    if (matches.empty()) return;
+    const fhir::CodeableConcept code = cond.code();
+    const ConditionReading reading = read_condition_code(term_, code);
+    if (reading.matches.empty() && reading.notes.empty()) return;
     rules::PatientFacts* p = subject(cond.subject_reference(), "Condition", where, bundle);
     if (!p) return;
     const std::string source = source_of(cond, where);
+    for (const auto& n : reading.notes) p->notes.push_back({source, "Condition.code", n});
     const std::string clinical(cond.clinical_status());
     const std::string verification(cond.verification_status());
     const auto onset = cond.onset();
     const bool abated = cond.has_abatement();
     const auto abatement = cond.abatement();
-    for (const auto& [cc, coding] : matches) {
+    for (const auto& [cc, coding, words] : reading.matches) {
         rules::ConditionFact f;
         f.concept_id = cc->concept_id;
         f.system = std::string(coding->system);
         f.code = std::string(coding->code);
-        f.display = coding->display.empty() ? (cond.code().text.empty() ? cc->display : std::string(cond.code().text))
-                                            : std::string(coding->display);
+        f.display = !words.empty()               ? words
+                    : !coding->display.empty() ? std::string(coding->display)
+                    : !code.text.empty()       ? std::string(code.text)
+                                               : cc->display;
         f.code_label = term_.system_label(coding->system) + " " + f.code;
         f.caveat = cc->caveat;
         f.clinical_status = clinical;

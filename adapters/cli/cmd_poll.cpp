@@ -57,7 +57,7 @@ Options:
   --retries N            retries of one request (default 4)
   --fault-budget N       retries allowed in one pass before it stops (default 500; 0 = no limit)
   --request-deadline DURATION   one request with all its retries (default 2m)
-  --catalog DIR, --terminology DIR, --identifier-system URI   as for evaluate
+  --catalog DIR, --terminology DIR, --identifier-system URI, --time-zone ZONE   as for evaluate
   --help                 this help
 
 Output: a summary on stdout; JSON log lines on stderr (and one line per resource that cannot be
@@ -161,7 +161,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     Options opts(args,
                  {"server", "interval", "state", "now", "token-file", "ca-file", "page-size", "batch", "overlap",
                   "bundle-type", "lab-code-search", "retries", "fault-budget", "request-deadline", "catalog",
-                  "terminology", "identifier-system"},
+                  "terminology", "identifier-system", "time-zone"},
                  {"help", "once", "dry-run", "insecure-skip-tls-verify"});
     if (opts.flag("help")) {
         out << kPollHelp;

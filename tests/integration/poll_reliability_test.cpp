@@ -160,7 +160,7 @@ TEST_CASE("under every fault kind at a combined 30 %, repeated passes converge t
                          " retries");
     };
 
-    stage("first poll (87 creates)", kT1);
+    stage("first poll (132 creates)", kT1);
     correct_rajesh_iyer_phosphates(direct);  // his calciphylaxis-risk no longer holds: cancelled
     add_harold_kim_labs(direct);             // his metastatic-calcification-risk: amended
     stage("a cancel and an amend", kT1);
@@ -271,7 +271,7 @@ TEST_CASE("SIGKILL at 50+ distinct points of a pass, then a clean pass: exactly 
         };
         REQUIRE(WEXITSTATUS(run_program(args(clean_state, clean_system, "2026-11-25T12:00:00Z"), log)) == 0);
         const auto clean_t1 = snapshot(direct, clean_system);
-        REQUIRE(clean_t1.size() == 87);
+        REQUIRE(clean_t1.size() == 132);
         REQUIRE(WEXITSTATUS(run_program(args(clean_state, clean_system, "2027-06-25T12:00:00Z"), log)) == 0);
         const auto clean_t2 = snapshot(direct, clean_system);
 
