@@ -61,13 +61,9 @@ std::string card_detail_markdown(const rules::Finding& f, const CardOptions& o) 
     md += "**" + markdown_escape(r.title) + "** (severity " + std::string(rules::to_string(r.severity)) + ")\n\n";
     md += "**Why**\n\n";
     for (const auto& e : f.evidence) {
-        md += "- **" + markdown_escape(e.label) + "**: " + markdown_escape(e.text);
-        if (!e.sources.empty()) {
-            md += " (";
-            for (std::size_t i = 0; i < e.sources.size(); ++i) md += (i ? ", `" : "`") + e.sources[i] + "`";
-            md += ")";
-        }
-        md += "\n";
+        const std::string refs = rules::evidence_references(e, f.sources);
+        md += "- **" + markdown_escape(e.label) + "**: " + markdown_escape(e.text) +
+              (refs.empty() ? "" : " " + markdown_escape(refs)) + "\n";
     }
     if (!f.notes.empty()) {
         md += "\n";
@@ -79,6 +75,12 @@ std::string card_detail_markdown(const rules::Finding& f, const CardOptions& o) 
           markdown_escape(o.identifier_system) + ").\n\n";
     md += "Reference: [" + markdown_escape(r.citation_text.empty() ? "PMID " + r.citation_pmid : r.citation_text) + "](" +
           r.citation_url() + ")\n";
+    if (!f.sources.empty()) {  // the resources behind the evidence lines, by number, out of the main text
+        md += "\nEvidence:";
+        for (std::size_t i = 0; i < f.sources.size(); ++i)
+            md += std::string(i ? "; " : " ") + "\\[" + std::to_string(i + 1) + "\\] `" + f.sources[i] + "`";
+        md += "\n";
+    }
     return md;
 }
 

@@ -44,8 +44,9 @@ std::string_view card_indicator(rules::RuleSeverity severity);  // critical | wa
 // The card's uuid: the alert identifier of (patient, rule); for an order rule's finding, of
 // (patient, rule + "|" + order), one card per draft order ("MedicationRequest/<id>").
 std::string card_uuid(const rules::Finding& finding);
-// GitHub-flavoured markdown: why (each evidence line with its exact values, dates and sources), the
-// rule's notes, the rule and its version, the identifier and the citation.
+// GitHub-flavoured markdown: why (each evidence line with its exact values, units, dates and thresholds
+// in words, and the numbers of the resources it rests on), the rule's notes, the rule and its version,
+// the identifier, the citation, and last the compact evidence list of those resources.
 std::string card_detail_markdown(const rules::Finding& finding, const CardOptions& options);
 // Escapes the characters markdown would interpret (\ ` * _ { } [ ] < > # | !).
 std::string markdown_escape(std::string_view text);

@@ -5,6 +5,7 @@
 
 #include "fhir/datetime.hpp"
 #include "fhir/views.hpp"
+#include "mappings/condition_reading.hpp"
 #include "rules/engine.hpp"
 
 namespace calcalert::mappings {
@@ -383,38 +384,37 @@ void FactBuilder::observation(const rapidjson::Value& json, const fhir::Location
 void FactBuilder::condition(const rapidjson::Value& json, const fhir::Location& where,
                             const fhir::BundleContext* bundle) {
     fhir::ConditionView cond(json);
-    std::vector<std::pair<const ConditionCode*, const fhir::Coding*>> matches;
-    for (const auto& c : cond.code().coding) {
-        const ConditionCode* cc = term_.condition(c.system, c.code);
-        if (!cc) continue;
-        bool seen = false;
-        for (const auto& m : matches) seen = seen || m.first->concept_id == cc->concept_id;
-        if (!seen) matches.emplace_back(cc, &c);
-    }
-    if (matches.empty()) return;
+    const fhir::CodeableConcept code = cond.code();
+    const ConditionReading reading = read_condition_code(term_, code);
+    if (reading.matches.empty() && reading.notes.empty()) return;
     rules::PatientFacts* p = subject(cond.subject_reference(), "Condition", where, bundle);
     if (!p) return;
     const std::string source = source_of(cond, where);
     if (auto url = fhir::modifier_extension_url(json, "Condition")) {
+        const std::string what = reading.matches.empty()
+                                     ? std::string("the Condition")
+                                     : term_.system_label(reading.matches[0].coding->system) + " " +
+                                           std::string(reading.matches[0].coding->code);
         add_note(*p, {source, "Condition.modifierExtension",
-                      term_.system_label(matches[0].second->system) + " " + std::string(matches[0].second->code) +
-                          ": the Condition has a modifierExtension the reader does not understand ('" + *url +
-                          "'): not used"});
+                      what + ": the Condition has a modifierExtension the reader does not understand ('" + *url + "'): not used"});
         return;
     }
+    for (const auto& n : reading.notes) add_note(*p, {source, "Condition.code", n});
     const std::string clinical(cond.clinical_status());
     const std::string verification(cond.verification_status());
     const auto onset = cond.onset();
     const auto recorded = cond.recorded_date();
     const bool abated = cond.has_abatement();
     const auto abatement = cond.abatement();
-    for (const auto& [cc, coding] : matches) {
+    for (const auto& [cc, coding, words] : reading.matches) {
         rules::ConditionFact f;
         f.concept_id = cc->concept_id;
         f.system = std::string(coding->system);
         f.code = std::string(coding->code);
-        f.display = coding->display.empty() ? (cond.code().text.empty() ? cc->display : std::string(cond.code().text))
-                                            : std::string(coding->display);
+        f.display = !words.empty()               ? words
+                    : !coding->display.empty() ? std::string(coding->display)
+                    : !code.text.empty()       ? std::string(code.text)
+                                               : cc->display;
         f.code_label = term_.system_label(coding->system) + " " + f.code;
         f.caveat = cc->caveat;
         f.clinical_status = clinical;

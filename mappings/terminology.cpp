@@ -80,6 +80,44 @@ Terminology Terminology::load(const std::filesystem::path& dir) {
             throw TerminologyError(where + ": match must be exact or prefix");
     }
 
+    for (const auto& r : read_tsv(dir / "condition-words.tsv", 9)) {
+        const std::string& where = r.where;
+        auto sys = t.canonical_system(r.cells[0]);
+        if (!sys) throw TerminologyError(where + ": unknown system '" + r.cells[0] + "'");
+        if (!t.concept_titles_.count(r.cells[3]))
+            throw TerminologyError(where + ": concept_id '" + r.cells[3] + "' is not in concepts.tsv");
+        if (r.cells[7] == "UNVERIFIED" || r.cells[7] == "WRONG")
+            throw TerminologyError(where + ": a " + r.cells[7] + " row may not be used");
+        WordReading w;
+        w.code = ConditionCode{r.cells[3], r.cells[2], r.cells[8]};
+        auto phrases = [&](const std::string& cell) {
+            std::vector<std::string> out;
+            std::size_t start = 0;
+            while (start <= cell.size()) {
+                auto bar = cell.find('|', start);
+                if (bar == std::string::npos) bar = cell.size();
+                const std::string p = normalize_words(cell.substr(start, bar - start));
+                if (p != " ") out.push_back(p);
+                start = bar + 1;
+            }
+            return out;
+        };
+        if (r.cells[4] != "(none)") {
+            w.words = phrases(r.cells[4]);
+            if (w.words.empty()) throw TerminologyError(where + ": words must name a phrase, or be (none)");
+        }
+        w.unless = phrases(r.cells[5]);
+        if (!r.cells[6].empty()) {
+            auto y = t.canonical_system(r.cells[6]);
+            if (!y) throw TerminologyError(where + ": unknown yields_to system '" + r.cells[6] + "'");
+            w.yields_to = std::string(*y);
+        }
+        const std::string k = t.key(*sys, r.cells[1]);
+        if (t.conditions_.count(k))
+            throw TerminologyError(where + ": " + r.cells[1] + " is also in condition-codes.tsv (a code is read one way)");
+        t.word_readings_[k].push_back(std::move(w));
+    }
+
     const auto units_file = dir / "units.tsv";
     for (const auto& r : read_tsv(units_file, 4)) {
         auto analyte = rules::analyte_from_name(r.cells[0]);
@@ -167,6 +205,26 @@ const ConditionCode* Terminology::condition(std::string_view system, std::string
     for (const auto& [prefix, c] : condition_prefixes_)
         if (k.compare(0, prefix.size(), prefix) == 0) return &c;
     return nullptr;
+}
+
+const std::vector<WordReading>* Terminology::word_readings(std::string_view system, std::string_view code) const {
+    auto sys = canonical_system(system);
+    if (!sys || code.empty()) return nullptr;
+    auto it = word_readings_.find(key(*sys, code));
+    return it == word_readings_.end() ? nullptr : &it->second;
+}
+
+std::string Terminology::normalize_words(std::string_view text) {
+    std::string out = " ";
+    for (unsigned char c : text) {
+        if (std::isalnum(c) || c >= 0x80) {
+            out += static_cast<char>(std::tolower(c));
+        } else if (out.back() != ' ') {
+            out += ' ';
+        }
+    }
+    if (out.back() != ' ') out += ' ';
+    return out;
 }
 
 const UnitConversion* Terminology::unit(rules::Analyte analyte, std::string_view u) const {

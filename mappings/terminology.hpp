@@ -1,5 +1,6 @@
-// Terminology as data: code system + code -> analyte or condition concept_id, and unit conversions to
-// each analyte's canonical unit. Loaded from the TSV files in mappings/data/ (a clinician can review them).
+// Terminology as data: code system + code -> analyte or condition concept_id (and, for residual codes,
+// the words that decide what they count as), and unit conversions to each analyte's canonical unit.
+// Loaded from the TSV files in mappings/data/ (a clinician can review them).
 #pragma once
 
 #include <filesystem>
@@ -43,6 +44,14 @@ struct PlausibleRange {
     double high;
 };
 
+// One reading of a residual code that counts only by its words (condition-words.tsv; ICD-10-CM E83.59).
+struct WordReading {
+    ConditionCode code;               // the concept it reads as, the code's display and the caveat to quote
+    std::vector<std::string> words;   // normalized phrases; empty: the reading of a Condition without words
+    std::vector<std::string> unless;  // normalized phrases that, in the same text, stop this reading
+    std::string yields_to;            // a canonical system whose coding on the same Condition decides first
+};
+
 struct UnitConversion {
     double factor;          // canonical = value × factor
     std::string property;   // mass, moles, ...
@@ -60,6 +69,11 @@ public:
 
     const LabCode* lab(std::string_view system, std::string_view code) const;
     const ConditionCode* condition(std::string_view system, std::string_view code) const;
+    // The readings of a code that counts only by its words, or nullptr for any other code.
+    const std::vector<WordReading>* word_readings(std::string_view system, std::string_view code) const;
+    // Lower case, every run of characters other than letters and digits as one space, with a space at
+    // each end: " calciphylaxis of the legs ". Words and phrases are matched on this form.
+    static std::string normalize_words(std::string_view text);
     // Looks up `unit` for the analyte (exact, then case-insensitive).
     const UnitConversion* unit(rules::Analyte analyte, std::string_view unit) const;
 
@@ -85,6 +99,7 @@ private:
     std::unordered_map<std::string, UnitConversion> units_;                   // analyte|unit
     std::unordered_map<std::string, ProcedureCode> procedures_;
     std::optional<PlausibleRange> plausible_[rules::analyte_count];
+    std::unordered_map<std::string, std::vector<WordReading>> word_readings_;  // system|code
     std::map<std::string, std::string> concept_titles_;
 };
 

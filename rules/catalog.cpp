@@ -128,45 +128,7 @@ FactParameters read_parameters(Obj p) {
         f.counted_observation_statuses = st;
     }
     f.future_tolerance_hours = p.num("futureToleranceHours", f.future_tolerance_hours);
-    {
-        Obj c = p.sub("correctedCalcium");
-        f.albumin_window_hours = c.num("albuminWindowHours", f.albumin_window_hours);
-        f.normal_albumin_g_dl = c.num("normalAlbumin_g_dL", f.normal_albumin_g_dl);
-        f.correction_factor = c.num("factor", f.correction_factor);
-        c.finish();
-    }
-    {
-        Obj c = p.sub("caXp");
-        f.caxp_window_days = c.num("windowDays", f.caxp_window_days);
-        f.caxp_pairing_hours = c.num("pairingHours", f.caxp_pairing_hours);
-        f.caxp_threshold = c.num("threshold", f.caxp_threshold);
-        c.finish();
-    }
-    {
-        Obj c = p.sub("hypercalcemia");
-        f.hypercalcemia_window_days = c.num("windowDays", f.hypercalcemia_window_days);
-        f.corrected_calcium_default_high = c.num("correctedCalciumDefaultHigh_mg_dL", f.corrected_calcium_default_high);
-        f.ionized_calcium_high = c.num("ionizedHigh_mmol_L", f.ionized_calcium_high);
-        c.finish();
-    }
-    {
-        Obj c = p.sub("hyperphosphatemia");
-        f.phosphate_window_days = c.num("windowDays", f.phosphate_window_days);
-        f.phosphate_default_high = c.num("defaultHigh_mg_dL", f.phosphate_default_high);
-        c.finish();
-    }
-    {
-        Obj c = p.sub("pthHigh");
-        f.pth_window_days = c.num("windowDays", f.pth_window_days);
-        f.pth_default_high = c.num("defaultHigh_pg_mL", f.pth_default_high);
-        c.finish();
-    }
-    {
-        Obj c = p.sub("egfrLow");
-        f.egfr_window_days = c.num("windowDays", f.egfr_window_days);
-        f.egfr_below = c.num("below", f.egfr_below);
-        c.finish();
-    }
+    if (!(f.future_tolerance_hours >= 0)) p.fail(p.path() + "futureToleranceHours", "must be 0 or more");
     {
         Obj c = p.sub("dialysisProcedure");
         f.dialysis_window_days = c.num("windowDays", f.dialysis_window_days);
@@ -186,16 +148,118 @@ FactParameters read_parameters(Obj p) {
     return f;
 }
 
-// The {placeholders} of an order rule's text: {order} (the ordered drug), {present:a,b} and {fact} with
-// known facts only.
+Analyte analyte_of(Obj& o, const char* key, Analyte fallback) {
+    const std::string name = o.str(key, false);
+    if (name.empty()) return fallback;
+    const auto a = analyte_from_name(name);
+    if (!a) o.fail(o.path() + key, "unknown analyte '" + name + "'");
+    return *a;
+}
+
+double positive(Obj& o, const char* key, double fallback) {
+    const double v = o.num(key, fallback);
+    if (!(v > 0)) o.fail(o.path() + key, "must be a positive number");
+    return v;
+}
+
+ComputedValue read_computed(Obj o) {
+    ComputedValue c;
+    c.id = o.str("id");
+    c.title = o.str("title");
+    c.short_label = o.str("short", false);
+    if (c.short_label.empty()) c.short_label = c.title;
+    c.unit = o.str("unit");
+    const double decimals = o.num("decimals", 2);
+    if (decimals < 0 || decimals > 6 || decimals != static_cast<int>(decimals))
+        o.fail(o.path() + "decimals", "must be a whole number from 0 to 6");
+    c.decimals = static_cast<int>(decimals);
+    const std::string kind = o.str("kind");
+    if (kind == "albumin-corrected-calcium") {
+        c.kind = ComputedValue::Kind::albumin_corrected_calcium;
+        c.reported = analyte_of(o, "reported", c.reported);
+        c.total = analyte_of(o, "total", c.total);
+        c.albumin = analyte_of(o, "albumin", c.albumin);
+        c.albumin_window_hours = positive(o, "albuminWindowHours", c.albumin_window_hours);
+        c.normal_albumin = positive(o, "normalAlbumin_g_dL", c.normal_albumin);
+        c.factor = positive(o, "factor", c.factor);
+    } else if (kind == "product") {
+        c.kind = ComputedValue::Kind::product;
+        c.anchor = analyte_of(o, "anchor", c.anchor);
+        c.partner = analyte_of(o, "partner", c.partner);
+        c.pairing_hours = positive(o, "pairingHours", c.pairing_hours);
+    } else {
+        o.fail(o.path() + "kind", "expected albumin-corrected-calcium or product, not '" + kind + "'");
+    }
+    o.finish();
+    return c;
+}
+
+LabFact read_lab_fact(Obj o, const std::vector<ComputedValue>& computed) {
+    LabFact f;
+    f.id = o.str("id");
+    f.title = o.str("title");
+    f.value = o.str("value");
+    if (const auto a = analyte_from_name(f.value)) {
+        f.analyte = *a;
+    } else {
+        for (std::size_t i = 0; i < computed.size(); ++i)
+            if (computed[i].id == f.value) f.computed = static_cast<int>(i);
+        if (f.computed < 0)
+            o.fail(o.path() + "value", "'" + f.value + "' is neither an analyte nor a computed value (define it in 'computed')");
+    }
+    f.window_days = positive(o, "windowDays", 0);
+    const bool above = o.get("above") != nullptr, below = o.get("below") != nullptr;
+    if (above == below) o.fail(o.path() + "above", "give exactly one of 'above' and 'below'");
+    f.direction = above ? Direction::above : Direction::below;
+    Obj t = o.sub(above ? "above" : "below");
+    if (!t.get("default")) t.fail(t.path() + "default", "missing");
+    f.fallback = t.num("default", 0);
+    if (t.get("timesReferenceRangeHigh")) {
+        if (!above) t.fail(t.path() + "timesReferenceRangeHigh", "a reference-range high sets only an 'above' threshold");
+        f.times_reference_high = positive(t, "timesReferenceRangeHigh", 1);
+    }
+    t.finish();
+    const std::string bounded = o.str("boundedValues", false);
+    if (bounded.empty() || bounded == "when-decided") f.bounded = BoundedValues::when_decided;
+    else if (bounded == "never") f.bounded = BoundedValues::never;
+    else o.fail(o.path() + "boundedValues", "expected when-decided or never, not '" + bounded + "'");
+    o.finish();
+    return f;
+}
+
+// facts.json without what is wording or display (its version, display settings, titles and short
+// forms): what decides whether a fact holds. Part of every rule's logic version.
+std::string facts_logic_canonical(const Json& facts_doc) {
+    rapidjson::Document copy;
+    copy.CopyFrom(facts_doc, copy.GetAllocator());
+    copy.RemoveMember("version");
+    copy.RemoveMember("display");
+    for (const char* list : {"computed", "labFacts", "derived"}) {
+        auto it = copy.FindMember(list);
+        if (it == copy.MemberEnd() || !it->value.IsArray()) continue;
+        for (auto& item : it->value.GetArray())
+            if (item.IsObject()) {
+                item.RemoveMember("title");
+                item.RemoveMember("short");
+            }
+    }
+    return canonical(copy);
+}
+
+// The {placeholders} of a rule's text: {fact}, {present:a,b} and {assessed:lab-fact} with known facts
+// only, and in an order rule {order} (the ordered drug).
 void check_placeholders(const Obj& o, const std::string& at, const std::string& text,
-                        const std::map<std::string, std::string>& titles) {
+                        const std::map<std::string, std::string>& titles, const std::set<std::string>& lab_facts,
+                        bool order_rule) {
     std::size_t i = 0;
     while ((i = text.find('{', i)) != std::string::npos) {
         const auto close = text.find('}', i);
         if (close == std::string::npos) o.fail(at, "'{' without '}'");
         const std::string key = text.substr(i + 1, close - i - 1);
-        if (key.rfind("present:", 0) == 0) {
+        if (key.rfind("assessed:", 0) == 0) {
+            const std::string fact = key.substr(9);
+            if (!lab_facts.count(fact)) o.fail(at, "{" + key + "}: '" + fact + "' is not a lab fact");
+        } else if (key.rfind("present:", 0) == 0) {
             std::size_t s = 8;
             while (s <= key.size()) {
                 auto comma = key.find(',', s);
@@ -204,8 +268,10 @@ void check_placeholders(const Obj& o, const std::string& at, const std::string& 
                 if (!titles.count(fact)) o.fail(at, "unknown fact '" + fact + "' in {" + key + "}");
                 s = comma + 1;
             }
-        } else if (key != "order" && !titles.count(key)) {
-            o.fail(at, "unknown placeholder {" + key + "} (use {order}, a fact, or {present:...})");
+        } else if (key == "order") {
+            if (!order_rule) o.fail(at, "{order} is only for order rules");
+        } else if (!titles.count(key)) {
+            o.fail(at, "unknown placeholder {" + key + "} (use a fact, {present:...}, {assessed:<lab fact>} or, in an order rule, {order})");
         }
         i = close + 1;
     }
@@ -226,18 +292,6 @@ std::string_view to_string(RuleSeverity s) {
         case RuleSeverity::low: return "low";
     }
     return "low";
-}
-
-const std::vector<std::pair<std::string, std::string>>& lab_facts() {
-    static const std::vector<std::pair<std::string, std::string>> facts{
-        {"corrected-calcium-high", "Corrected calcium above the upper limit"},
-        {"ionized-calcium-high", "Ionized calcium above the upper limit"},
-        {"phosphate-high", "Phosphate above the upper limit"},
-        {"pth-high", "Intact PTH above the upper limit"},
-        {"egfr-low", "eGFR below the ESRD threshold"},
-        {"ca-x-p-high", "Calcium-phosphate product above the threshold"},
-    };
-    return facts;
 }
 
 const std::vector<std::pair<std::string, std::string>>& procedure_facts() {
@@ -269,33 +323,85 @@ const Rule* RuleCatalog::find(std::string_view id) const {
     return nullptr;
 }
 
+const LabFact* RuleCatalog::lab_fact(std::string_view id) const {
+    for (const auto& f : lab_facts_)
+        if (f.id == id) return &f;
+    return nullptr;
+}
+
+double RuleCatalog::history_window_days() const {
+    double days = 0;
+    for (const auto& f : lab_facts_) {
+        double reach = f.window_days;
+        if (f.computed >= 0) reach += computed_[static_cast<std::size_t>(f.computed)].reach_hours() / 24.0;
+        days = std::max(days, reach);
+    }
+    return days;
+}
+
 RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<std::string, std::string>& concepts) {
     RuleCatalog cat;
     cat.dir_ = dir;
-    for (const auto& [id, title] : lab_facts()) cat.titles_[id] = title;
     for (const auto& [id, title] : procedure_facts()) cat.titles_[id] = title;
     for (const auto& [concept_id, title] : concepts) cat.titles_["dx." + concept_id] = title;
-    cat.titles_["ca-x-p"] = "Calcium-phosphate product";
 
     JsonFile facts = read_json(dir / "facts.json");
     const std::string params_canonical = canonical(facts.doc);
-    std::string params_logic;  // the parameters only: the fact titles are wording
-    if (const auto it = facts.doc.FindMember("parameters"); it != facts.doc.MemberEnd()) params_logic = canonical(it->value);
+    const std::string params_logic = facts_logic_canonical(facts.doc);  // without titles and display settings
+    std::set<std::string> lab_fact_ids;
     {
         Obj top(facts.doc, facts.name, "");
         top.str("version");
+        {
+            Obj display = top.sub("display");
+            const std::string zone = display.str("timeZone", false);
+            if (!zone.empty()) {
+                try {
+                    cat.time_zone_ = TimeZone::load(zone);
+                } catch (const TimeZoneError& e) {
+                    display.fail(display.path() + "timeZone", e.what());
+                }
+            }
+            display.finish();
+        }
         cat.params_ = read_parameters(top.sub("parameters"));
-        const Json* derived = top.get("derived");
-        if (!derived || !derived->IsArray()) top.fail("derived", "expected an array");
-        for (rapidjson::SizeType i = 0; i < derived->Size(); ++i) {
-            Obj d((*derived)[i], facts.name, "derived[" + std::to_string(i) + "].");
-            DerivedFact f{d.str("id"), d.str("title"), d.strings("any")};
+        auto array = [&](const char* key) -> const Json& {
+            const Json* v = top.get(key);
+            if (!v || !v->IsArray()) top.fail(key, "expected an array");
+            return *v;
+        };
+        auto define = [&](Obj& o, const std::string& id, const std::string& title) {
+            if (id.empty()) o.fail(o.path() + "id", "must not be empty");
+            if (cat.titles_.count(id) || analyte_from_name(id)) o.fail(o.path() + "id", "'" + id + "' is defined twice");
+            cat.titles_[id] = title;
+        };
+        const Json& computed = array("computed");
+        for (rapidjson::SizeType i = 0; i < computed.Size(); ++i) {
+            Obj c(computed[i], facts.name, "computed[" + std::to_string(i) + "].");
+            ComputedValue v = read_computed(c);
+            define(c, v.id, v.title);
+            cat.computed_.push_back(std::move(v));
+        }
+        const Json& labs = array("labFacts");
+        for (rapidjson::SizeType i = 0; i < labs.Size(); ++i) {
+            Obj l(labs[i], facts.name, "labFacts[" + std::to_string(i) + "].");
+            LabFact f = read_lab_fact(l, cat.computed_);
+            define(l, f.id, f.title);
+            lab_fact_ids.insert(f.id);
+            cat.lab_facts_.push_back(std::move(f));
+        }
+        const Json& derived = array("derived");
+        for (rapidjson::SizeType i = 0; i < derived.Size(); ++i) {
+            Obj d(derived[i], facts.name, "derived[" + std::to_string(i) + "].");
+            DerivedFact f{d.str("id"), d.str("title"), d.strings("all"), d.strings("any"), d.strings("none")};
             d.finish();
-            if (cat.titles_.count(f.id)) d.fail(d.path() + "id", "'" + f.id + "' is defined twice");
-            for (const auto& a : f.any)
-                if (!cat.titles_.count(a)) d.fail(d.path() + "any", "unknown fact '" + a + "' (define it earlier)");
-            if (f.any.empty()) d.fail(d.path() + "any", "must name at least one fact");
-            cat.titles_[f.id] = f.title;
+            for (const auto* list : {&f.all, &f.any, &f.none})
+                for (const auto& a : *list)
+                    if (!cat.titles_.count(a))
+                        d.fail(d.path() + (list == &f.all ? "all" : list == &f.any ? "any" : "none"),
+                               "unknown fact '" + a + "' (define it earlier)");
+            if (f.all.empty() && f.any.empty()) d.fail(d.path() + "any", "needs 'all' or 'any' with at least one fact");
+            define(d, f.id, f.title);
             cat.derived_.push_back(std::move(f));
         }
         top.finish();
@@ -344,17 +450,19 @@ RuleCatalog RuleCatalog::load(const std::filesystem::path& dir, const std::map<s
             r.suppressed_by = o.strings("suppressedBy");
         }
         r.summary = o.str("summary");
-        if (order_rule) check_placeholders(o, "summary", r.summary, cat.titles_);
+        check_placeholders(o, "summary", r.summary, cat.titles_, lab_fact_ids, order_rule);
         const Json* notes = o.get("notes");
         if (notes) {
             if (!notes->IsArray()) o.fail("notes", "expected an array");
             for (rapidjson::SizeType i = 0; i < notes->Size(); ++i) {
                 Obj n((*notes)[i], f.name, "notes[" + std::to_string(i) + "].");
-                NoteLine line{n.str("text"), n.strings("ifAny")};
+                NoteLine line{n.str("text"), n.strings("ifAny"), n.strings("ifAssessed")};
                 n.finish();
                 for (const auto& fact : line.if_any)
                     if (!cat.titles_.count(fact)) n.fail(n.path() + "ifAny", "unknown fact '" + fact + "'");
-                if (order_rule) check_placeholders(n, n.path() + "text", line.text, cat.titles_);
+                for (const auto& fact : line.if_assessed)
+                    if (!lab_fact_ids.count(fact)) n.fail(n.path() + "ifAssessed", "'" + fact + "' is not a lab fact");
+                check_placeholders(n, n.path() + "text", line.text, cat.titles_, lab_fact_ids, order_rule);
                 r.notes.push_back(std::move(line));
             }
         }

@@ -1,6 +1,7 @@
 #include "rules/engine.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -14,32 +15,11 @@ namespace {
 constexpr double kHour = 3600.0;
 constexpr double kDay = 86400.0;
 
-std::string date_for_people(EpochSeconds t) {
-    // Same form as fhir::format_date_for_people, kept here so rules/ depends on nothing of ours.
-    std::int64_t days = t >= 0 ? t / 86400 : (t - 86399) / 86400;
-    std::int64_t rem = t - days * 86400;
-    std::int64_t z = days + 719468;
-    const std::int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    const auto doe = static_cast<unsigned>(z - era * 146097);
-    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    const unsigned mp = (5 * doy + 2) / 153;
-    const unsigned d = doy - (153 * mp + 2) / 5 + 1;
-    const unsigned m = mp < 10 ? mp + 3 : mp - 9;
-    const auto y = static_cast<int>(static_cast<std::int64_t>(yoe) + era * 400 + (m <= 2));
-    char buf[48];
-    if (rem == 0)
-        std::snprintf(buf, sizeof buf, "%04d-%02u-%02u", y, m, d);
-    else
-        std::snprintf(buf, sizeof buf, "%04d-%02u-%02u %02d:%02d UTC", y, m, d, static_cast<int>(rem / 3600),
-                      static_cast<int>(rem % 3600 / 60));
-    return buf;
-}
-
 struct FactValue {
     bool present = false;
-    std::string text;                  // why it holds (or the value, for value facts)
+    std::string text;                  // why it holds, in words (values, units, dates, thresholds; no references)
     std::string brief;                 // short form for summaries
+    std::string key;                   // the evidence, canonical: no wording, times in UTC seconds
     std::vector<std::string> sources;
     std::vector<std::string> parts;    // for derived facts: the present facts that make it hold
 };
@@ -52,33 +32,54 @@ std::string fixed(double v, int decimals) {
     return buf;
 }
 
+// A number for the evidence hash: exact enough to see any change, independent of how it is written.
+std::string exact(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.9g", v);
+    return buf;
+}
+
+std::string_view comparator_words(Comparator c) {
+    switch (c) {
+        case Comparator::none: return "";
+        case Comparator::lt: return "less than ";
+        case Comparator::le: return "at most ";
+        case Comparator::ge: return "at least ";
+        case Comparator::gt: return "more than ";
+    }
+    return "";
+}
+
+std::string value_words(double value, Comparator c, std::string_view unit, int decimals = 2) {
+    return std::string(comparator_words(c)) + format_number(value, decimals) + " " + std::string(unit);
+}
+
 std::string value_text(const LabResult& r) {
-    std::string s = std::string(to_string(r.comparator)) + format_number(r.value) + " " +
-                    std::string(canonical_unit(r.analyte));
+    std::string s = value_words(r.value, r.comparator, display_unit(r.analyte));
     if (!r.reported.empty()) s += " (reported " + r.reported + ")";
     return s;
 }
 
-std::string lab_text(const LabResult& r) {
-    return std::string(analyte_label(r.analyte)) + " " + value_text(r) + " on " + date_for_people(r.effective);
+std::string lab_key(const LabResult& r) {
+    return std::string(analyte_name(r.analyte)) + "=" + std::string(to_string(r.comparator)) + exact(r.value) + "@" +
+           std::to_string(r.effective) + (r.reference_high ? "/ref " + exact(*r.reference_high) : std::string());
 }
 
-struct Threshold {
-    double value;
-    std::string text;  // "10.5 mg/dL (default threshold)" or "10.2 mg/dL (reference range high)"
+// One value a lab fact may judge: a result, or a value computed from results.
+struct Candidate {
+    double value = 0;
+    std::optional<Comparator> comparator = Comparator::none;  // nullopt: bounded both ways, decides nothing
+    EpochSeconds time = 0;
+    std::optional<double> reference_high;
+    std::string text;  // "Intact PTH 450 pg/mL on 10 Nov 2026"
+    std::string key;
+    std::vector<std::string> sources;
 };
-
-Threshold threshold_for(const LabResult& r, double fallback, bool use_reference_range) {
-    const std::string unit(canonical_unit(r.analyte));
-    if (use_reference_range && r.reference_high)
-        return {*r.reference_high, format_number(*r.reference_high) + " " + unit + " (reference-range high)"};
-    return {fallback, format_number(fallback) + " " + unit + " (default threshold)"};
-}
 
 class Evaluator {
 public:
     Evaluator(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog)
-        : in_(facts), now_(now), cat_(catalog), p_(catalog.parameters()) {}
+        : in_(facts), now_(now), cat_(catalog), p_(catalog.parameters()), zone_(catalog.time_zone()) {}
 
     Evaluation run() {
         Evaluation out;
@@ -101,8 +102,8 @@ public:
             for (const auto& o : orders) {
                 if (o.source != source) continue;
                 auto& f = facts_["order." + o.order_class];
-                std::string text = "\"" + o.display + "\" (" + o.source + "): " + o.basis;
-                append(f, text, {o.source});
+                append(f, "\"" + o.display + "\": " + o.basis, {o.source},
+                       "order " + o.order_class + "|" + o.code + "|" + o.display + "|" + o.route + "|" + o.source);
                 if (f.brief.empty()) f.brief = o.display;
                 if (order_display_.empty()) order_display_ = o.display;
             }
@@ -122,12 +123,14 @@ public:
     }
 
 private:
+    std::string when(EpochSeconds t) const { return format_time_for_people(t, zone_); }
+
     // The patient's facts: counted labs, conditions and procedures, lab facts, derived facts.
     void patient_facts(std::vector<DataQualityNote>& notes) {
         select_labs(notes);
         select_conditions(notes);
         select_procedures(notes);
-        lab_facts_();
+        for (const LabFact& f : cat_.lab_facts()) lab_fact(f);
         derived_facts();
     }
 
@@ -137,13 +140,13 @@ private:
         const Deceased& d = *in_.deceased;
         if (d.at && *d.at > now_) {
             notes.push_back({d.source, "Patient.deceasedDateTime",
-                             "deceasedDateTime " + date_for_people(*d.at) +
+                             "deceasedDateTime " + when(*d.at) +
                                  " lies after the evaluation time: the patient is evaluated"});
             return false;
         }
         notes.push_back({d.source, d.at ? "Patient.deceasedDateTime" : "Patient.deceasedBoolean",
                          "the patient is deceased (" +
-                             (d.at ? "deceasedDateTime " + date_for_people(*d.at) : std::string("deceasedBoolean true")) +
+                             (d.at ? "deceasedDateTime " + when(*d.at) : std::string("deceasedBoolean true")) +
                              "): no finding"});
         return true;
     }
@@ -166,7 +169,7 @@ private:
             const EpochSeconds start = pr.performed_start ? *pr.performed_start : *pr.performed_end;
             if (start > now_ + tolerance) {
                 notes.push_back({pr.source, "Procedure.performed[x]",
-                                 label + " not counted: performed " + date_for_people(start) + ", more than " +
+                                 label + " not counted: performed " + when(start) + ", more than " +
                                      format_number(p_.future_tolerance_hours) + " h after the evaluation time"});
                 continue;
             }
@@ -180,19 +183,21 @@ private:
         }
         if (!latest) return;
         const EpochSeconds start = latest->performed_start ? *latest->performed_start : *latest->performed_end;
-        std::string when = date_for_people(start);
+        std::string performed = when(start);
         if (latest->performed_end && *latest->performed_end != start)
-            when += " to " + date_for_people(*latest->performed_end);
+            performed += " to " + when(*latest->performed_end);
         else if (!latest->performed_end && latest->status == "in-progress")
-            when = "since " + when + ", not ended";
+            performed = "since " + performed + ", not ended";
         std::string text = "\"" + (latest->display.empty() ? std::string("dialysis") : latest->display) + "\" " +
-                           latest->code_label + ", " + latest->status + ", performed " + when + " (within " +
+                           latest->code_label + ", " + latest->status + ", performed " + performed + " (within " +
                            format_number(p_.dialysis_window_days) + " days";
         if (within_window > 1) text += "; the latest of " + std::to_string(within_window);
         text += ")";
         auto& f = facts_["dialysis-procedure"];
-        append(f, text, {latest->source});
-        f.brief = "dialysis on " + date_for_people(latest_t);
+        // The evidence, canonical: dialysis within the window. Not the session's date: a patient on
+        // dialysis has a new session three times a week, and each would amend every open alert.
+        append(f, text, {latest->source}, "dialysis-procedure within " + exact(p_.dialysis_window_days) + " days");
+        f.brief = "dialysis on " + when(latest_t);
     }
 
     // Labs that count, per analyte, latest first.
@@ -207,9 +212,9 @@ private:
             }
             if (r.effective > now_ + tolerance) {
                 notes.push_back({r.source, "Observation.effective[x]",
-                                 std::string(analyte_label(r.analyte)) + " not counted: dated " +
-                                     date_for_people(r.effective) + ", more than " +
-                                     format_number(p_.future_tolerance_hours) + " h after the evaluation time"});
+                                 std::string(analyte_label(r.analyte)) + " not counted: dated " + when(r.effective) +
+                                     ", more than " + format_number(p_.future_tolerance_hours) +
+                                     " h after the evaluation time"});
                 continue;
             }
             labs_[static_cast<std::size_t>(r.analyte)].push_back(&r);
@@ -223,19 +228,19 @@ private:
 
     const std::vector<const LabResult*>& labs(Analyte a) const { return labs_[static_cast<std::size_t>(a)]; }
 
-    bool within(const LabResult& r, double days) const {
-        return static_cast<double>(now_ - r.effective) <= days * kDay;
-    }
-
-    const LabResult* latest_within(Analyte a, double days) const {
-        for (const LabResult* r : labs(a))
-            if (within(*r, days)) return r;
-        return nullptr;
-    }
-
     void select_conditions(std::vector<DataQualityNote>& notes) {
         const auto tolerance = static_cast<EpochSeconds>(p_.future_tolerance_hours * kHour);
-        for (const auto& c : in_.conditions) {
+        // In a fixed order (by resource, then code), not the order the input happened to list them in: a
+        // server that returns the same Conditions in another order must give the same text and evidence hash.
+        std::vector<const ConditionFact*> conditions;
+        for (const auto& c : in_.conditions) conditions.push_back(&c);
+        std::stable_sort(conditions.begin(), conditions.end(), [](const ConditionFact* a, const ConditionFact* b) {
+            if (a->source != b->source) return a->source < b->source;
+            if (a->system != b->system) return a->system < b->system;
+            return a->code < b->code;
+        });
+        for (const ConditionFact* cp : conditions) {
+            const ConditionFact& c = *cp;
             const std::string& v = c.verification_status;
             if (v == "refuted" || v == "entered-in-error") {
                 notes.push_back({c.source, "Condition.verificationStatus",
@@ -247,7 +252,7 @@ private:
             if (future_onset || (c.recorded && *c.recorded > now_ + tolerance)) {
                 notes.push_back({c.source, future_onset ? "Condition.onset[x]" : "Condition.recordedDate",
                                  c.code_label + " not counted: " + (future_onset ? "onset " : "recorded ") +
-                                     date_for_people(future_onset ? *c.onset : *c.recorded) + ", more than " +
+                                     when(future_onset ? *c.onset : *c.recorded) + ", more than " +
                                      format_number(p_.future_tolerance_hours) + " h after the evaluation time"});
                 continue;
             }
@@ -265,84 +270,25 @@ private:
                 continue;
             }
             auto& f = facts_["dx." + c.concept_id];
-            std::string text = "\"" + (c.display.empty() ? cat_.title_of("dx." + c.concept_id) : c.display) + "\" " +
-                               c.code_label + ", " + (s.empty() ? std::string("active (no abatement)") : s);
+            std::string text = "\"" + (c.display.empty() ? cat_.title_of("dx." + c.concept_id) : c.display) + "\" (" +
+                               c.code_label + "), " + (s.empty() ? std::string("active (no abatement)") : s);
             if (!v.empty() && v != "confirmed") text += ", verification status " + v + " (counted, not confirmed)";
-            if (c.onset) text += ", onset " + date_for_people(*c.onset);
+            if (c.onset) text += ", onset " + when(*c.onset);
             if (!c.caveat.empty()) text += "; note: " + c.caveat;
-            append(f, text, {c.source});
+            append(f, text, {c.source},
+                   "dx " + c.concept_id + "|" + c.system + "|" + c.code + "|" + s + "|" + v + "|" +
+                       (c.onset ? std::to_string(*c.onset) : std::string()) + "|" + c.caveat + "|" + c.source);
             f.brief = cat_.title_of("dx." + c.concept_id);
         }
     }
 
-    static void append(FactValue& f, const std::string& text, const std::vector<std::string>& sources) {
+    static void append(FactValue& f, const std::string& text, const std::vector<std::string>& sources,
+                       const std::string& key) {
         f.present = true;
         f.text += f.text.empty() ? text : "; " + text;
+        f.key += f.key.empty() ? key : ";" + key;
         for (const auto& s : sources)
             if (std::find(f.sources.begin(), f.sources.end(), s) == f.sources.end()) f.sources.push_back(s);
-    }
-
-    void lab_facts_() {
-        corrected_calcium();
-        ionized_calcium();
-        simple_high("phosphate-high", Analyte::phosphate, p_.phosphate_window_days, p_.phosphate_default_high);
-        simple_high("pth-high", Analyte::pth_intact, p_.pth_window_days, p_.pth_default_high);
-        egfr_low();
-        ca_x_p();
-    }
-
-    void corrected_calcium() {
-        struct Candidate {
-            double value;
-            Comparator cmp;
-            EpochSeconds t;
-            std::optional<double> ref_high;
-            std::string text;
-            std::vector<std::string> sources;
-        };
-        std::optional<Candidate> best;
-        auto consider = [&](Candidate c) {
-            if (!best || c.t > best->t) best = std::move(c);
-        };
-        if (const LabResult* r = latest_within(Analyte::calcium_corrected, p_.hypercalcemia_window_days))
-            consider({r->value, r->comparator, r->effective, r->reference_high,
-                      "reported corrected calcium " + value_text(*r) + " on " + date_for_people(r->effective),
-                      {r->source}});
-        if (const LabResult* r = latest_within(Analyte::calcium_total, p_.hypercalcemia_window_days)) {
-            if (!best || r->effective > best->t) {
-                const LabResult* alb = nearest(Analyte::albumin, r->effective, p_.albumin_window_hours * kHour);
-                if (alb && alb->comparator == Comparator::none && alb->value < p_.normal_albumin_g_dl) {
-                    const double corrected = r->value + p_.correction_factor * (p_.normal_albumin_g_dl - alb->value);
-                    consider({corrected, r->comparator, r->effective, r->reference_high,
-                              "corrected calcium " + std::string(to_string(r->comparator)) + format_number(corrected) +
-                                  " mg/dL = total calcium " + value_text(*r) + " on " + date_for_people(r->effective) +
-                                  " + " + format_number(p_.correction_factor) + " × (" +
-                                  format_number(p_.normal_albumin_g_dl) + " − albumin " + value_text(*alb) + " on " +
-                                  date_for_people(alb->effective) + ")",
-                              {r->source, alb->source}});
-                } else {
-                    consider({r->value, r->comparator, r->effective, r->reference_high,
-                              "total calcium " + value_text(*r) + " on " + date_for_people(r->effective) +
-                                  (alb ? " (albumin " + value_text(*alb) + ": no correction)" : " (no albumin within " +
-                                   format_number(p_.albumin_window_hours) + " h: uncorrected)"),
-                              alb ? std::vector<std::string>{r->source, alb->source} : std::vector<std::string>{r->source}});
-                }
-            }
-        }
-        if (!best) return;
-        auto& value = facts_["corrected-calcium"];
-        value.text = best->text;
-        value.brief = "Ca " + format_number(best->value, 1);
-        const std::string unit = "mg/dL";
-        const Threshold th = best->ref_high
-            ? Threshold{*best->ref_high, format_number(*best->ref_high) + " " + unit + " (reference-range high)"}
-            : Threshold{p_.corrected_calcium_default_high,
-                        format_number(p_.corrected_calcium_default_high) + " " + unit + " (default threshold)"};
-        if (decides_above(best->value, best->cmp, th.value)) {
-            auto& f = facts_["corrected-calcium-high"];
-            append(f, best->text + " > " + th.text, best->sources);
-            f.brief = "corrected Ca " + format_number(best->value, 1) + " mg/dL";
-        }
     }
 
     const LabResult* nearest(Analyte a, EpochSeconds t, double max_seconds) const {
@@ -358,37 +304,72 @@ private:
         return best;
     }
 
-    void ionized_calcium() {
-        const LabResult* r = latest_within(Analyte::calcium_ionized, p_.hypercalcemia_window_days);
-        if (!r) return;
-        // clinical-rules.md §1.3: ionized calcium above 1.32 mmol/L (no reference-range override).
-        const Threshold th = threshold_for(*r, p_.ionized_calcium_high, false);
-        if (decides_above(r->value, r->comparator, th.value)) {
-            auto& f = facts_["ionized-calcium-high"];
-            append(f, lab_text(*r) + " > " + th.text, {r->source});
-            f.brief = "ionized Ca " + format_number(r->value) + " mmol/L";
+    // Every value an analyte or a computed value offers, latest first (computed once per value).
+    const std::vector<Candidate>& candidates(const LabFact& f) {
+        const std::string& id = f.value;
+        if (auto it = candidates_.find(id); it != candidates_.end()) return it->second;
+        std::vector<Candidate>& out = candidates_[id];
+        if (f.analyte) {
+            for (const LabResult* r : labs(*f.analyte))
+                out.push_back({r->value, r->comparator, r->effective, r->reference_high,
+                               std::string(analyte_label(r->analyte)) + " " + value_text(*r) + " on " + when(r->effective),
+                               lab_key(*r), {r->source}});
+            return out;
         }
+        const ComputedValue& c = cat_.computed()[static_cast<std::size_t>(f.computed)];
+        if (c.kind == ComputedValue::Kind::albumin_corrected_calcium) {
+            for (const LabResult* r : labs(c.reported))
+                out.push_back({r->value, r->comparator, r->effective, r->reference_high,
+                               "reported " + lower_first(analyte_label(r->analyte)) + " " + value_text(*r) + " on " +
+                                   when(r->effective),
+                               "reported " + lab_key(*r), {r->source}});
+            for (const LabResult* r : labs(c.total)) {
+                const LabResult* alb = nearest(c.albumin, r->effective, c.albumin_window_hours * kHour);
+                if (alb && alb->comparator == Comparator::none && alb->value < c.normal_albumin) {
+                    const double corrected = r->value + c.factor * (c.normal_albumin - alb->value);
+                    out.push_back({corrected, r->comparator, r->effective, r->reference_high,
+                                   c.title + " " + value_words(corrected, r->comparator, c.unit) + " = total calcium " +
+                                       value_text(*r) + " on " + when(r->effective) + " + " + format_number(c.factor) +
+                                       " × (" + format_number(c.normal_albumin) + " − albumin " + value_text(*alb) +
+                                       " on " + when(alb->effective) + ")",
+                                   "corrected " + lab_key(*r) + " albumin " + lab_key(*alb), {r->source, alb->source}});
+                } else {
+                    out.push_back(
+                        {r->value, r->comparator, r->effective, r->reference_high,
+                         "Total calcium " + value_text(*r) + " on " + when(r->effective) +
+                             (alb ? " (albumin " + value_text(*alb) + ": no correction)"
+                                  : " (no albumin within " + format_number(c.albumin_window_hours) + " h: uncorrected)"),
+                         "uncorrected " + lab_key(*r) + (alb ? " albumin " + lab_key(*alb) : std::string()),
+                         alb ? std::vector<std::string>{r->source, alb->source} : std::vector<std::string>{r->source}});
+                }
+            }
+            // Latest first; at the same time the reported corrected calcium (listed first) wins.
+            std::stable_sort(out.begin(), out.end(), [](const Candidate& a, const Candidate& b) { return a.time > b.time; });
+            return out;
+        }
+        for (const LabResult* anchor : labs(c.anchor)) {  // product
+            const LabResult* partner = nearest(c.partner, anchor->effective, c.pairing_hours * kHour);
+            if (!partner) continue;
+            const double product = partner->value * anchor->value;
+            const auto cmp = product_comparator(partner->comparator, anchor->comparator);
+            const std::string bound = cmp ? std::string(comparator_words(*cmp)) : "bounded both ways ";
+            out.push_back({product, cmp, anchor->effective, std::nullopt,
+                           c.short_label + " " + bound + fixed(product, c.decimals) + " " + c.unit + " = " +
+                               lower_first(analyte_label(partner->analyte)) + " " + value_text(*partner) + " on " +
+                               when(partner->effective) + " × " + lower_first(analyte_label(anchor->analyte)) + " " +
+                               value_text(*anchor) + " on " + when(anchor->effective),
+                           "product " + lab_key(*partner) + " x " + lab_key(*anchor), {partner->source, anchor->source}});
+        }
+        return out;
     }
 
-    void simple_high(const std::string& fact, Analyte a, double window_days, double fallback) {
-        const LabResult* r = latest_within(a, window_days);
-        if (!r) return;
-        const Threshold th = threshold_for(*r, fallback, true);
-        if (decides_above(r->value, r->comparator, th.value)) {
-            auto& f = facts_[fact];
-            append(f, "latest " + lab_text(*r) + " > " + th.text, {r->source});
-            f.brief = std::string(analyte_label(a)) + " " + format_number(r->value, 1);
-        }
-    }
-
-    void egfr_low() {
-        const LabResult* r = latest_within(Analyte::egfr, p_.egfr_window_days);
-        if (!r) return;
-        if (decides_below(r->value, r->comparator, p_.egfr_below)) {
-            auto& f = facts_["egfr-low"];
-            append(f, "latest " + lab_text(*r) + " < " + format_number(p_.egfr_below) + " mL/min/1.73 m²", {r->source});
-            f.brief = "eGFR " + format_number(r->value, 0);
-        }
+    static std::string lower_first(std::string_view s) {
+        std::string out(s);
+        // "Total calcium" -> "total calcium"; keep "PTH", "eGFR" and other words that start in capitals.
+        if (out.size() > 1 && std::isupper(static_cast<unsigned char>(out[0])) &&
+            std::islower(static_cast<unsigned char>(out[1])))
+            out[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(out[0])));
+        return out;
     }
 
     static std::optional<Comparator> product_comparator(Comparator a, Comparator b) {
@@ -401,51 +382,90 @@ private:
         return std::nullopt;  // one bound up, one down: the product is not bounded
     }
 
-    void ca_x_p() {
-        for (const LabResult* p : labs(Analyte::phosphate)) {
-            if (!within(*p, p_.caxp_window_days)) break;  // sorted latest first
-            const LabResult* ca = nearest(Analyte::calcium_total, p->effective, p_.caxp_pairing_hours * kHour);
-            if (!ca) continue;
-            const double product = ca->value * p->value;
-            const auto cmp = product_comparator(ca->comparator, p->comparator);
-            auto& v = facts_["ca-x-p"];
-            v.brief = "Ca×P " + fixed(product, 1);
-            const std::string text = "Ca×P " + std::string(cmp ? to_string(*cmp) : "") + fixed(product, 1) +
-                                     " mg²/dL² = total calcium " + value_text(*ca) + " on " +
-                                     date_for_people(ca->effective) + " × phosphate " + value_text(*p) + " on " +
-                                     date_for_people(p->effective);
-            v.text = text;
-            v.sources = {ca->source, p->source};
-            if (cmp && decides_above(product, *cmp, p_.caxp_threshold)) {
-                auto& f = facts_["ca-x-p-high"];
-                append(f, text + " > " + format_number(p_.caxp_threshold), {ca->source, p->source});
-                f.brief = v.brief;
-            }
-            return;  // the latest pair decides
+    std::string unit_of(const LabFact& f) const {
+        if (f.analyte) return std::string(display_unit(*f.analyte));
+        return cat_.computed()[static_cast<std::size_t>(f.computed)].unit;
+    }
+
+    // The one evaluator of every lab fact of facts.json: the latest value within the window, its threshold
+    // (a multiple of the result's reference-range high, else the default) and the comparator rule.
+    void lab_fact(const LabFact& f) {
+        const auto& all = candidates(f);
+        if (all.empty() || static_cast<double>(now_ - all.front().time) > f.window_days * kDay) {
+            assessed_[f.id] = "";
+            return;
         }
+        const Candidate& c = all.front();
+        const std::string unit = unit_of(f);
+        double threshold = f.fallback;
+        std::string threshold_text;
+        std::string basis;
+        if (f.times_reference_high && c.reference_high) {
+            threshold = *f.times_reference_high * *c.reference_high;
+            basis = "reference range";
+            if (*f.times_reference_high == 1)
+                threshold_text = "the upper reference limit " + format_number(threshold) + " " + unit;
+            else
+                threshold_text = format_number(*f.times_reference_high) + " × the upper reference limit " +
+                                 format_number(*c.reference_high) + " = " + format_number(threshold) + " " + unit;
+        } else {
+            basis = "default";
+            threshold_text = format_number(threshold) + " " + unit;
+            if (f.times_reference_high) threshold_text = "the default " + threshold_text + " (no reference range reported)";
+        }
+        bool holds = false;
+        if (c.comparator && (*c.comparator == Comparator::none || f.bounded == BoundedValues::when_decided))
+            holds = f.direction == Direction::above ? decides_above(c.value, *c.comparator, threshold)
+                                                    : decides_below(c.value, *c.comparator, threshold);
+        const std::string side = f.direction == Direction::above ? "above " : "below ";
+        const std::string text = c.text + ", " + (holds ? side : "not " + side) + threshold_text;
+        assessed_[f.id] = text;
+        if (f.computed >= 0) {  // the value itself, for {value} in summaries (the first fact that judges it)
+            auto& v = facts_[f.value];
+            if (v.brief.empty()) {
+                const ComputedValue& cv = cat_.computed()[static_cast<std::size_t>(f.computed)];
+                v.brief = cv.short_label + " " + fixed(c.value, cv.decimals);
+                v.text = c.text;
+                v.sources = c.sources;
+            }
+        }
+        if (!holds) return;
+        auto& fact = facts_[f.id];
+        append(fact, text, c.sources,
+               f.id + "|" + c.key + "|" + (f.direction == Direction::above ? ">" : "<") + exact(threshold) + " " + basis);
+        fact.brief = f.computed >= 0 ? cat_.computed()[static_cast<std::size_t>(f.computed)].short_label + " " +
+                                           fixed(c.value, cat_.computed()[static_cast<std::size_t>(f.computed)].decimals)
+                                     : std::string(analyte_label(*f.analyte)) + " " + format_number(c.value, 1);
     }
 
     void derived_facts() {
         for (const auto& d : cat_.derived()) {
+            if (!std::all_of(d.all.begin(), d.all.end(), [&](const std::string& p) { return present(p); })) continue;
+            if (!d.any.empty() && std::none_of(d.any.begin(), d.any.end(), [&](const std::string& p) { return present(p); }))
+                continue;
+            if (std::any_of(d.none.begin(), d.none.end(), [&](const std::string& p) { return present(p); })) continue;
             FactValue f;
-            for (const auto& part : d.any) {
-                auto it = facts_.find(part);
-                if (it == facts_.end() || !it->second.present) continue;
-                f.present = true;
-                f.parts.push_back(part);
-                for (const auto& s : it->second.sources)
-                    if (std::find(f.sources.begin(), f.sources.end(), s) == f.sources.end()) f.sources.push_back(s);
-            }
-            if (f.present) {
-                f.brief = d.title;
-                facts_[d.id] = std::move(f);
-            }
+            f.present = true;
+            for (const auto* list : {&d.all, &d.any})
+                for (const auto& part : *list) {
+                    if (!present(part) || std::find(f.parts.begin(), f.parts.end(), part) != f.parts.end()) continue;
+                    f.parts.push_back(part);
+                    for (const auto& s : facts_.at(part).sources)
+                        if (std::find(f.sources.begin(), f.sources.end(), s) == f.sources.end()) f.sources.push_back(s);
+                }
+            f.brief = d.title;
+            facts_[d.id] = std::move(f);
         }
     }
 
     bool present(const std::string& id) const {
         auto it = facts_.find(id);
         return it != facts_.end() && it->second.present;
+    }
+
+    bool assessed(const std::string& id) const {
+        auto it = assessed_.find(id);
+        return it != assessed_.end() && !it->second.empty();
     }
 
     // The leaf facts (labs, conditions) behind a fact, in order, without repeats.
@@ -489,6 +509,14 @@ private:
                     s = comma + 1;
                 }
                 out += list.empty() ? "none" : list;
+            } else if (key.rfind("assessed:", 0) == 0) {
+                const std::string id = key.substr(9);
+                if (assessed(id)) {
+                    out += assessed_.at(id);
+                } else {
+                    const LabFact* f = cat_.lab_fact(id);
+                    out += "no result within " + format_number(f ? f->window_days : 0) + " days";
+                }
             } else if (key == "order" && !order_.empty()) {
                 out += order_display_;
             } else if (auto it = facts_.find(key); it != facts_.end() && !it->second.brief.empty()) {
@@ -521,13 +549,16 @@ private:
         for (const auto& f : r.any) leaves(f, leaf_ids);
         for (const auto& id : leaf_ids) {
             const auto& f = facts_.at(id);
-            fd.evidence.push_back({id, cat_.title_of(id), f.text, f.sources});
+            fd.evidence.push_back({id, cat_.title_of(id), f.text, f.sources, f.key});
             for (const auto& s : f.sources)
                 if (std::find(fd.sources.begin(), fd.sources.end(), s) == fd.sources.end()) fd.sources.push_back(s);
         }
         for (const auto& n : r.notes) {
             if (!n.if_any.empty() &&
                 std::none_of(n.if_any.begin(), n.if_any.end(), [&](const std::string& f) { return present(f); }))
+                continue;
+            if (!n.if_assessed.empty() && std::none_of(n.if_assessed.begin(), n.if_assessed.end(),
+                                                       [&](const std::string& f) { return assessed(f); }))
                 continue;
             fd.notes.push_back(expand(n.text));
         }
@@ -539,16 +570,9 @@ private:
             if (!fd.summary.empty()) fd.summary.pop_back();
             fd.summary += "...";
         }
-        std::string d = r.title + " (rule " + r.id + " " + r.version + ", severity " + std::string(to_string(r.severity)) +
-                        ")\nWhy:\n";
-        for (const auto& e : fd.evidence) {
-            d += "- " + e.label + ": " + e.text + " [";
-            for (std::size_t i = 0; i < e.sources.size(); ++i) d += (i ? ", " : "") + e.sources[i];
-            d += "]\n";
-        }
-        for (const auto& n : fd.notes) d += n + "\n";
-        d += "Reference: " + r.citation_text + " PMID " + r.citation_pmid + ".";
-        fd.detail = std::move(d);
+        fd.detail = explanation_text(fd);
+        // The evidence hash rests on the rule logic and on the evidence itself (values, UTC times, thresholds,
+        // codes, sources), never on wording or the display time zone.
         std::uint64_t h = 1469598103934665603ULL;
         auto mix = [&h](std::string_view s) {
             for (unsigned char c : s) {
@@ -561,7 +585,7 @@ private:
         mix(r.logic_version);
         for (const auto& e : fd.evidence) {
             mix(e.fact);
-            mix(e.text);
+            mix(e.key);
             for (const auto& s : e.sources) mix(s);
         }
         char buf[17];
@@ -590,7 +614,10 @@ private:
     EpochSeconds now_;
     const RuleCatalog& cat_;
     const FactParameters& p_;
+    const TimeZone& zone_;
     std::vector<const LabResult*> labs_[analyte_count];
+    std::map<std::string, std::vector<Candidate>> candidates_;
+    std::map<std::string, std::string> assessed_;  // lab fact -> its latest value judged, in words ("" = none)
     FactMap facts_;
     std::string order_;          // evaluate_orders: the order being judged
     std::string order_display_;  // and its drug, for {order}
@@ -608,6 +635,34 @@ std::string format_number(double v, int decimals) {
     }
     if (s == "-0") s = "0";
     return s;
+}
+
+std::string evidence_references(const Evidence& e, const std::vector<std::string>& sources) {
+    std::string out;
+    for (const auto& s : e.sources) {
+        const auto it = std::find(sources.begin(), sources.end(), s);
+        if (it == sources.end()) continue;
+        out += (out.empty() ? "[" : ", ") + std::to_string(it - sources.begin() + 1);
+    }
+    return out.empty() ? out : out + "]";
+}
+
+std::string explanation_text(const Finding& fd) {
+    const Rule& r = *fd.rule;
+    std::string d = r.title + " (rule " + r.id + " " + r.version + ", severity " + std::string(to_string(r.severity)) +
+                    ")\nWhy:\n";
+    for (const auto& e : fd.evidence) {
+        const std::string refs = evidence_references(e, fd.sources);
+        d += "- " + e.label + ": " + e.text + (refs.empty() ? "" : " " + refs) + "\n";
+    }
+    for (const auto& n : fd.notes) d += n + "\n";
+    d += "Reference: " + r.citation_text + " PMID " + r.citation_pmid + ".";
+    if (!fd.sources.empty()) {
+        d += "\nEvidence:";
+        for (std::size_t i = 0; i < fd.sources.size(); ++i)
+            d += (i ? "; [" : " [") + std::to_string(i + 1) + "] " + fd.sources[i];
+    }
+    return d;
 }
 
 Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog) {

@@ -14,8 +14,9 @@ namespace calcalert::rules {
 struct Evidence {
     std::string fact;     // "ca-x-p-high", "dx.esrd", ...
     std::string label;    // "Calcium-phosphate product above the threshold"
-    std::string text;     // exact values, dates and thresholds
+    std::string text;     // in words: exact values, units, dates (in the catalog's time zone) and thresholds
     std::vector<std::string> sources;  // "Observation/1/_history/2", ...
+    std::string key;      // the same evidence, canonical (values, UTC times, thresholds, codes): the hash input
 };
 
 struct Finding {
@@ -25,7 +26,7 @@ struct Finding {
     std::vector<Evidence> evidence;
     std::vector<std::string> notes;     // the rule's clinical notes, rendered
     std::vector<std::string> sources;   // every resource used, deduplicated, in evidence order
-    std::string detail;                 // the whole explanation as text (markdown-friendly)
+    std::string detail;                 // the whole explanation as text: explanation_text(*this)
     std::string evidence_hash;          // changes exactly when the rule logic (Rule::logic_version) or the evidence changes
     std::string order;                  // order rules: the draft order it is about ("MedicationRequest/1"); else empty
 };
@@ -44,6 +45,13 @@ Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatal
 // findings sorted by severity, rule id, then the orders' first appearance. Pure, like evaluate().
 Evaluation evaluate_orders(const PatientFacts& facts, const std::vector<OrderFact>& orders, EpochSeconds now,
                            const RuleCatalog& catalog);
+
+// The explanation of a finding as plain text (DetectedIssue.detail, the text report): the rule and its
+// version; "Why:" with one line per evidence, each ending in the numbers of its resources ("[1, 2]");
+// the rule's notes; the reference; then "Evidence: [1] Observation/...; [2] ..." listing the resources.
+std::string explanation_text(const Finding& finding);
+// "[1, 2]": the numbers, in finding.sources, of the resources one evidence line rests on.
+std::string evidence_references(const Evidence& evidence, const std::vector<std::string>& sources);
 
 // Formats a number for people: up to `decimals` decimals, trailing zeros removed ("7.5", "10", "1.45").
 std::string format_number(double v, int decimals = 2);

@@ -5,17 +5,17 @@
 namespace calcalert::rules {
 namespace {
 struct AnalyteInfo {
-    std::string_view name, label, unit;
+    std::string_view name, label, unit, display;
 };
 constexpr std::array<AnalyteInfo, analyte_count> analytes{{
-    {"calcium-total", "Total calcium", "mg/dL"},
-    {"calcium-ionized", "Ionized calcium", "mmol/L"},
-    {"calcium-corrected", "Albumin-corrected calcium", "mg/dL"},
-    {"phosphate", "Phosphate", "mg/dL"},
-    {"pth-intact", "Intact PTH", "pg/mL"},
-    {"alkaline-phosphatase", "Alkaline phosphatase", "U/L"},
-    {"albumin", "Albumin", "g/dL"},
-    {"egfr", "eGFR", "mL/min/{1.73_m2}"},
+    {"calcium-total", "Total calcium", "mg/dL", "mg/dL"},
+    {"calcium-ionized", "Ionized calcium", "mmol/L", "mmol/L"},
+    {"calcium-corrected", "Albumin-corrected calcium", "mg/dL", "mg/dL"},
+    {"phosphate", "Phosphate", "mg/dL", "mg/dL"},
+    {"pth-intact", "Intact PTH", "pg/mL", "pg/mL"},
+    {"alkaline-phosphatase", "Alkaline phosphatase", "U/L", "U/L"},
+    {"albumin", "Albumin", "g/dL", "g/dL"},
+    {"egfr", "eGFR", "mL/min/{1.73_m2}", "mL/min/1.73 m²"},
 }};
 }  // namespace
 
@@ -27,6 +27,7 @@ const std::vector<std::string_view>& procedure_concepts() {
 std::string_view analyte_name(Analyte a) { return analytes[static_cast<std::size_t>(a)].name; }
 std::string_view analyte_label(Analyte a) { return analytes[static_cast<std::size_t>(a)].label; }
 std::string_view canonical_unit(Analyte a) { return analytes[static_cast<std::size_t>(a)].unit; }
+std::string_view display_unit(Analyte a) { return analytes[static_cast<std::size_t>(a)].display; }
 
 std::optional<Analyte> analyte_from_name(std::string_view name) {
     for (std::size_t i = 0; i < analytes.size(); ++i)

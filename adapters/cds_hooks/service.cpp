@@ -134,9 +134,9 @@ const std::vector<ServiceDef>& service_definitions() {
     static const std::vector<ServiceDef> defs = {
         {"calcalert-patient-view", "patient-view", "Calciphylaxis and calcinosis alerts",
          "Checks the patient's calcium, phosphate, PTH, eGFR and albumin results, dialysis procedures and problem list for "
-         "calciphylaxis and calcinosis risk (seven rules: suspected calciphylaxis, calciphylaxis risk, wound "
-         "sepsis risk, metastatic calcification risk, dystrophic calcinosis watch, calcinosis infection risk, "
-         "metastatic pattern).",
+         "calciphylaxis and calcinosis risk (eight rules: suspected calciphylaxis, calciphylaxis in the "
+         "differential of a skin ulcer, calciphylaxis risk, wound sepsis risk, metastatic calcification risk, "
+         "dystrophic calcinosis watch, calcinosis infection risk, metastatic pattern).",
          false},
         {"calcalert-order-select", "order-select", "Calcium/phosphate infusion and corticosteroid order checks",
          "Checks selected draft MedicationRequests (RxNorm) for intravenous calcium or phosphate salts "

@@ -2,7 +2,7 @@
 // service call (request -> prefetch resolution -> facts -> findings -> cards) and feedback. The
 // HTTP layer (server.hpp) only adds authentication, CORS, metrics and sockets.
 //
-// Services: calcalert-patient-view (the seven patient rules), calcalert-order-select and
+// Services: calcalert-patient-view (the eight patient rules), calcalert-order-select and
 // calcalert-order-sign (the order rules of clinical-rules.md §3 over context.draftOrders, plus the
 // patient rules' critical findings). Prefetch keys: `observations` (the patient's Observations with
 // the analytes' LOINC codes, newest first), `conditions` (the patient's Conditions), `procedures`

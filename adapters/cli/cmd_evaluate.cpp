@@ -37,6 +37,8 @@ Options:
   --catalog DIR          rule catalog directory (facts.json, rules/*.json)
   --terminology DIR      terminology data directory (*.tsv)
   --identifier-system URI  DetectedIssue.identifier system (default urn:calcalert:detected-issue)
+  --time-zone ZONE       the zone explanations write times in: UTC, an offset like +01:00 or an IANA
+                         name like Europe/Berlin (default: the catalog's display.timeZone, UTC)
   --help                 this help
 
 Data directories default to $CALCALERT_DATA_DIR/{rules/catalog,mappings/data}, then the installed
@@ -50,7 +52,7 @@ std::string issue_code(const fhir::Problem& p) {
 }  // namespace
 
 int evaluate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"now", "format", "catalog", "terminology", "identifier-system"}, {"help"});
+    Options opts(args, {"now", "format", "catalog", "terminology", "identifier-system", "time-zone"}, {"help"});
     if (opts.flag("help")) {
         out << kEvaluateHelp;
         return ok;
@@ -83,7 +85,7 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
         results.push_back({ref, rules::evaluate(facts, now, engine.catalog)});
 
     if (format == "text") {
-        write_text_report(out, results, now);
+        write_text_report(out, results, now, engine.catalog.time_zone());
     } else if (format == "ndjson") {
         for (const auto& r : results)
             for (const auto& f : r.evaluation.findings) out << mappings::detected_issue_json(f, now, di_options) << "\n";

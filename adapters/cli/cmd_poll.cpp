@@ -68,7 +68,7 @@ Options:
   --retries N            retries of one request (default 4)
   --fault-budget N       retries allowed in one pass before it stops (default 500; 0 = no limit)
   --request-deadline DURATION   one request with all its retries (default 2m)
-  --catalog DIR, --terminology DIR, --identifier-system URI   as for evaluate
+  --catalog DIR, --terminology DIR, --identifier-system URI, --time-zone ZONE   as for evaluate
   --help                 this help
 
 Output: a summary on stdout; JSON log lines on stderr (and one line per resource that cannot be
@@ -151,7 +151,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     std::set<std::string> values = {"interval",  "state",          "now",        "page-size",
                                     "batch",     "overlap",        "bundle-type", "lab-code-search",
                                     "retries",   "fault-budget",   "request-deadline", "catalog",
-                                    "terminology", "identifier-system"};
+                                    "terminology", "identifier-system", "time-zone"};
     std::set<std::string> flags = {"help", "once", "dry-run"};
     values.insert(server_value_options().begin(), server_value_options().end());
     flags.insert(server_flag_options().begin(), server_flag_options().end());

@@ -33,6 +33,7 @@ Options:
                       address is loopback (127.0.0.1 or ::1)
   --catalog DIR       rule catalog directory
   --terminology DIR   terminology data directory
+  --time-zone ZONE    the zone card details write times in (default: the catalog's display.timeZone)
   --help              this help
 
 Exit codes: 0 stopped by a signal, 2 usage error, 4 configuration error, 1 internal error.
@@ -41,7 +42,7 @@ Exit codes: 0 stopped by a signal, 2 usage error, 4 configuration error, 1 inter
 }  // namespace
 
 int serve_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"config", "port", "bind", "catalog", "terminology"}, {"help", "insecure-dev"});
+    Options opts(args, {"config", "port", "bind", "catalog", "terminology", "time-zone"}, {"help", "insecure-dev"});
     if (opts.flag("help")) {
         out << kServeHelp;
         return ok;

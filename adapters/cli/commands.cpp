@@ -30,8 +30,17 @@ Engine load_engine(const Options& opts) {
     try {
         auto term = mappings::Terminology::load(term_dir);
         auto cat = rules::RuleCatalog::load(cat_dir, term.concepts());
+        if (auto zone = opts.value("time-zone")) {  // replaces the catalog's display.timeZone
+            try {
+                cat.set_time_zone(rules::TimeZone::load(*zone));
+            } catch (const rules::TimeZoneError& e) {
+                throw UsageError(std::string("--time-zone: ") + e.what());
+            }
+        }
         return Engine{std::move(term), std::move(cat)};
     } catch (const ConfigError&) {
+        throw;
+    } catch (const UsageError&) {
         throw;
     } catch (const std::exception& e) {
         throw ConfigError(e.what());

@@ -32,7 +32,8 @@ struct Engine {
     rules::RuleCatalog catalog;
 };
 // Loads the terminology (--terminology DIR) and the rule catalog (--catalog DIR); throws ConfigError
-// naming the file and key on invalid data.
+// naming the file and key on invalid data. --time-zone ZONE (for the commands that take it) replaces the
+// catalog's display time zone; an unknown zone is a UsageError.
 Engine load_engine(const Options& opts);
 
 // The DetectedIssue options of the command line: author "calcalert <version>", --identifier-system.

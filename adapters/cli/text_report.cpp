@@ -31,10 +31,12 @@ std::string patient_name(const std::string& patient) {
 
 }  // namespace
 
-void write_text_report(std::ostream& out, const std::vector<PatientResult>& results, rules::EpochSeconds now) {
+void write_text_report(std::ostream& out, const std::vector<PatientResult>& results, rules::EpochSeconds now,
+                       const rules::TimeZone& zone) {
     std::size_t findings = 0, notes = 0, with_findings = 0;
     std::size_t by_severity[3] = {0, 0, 0};
-    out << "calcalert evaluation at " << fhir::format_datetime(now) << "\n";
+    out << "calcalert evaluation at " << rules::format_time_for_people(now, zone) << " (" << fhir::format_datetime(now)
+        << ")\n";
     for (const auto& r : results) {
         out << "\n" << patient_name(r.patient) << "\n";
         if (r.evaluation.findings.empty()) out << "  no findings\n";

@@ -14,6 +14,8 @@ struct PatientResult {
     rules::Evaluation evaluation;
 };
 
-void write_text_report(std::ostream& out, const std::vector<PatientResult>& results, rules::EpochSeconds now);
+// Times are written in `zone` (the catalog's display time zone), as in the explanations.
+void write_text_report(std::ostream& out, const std::vector<PatientResult>& results, rules::EpochSeconds now,
+                       const rules::TimeZone& zone);
 
 }  // namespace calcalert::cli

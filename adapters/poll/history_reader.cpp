@@ -1,6 +1,7 @@
 #include "adapters/poll/history_reader.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include <rapidjson/stringbuffer.h>
@@ -106,12 +107,10 @@ std::string HistoryReader::subject_param(const std::string& patient) const {
 }
 
 PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSeconds now) {
-    const auto& p = catalog_.parameters();
-    const double window_days = std::max({p.caxp_window_days, p.hypercalcemia_window_days, p.phosphate_window_days,
-                                         p.pth_window_days, p.egfr_window_days}) +
-                               2;  // + pairing and albumin margins
+    // The catalog says how far back the lab facts look (their longest window, with the albumin and pairing reach).
+    const double window_days = catalog_.history_window_days();
     const std::string since =
-        url_encode(fhir::format_datetime(now - static_cast<rules::EpochSeconds>(window_days * 86400)));
+        url_encode(fhir::format_datetime(now - static_cast<rules::EpochSeconds>(std::ceil(window_days * 86400))));
     const std::string count = "&_count=" + std::to_string(opt_.page_size);
     const std::string subject = subject_param(patient);
 
@@ -128,7 +127,7 @@ PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSecon
     // Dialysis Procedures performed within their window (clinical-rules.md §5.2.2); a period counts
     // by its end, so a search on `date` (performed[x]) from the window's start finds them.
     const std::string procedures_since = url_encode(fhir::format_datetime(
-        now - static_cast<rules::EpochSeconds>((p.dialysis_window_days + 2) * 86400)));
+        now - static_cast<rules::EpochSeconds>((catalog_.parameters().dialysis_window_days + 2) * 86400)));
     if (!procedure_codes_.empty())
         queries.push_back("Procedure?" + subject + "&code=" + procedure_codes_ + "&date=ge" + procedures_since + count);
 

@@ -230,6 +230,7 @@ struct DxCode {
     Sys sys;
     const char* code;
     const char* display;
+    const char* text = nullptr;  // Condition.code.text when the clinician's words differ from the display
 };
 
 const std::vector<DxCode> kDxCodes = {
@@ -253,7 +254,8 @@ const std::vector<DxCode> kDxCodes = {
     {Dx::esrd, Sys::icd9, "585.5", "Chronic kidney disease, Stage V"},
     {Dx::esrd, Sys::icd9, "585.6", "End stage renal disease"},
     {Dx::esrd, Sys::icd9, "V45.11", "Renal dialysis status"},
-    {Dx::calciphylaxis, Sys::icd10, "E83.59", "Other disorders of calcium metabolism"},
+    // E83.59 counts as calciphylaxis only by its words (clinical-rules.md §5.3.2): the record says so in code.text.
+    {Dx::calciphylaxis, Sys::icd10, "E83.59", "Other disorders of calcium metabolism", "Calciphylaxis"},
     {Dx::calciphylaxis, Sys::sct, "237900002", "Calciphylaxis"},
     {Dx::calcinosis_cutis, Sys::icd10, "L94.2", "Calcinosis cutis"},
     {Dx::calcinosis_cutis, Sys::icd9, "709.3", "Degenerative skin disorders"},
@@ -388,6 +390,10 @@ constexpr Band kPJustAboveNarrowRange{4.2, 4.4, 1.36, 1.42};  // above a referen
 constexpr Band kPPediatric{5.0, 5.8, 1.62, 1.87};             // below a pediatric reference high of 6.5 mg/dL
 constexpr Band kPthNormal{15, 60, 1.6, 6.3};
 constexpr Band kPthHigh{150, 1200, 16.0, 127.0};
+// Above 9 x the upper reference limit (the dialysis target range, KDIGO 2017; default 585 pg/mL; with the
+// printed reference high 65 pg/mL = 6.9 pmol/L at most 585.6 pg/mL), and within it (above 65, below 585).
+constexpr Band kPthAboveDialysisRange{650, 1500, 69.0, 159.0};
+constexpr Band kPthWithinDialysisRange{150, 540, 16.0, 57.0};
 constexpr Band kPthMildlyHigh{70, 140, 7.5, 14.8};
 constexpr Band kAlbNormal{4.0, 4.8, 40, 48};
 constexpr Band kAlbLow{2.5, 3.0, 25, 30};
@@ -612,7 +618,7 @@ std::string render_condition(const Condition& c, const std::string& id, const st
         coding(w, system_uri(d.sys, c.icd9_system), code, d.display);
     }
     w.EndArray();
-    kv(w, "text", c.codings.front().display);
+    kv(w, "text", c.codings.front().text ? c.codings.front().text : c.codings.front().display);
     w.EndObject();
     w.Key("subject");
     w.StartObject();
@@ -1077,6 +1083,7 @@ struct ArchetypeDef {
 };
 
 constexpr std::string_view CS = "calciphylaxis-suspected";
+constexpr std::string_view CD = "calciphylaxis-ulcer-differential";
 constexpr std::string_view CR = "calciphylaxis-risk";
 constexpr std::string_view CW = "calciphylaxis-wound-sepsis-risk";
 constexpr std::string_view MC = "metastatic-calcification-risk";
@@ -1091,14 +1098,15 @@ const std::vector<ArchetypeDef>& definitions() {
         // ---- calciphylaxis-suspected: ESRD + lesion + mineral abnormality, no calciphylaxis on record
         {{"cs-esrd-ulcer-high-pth",
           CS,
-          "ESRD (SNOMED CT), skin ulcer, PTH above 65 pg/mL; calcium and phosphate normal",
+          "ESRD (SNOMED CT), skin ulcer, PTH above 9 x the upper reference limit (650-1500 pg/mL); calcium and "
+          "phosphate normal",
           {CS},
           4},
          [](Builder& b) {
              esrd(b, Sys::sct);
              b.dx(Dx::skin_ulcer);
              const EpochSeconds t = b.recent();
-             b.pth(kPthHigh, t);
+             b.pth(kPthAboveDialysisRange, t);
              mineral_panel(b, kCaNormal, kPNormal, t);
          }},
         {{"cs-esrd-necrosis-caxp-suppresses-risk",
@@ -1169,8 +1177,8 @@ const std::vector<ArchetypeDef>& definitions() {
          }},
         {{"cs-esrd-lesion-differentials-on-record",
           CS,
-          "ESRD, a calciphylaxis lesion, high PTH, with vasculitis, panniculitis, primary hyperoxaluria or a "
-          "protein C/S deficiency on record (named in the explanation)",
+          "ESRD, a calciphylaxis lesion, PTH above 9 x the upper reference limit, with vasculitis, panniculitis, "
+          "primary hyperoxaluria or a protein C/S deficiency on record (named in the explanation)",
           {CS},
           2},
          [](Builder& b) {
@@ -1184,7 +1192,28 @@ const std::vector<ArchetypeDef>& definitions() {
              const Dx second = b.rng.pick(k);
              if (second != first && b.rng.chance(40)) b.dx(second);
              const EpochSeconds t = b.recent();
-             b.pth(kPthHigh, t);
+             b.pth(kPthAboveDialysisRange, t);
+             mineral_panel(b, kCaNormal, kPNormal, t);
+         }},
+        // ---- calciphylaxis-ulcer-differential: ESRD + skin ulcer + a mineral abnormality that is not strong
+        {{"cd-esrd-ulcer-pth-within-dialysis-range",
+          CD,
+          "ESRD, a skin ulcer (diabetic foot, leg), PTH 150-540 pg/mL (above 65, within 9 x the upper reference "
+          "limit) or a hyperparathyroidism diagnosis; calcium and phosphate normal: calciphylaxis in the "
+          "differential, not suspected",
+          {CD},
+          3},
+         [](Builder& b) {
+             esrd(b);
+             b.dx(Dx::skin_ulcer);
+             if (b.rng.chance(30)) b.dx(Dx::diabetes_type_2);
+             const EpochSeconds t = b.recent();
+             if (b.rng.chance(70)) {
+                 b.pth(kPthWithinDialysisRange, t);
+             } else {
+                 b.dx(Dx::hyperparathyroidism);
+                 b.pth(kPthNormal, t);
+             }
              mineral_panel(b, kCaNormal, kPNormal, t);
          }},
         // ---- calciphylaxis-risk: ESRD + Ca x P > 70 + hyperparathyroidism (metastatic risk suppressed)

@@ -288,7 +288,7 @@ TEST_CASE("service calls: full prefetch, null keys, fallback to the sandbox FHIR
             CHECK(std::string(card["indicator"].GetString()) == "warning");
             CHECK(std::string(card["uuid"].GetString()) == mappings::alert_identifier("Patient/harold-kim", "metastatic-calcification-risk"));
             CHECK(std::string(card["detail"].GetString()).find("72.4") != std::string::npos);
-            CHECK(std::string(card["detail"].GetString()).find("2026-11-14") != std::string::npos);
+            CHECK(std::string(card["detail"].GetString()).find("14 Nov 2026") != std::string::npos);
         }
     }
     SUBCASE("null keys: no data, nothing fetched") {

@@ -147,6 +147,17 @@ run text evaluate --now $now --format text "$root/examples/cohort/cohort.json"
 check "text report exits 0" test $rc -eq 0
 check "text report closes with a count line" grep -qE '^[0-9]+ patients, [0-9]+ with findings; [0-9]+ findings' "$tmp/text.out"
 check "text report shows severities" grep -q '\[HIGH\] calciphylaxis-suspected' "$tmp/text.out"
+check "text report: the ulcer differential (moderate)" grep -q '\[MODERATE\] calciphylaxis-ulcer-differential' "$tmp/text.out"
+check "text report: references only in the evidence list" bash -c "! grep -E '^    - .*\[(Observation|Condition)/' '$tmp/text.out' && grep -qE '^    Evidence: \[1\] ' '$tmp/text.out'"
+run tz evaluate --now $now --format text --time-zone Europe/Berlin "$root/examples/cohort/cohort.json"
+check "--time-zone Europe/Berlin: times in CET" grep -q 'on 14 Nov 2026 08:50 CET' "$tmp/tz.out"
+run tzbad evaluate --now $now --time-zone Mars/Olympus "$root/examples/cohort/cohort.json"
+check "an unknown --time-zone exits 2" test $rc -eq 2
+run tznd evaluate --now $now --format ndjson --time-zone America/New_York "$root/tests/fixtures/rules/calciphylaxis-risk.json"
+run utcnd evaluate --now $now --format ndjson "$root/tests/fixtures/rules/calciphylaxis-risk.json"
+hashes() { grep -o '"valueString":"[0-9a-f]*"' "$1"; }
+check "the evidence hashes do not depend on the time zone" cmp -s <(hashes "$tmp/tznd.out") <(hashes "$tmp/utcnd.out")
+check "the details do" bash -c "! cmp -s '$tmp/tznd.out' '$tmp/utcnd.out'"
 
 # Another server's patient is named by its last two segments and its URL.
 run ident evaluate --now $now --format text "$root/tests/fixtures/rules/identity.json"

@@ -140,7 +140,7 @@ TEST_CASE("Bulk-Data NDJSON files of one cohort give the same findings as its Bu
     CHECK(with_findings >= 5);
 }
 
-TEST_CASE("every third-party Synthea bundle reads without an error") {
+TEST_CASE("every third-party Synthea bundle reads without an error and gives no finding") {
     const std::string dir = kRoot + "/../shared/thirdparty/synthea";
     if (!std::filesystem::is_directory(dir)) {  // third-party data beside the checkout, not in it
         std::printf("SKIP: ../shared/thirdparty/synthea not found: the Synthea bundle test is skipped\n");

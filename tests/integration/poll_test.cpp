@@ -302,7 +302,8 @@ TEST_CASE("poll: absolute subjects on this server and labs only in panel compone
     fhir::FhirClient client(client_options(sandbox.base_url()));
     load_bundle_text(client, replace_all(read_file(kRoot + "/tests/fixtures/poll/server-shapes.json"), "{{BASE}}",
                                          sandbox.base_url()));
-    const Truth expected = {{"Patient/srv-absolute", {"calciphylaxis-suspected"}},
+    // srv-absolute: ulcer + PTH 450 (not above 9 × 65): the differential since clinical-rules.md §5.3.1.
+    const Truth expected = {{"Patient/srv-absolute", {"calciphylaxis-ulcer-differential"}},
                             {"Patient/srv-mixed", {"calciphylaxis-risk"}},
                             {"Patient/srv-panel", {"calciphylaxis-risk"}}};
     struct Mode {

@@ -223,11 +223,11 @@ TEST_CASE("null keys mean no data; missing keys are fetched with the token; Oper
 }
 
 TEST_CASE("procedures and patient: a dialysis Procedure makes ESRD, a deceased Patient gets no card, both read when missing") {
-    // ESRD only by a hemodialysis session 5 days ago; a skin ulcer and PTH 450 pg/mL.
+    // ESRD only by a hemodialysis session 5 days ago; a skin ulcer and PTH 650 pg/mL (above 9 × 65 = 585).
     const std::string pid = "dialysis-only";
     const std::string obs = R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Observation","id":"d-pth",
         "status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/dialysis-only"},
-        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":450,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}}}]})";
+        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":650,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}}}]})";
     const std::string cond = R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Condition","id":"d-ulcer",
         "clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
         "code":{"coding":[{"system":"http://snomed.info/sct","code":"46742003"}]},"subject":{"reference":"Patient/dialysis-only"}}}]})";

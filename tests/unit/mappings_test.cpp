@@ -52,7 +52,86 @@ TEST_CASE("terminology: codes by system, ICD with or without the dot, prefixes, 
     // The seed's error: 440.23 is an ulcer, never calciphylaxis.
     CHECK(t.condition("http://hl7.org/fhir/sid/icd-9-cm", "440.23")->concept_id == "skin-ulcer");
     CHECK_FALSE(t.condition("http://snomed.info/sct", "236436003"));  // ESRD with transplant: not on dialysis
-    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "E83.59")->caveat.find("E83.59") != std::string::npos);
+    // E83.59 is read by its words (condition-words.tsv), never as a plain code.
+    CHECK_FALSE(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "E83.59"));
+    REQUIRE(t.word_readings("http://hl7.org/fhir/sid/icd-10-cm", "E8359"));
+    CHECK(t.word_readings("http://hl7.org/fhir/sid/icd-10-cm", "E83.59")->size() == 3);
+    // §15 additions: prefixes and new codes; 714153000 (CKD 5 with a transplant) and Z51.A stay out.
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "A41.54")->concept_id == "sepsis");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "A40.1")->concept_id == "sepsis");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "A419")->concept_id == "sepsis");
+    CHECK_FALSE(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "Z51.A"));
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "I70.262")->concept_id == "gangrene");
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "I70.769")->concept_id == "gangrene");
+    CHECK_FALSE(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "I70.25"));  // with ulceration, not gangrene
+    CHECK(t.condition("http://hl7.org/fhir/sid/icd-10-cm", "R22.31")->concept_id == "skin-nodule");
+    CHECK(t.condition("http://snomed.info/sct", "105502003")->concept_id == "esrd");
+    CHECK_FALSE(t.condition("http://snomed.info/sct", "714153000"));
+}
+
+namespace {
+std::string condition_json(const std::string& codings, const std::string& text = "") {
+    return R"({"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1"},
+      "clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
+      "code":{"coding":[)" + codings + "]" + (text.empty() ? "" : R"(,"text":")" + text + "\"") + "}}";
+}
+const char* const kE8359 = R"({"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"E83.59"})";
+const char* const kE8359Display =
+    R"({"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"E83.59","display":"Other disorders of calcium metabolism"})";
+}  // namespace
+
+TEST_CASE("E83.59: the words decide; a bare code is calciphylaxis; a SNOMED CT coding decides first") {
+    auto concepts = [](const mappings::FactBuilder& b) {
+        std::vector<std::string> out;
+        for (const auto& c : only_patient(b).conditions) out.push_back(c.concept_id);
+        return out;
+    };
+    using V = std::vector<std::string>;
+    SUBCASE("bare: calciphylaxis, and the explanation says how it was read") {
+        auto b = build(condition_json(kE8359));
+        REQUIRE(concepts(b) == V{"calciphylaxis"});
+        CHECK(only_patient(b).conditions[0].caveat.find("coded E83.59, read as calciphylaxis") == 0);
+        CHECK(only_patient(b).notes.empty());
+    }
+    SUBCASE("words that say calciphylaxis, in code.text (the display is the code's title)") {
+        auto b = build(condition_json(kE8359Display, "Calciphylaxis of both thighs"));
+        REQUIRE(concepts(b) == V{"calciphylaxis"});
+        CHECK(only_patient(b).conditions[0].display == "Calciphylaxis of both thighs");
+    }
+    SUBCASE("words that say tumoral calcinosis") {
+        auto b = build(condition_json(R"({"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"E8359","display":"Tumoral calcinosis"})"));
+        CHECK(concepts(b) == V{"tumoral-calcinosis"});
+    }
+    SUBCASE("other words: neither, and a note that the code was seen and not used") {
+        auto b = build(condition_json(kE8359Display));
+        const auto& p = only_patient(b);
+        CHECK(p.conditions.empty());
+        REQUIRE(p.notes.size() == 1);
+        CHECK(p.notes[0].path == "Condition.code");
+        CHECK(p.notes[0].message.find("ICD-10-CM E83.59 seen and not used") == 0);
+        CHECK(p.notes[0].message.find("neither Calciphylaxis nor Tumoral calcinosis") != std::string::npos);
+    }
+    SUBCASE("words that deny it do not say calciphylaxis") {
+        auto b = build(condition_json(kE8359, "Calciphylaxis ruled out"));
+        CHECK(only_patient(b).conditions.empty());
+        CHECK(only_patient(b).notes.size() == 1);
+        auto c = build(condition_json(kE8359, "calcinosis, not calciphylaxis"));
+        CHECK(only_patient(c).conditions.empty());
+    }
+    SUBCASE("a SNOMED CT coding decides before E83.59") {
+        // SNOMED CT says hypercalcemia: the words of E83.59 are not read, and a note says why.
+        auto b = build(condition_json(std::string(R"({"system":"http://snomed.info/sct","code":"66931009"},)") + kE8359,
+                                      "Calciphylaxis"));
+        CHECK(concepts(b) == V{"hypercalcemia"});
+        REQUIRE(only_patient(b).notes.size() == 1);
+        CHECK(only_patient(b).notes[0].message.find("the SNOMED CT coding 66931009 of the same Condition decides") !=
+              std::string::npos);
+        // SNOMED CT calciphylaxis with E83.59 beside it: one calciphylaxis, no note.
+        auto c = build(condition_json(std::string(kE8359Display) + R"(,{"system":"http://snomed.info/sct","code":"237900002"})"));
+        CHECK(concepts(c) == V{"calciphylaxis"});
+        CHECK(only_patient(c).conditions[0].code == "237900002");
+        CHECK(only_patient(c).notes.empty());
+    }
 }
 
 TEST_CASE("unit conversions to canonical units") {

@@ -509,9 +509,9 @@ TEST_CASE("draftOrders with unreadable orders: each is a problem with entry, res
 // ---------------------------------------------------------------------------------------------------
 // The order-rule catalog
 
-TEST_CASE("the catalog holds the two order rules apart from the seven patient rules") {
+TEST_CASE("the catalog holds the two order rules apart from the eight patient rules") {
     const auto& cat = test::catalog();
-    CHECK(cat.rules().size() == 7);
+    CHECK(cat.rules().size() == 8);
     REQUIRE(cat.order_rules().size() == 2);
     for (const auto& r : cat.rules()) CHECK_FALSE(r.order_rule);
     const rules::Rule* iv = cat.find("iv-calcium-phosphate-extravasation");
@@ -567,7 +567,7 @@ TEST_CASE("order rules are checked strictly, naming the file") {
         fs::remove_all(dir / "order-rules");
         const auto cat = rules::RuleCatalog::load(dir, concepts);
         CHECK(cat.order_rules().empty());
-        CHECK(cat.rules().size() == 7);
+        CHECK(cat.rules().size() == 8);
     }
     fs::remove_all(dir);
 }
