@@ -348,11 +348,11 @@ TEST_CASE("the procedures and patient keys: used as sent, read from fhirServer w
     auto r = start();
     const std::string fhir = env().fhir.base_url();
     // On the sandbox FHIR server: a patient whose ESRD rests only on a hemodialysis session 5 days ago,
-    // with a leg ulcer and PTH 450 pg/mL (calciphylaxis-suspected).
+    // with a leg ulcer and PTH 650 pg/mL, above 9 × 65 = 585 (calciphylaxis-suspected).
     const std::string pid = "cds-dialysis";
     const std::string obs = R"({"resourceType":"Observation","id":"cds-dialysis-pth","status":"final",
         "code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/cds-dialysis"},
-        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":450,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}})";
+        "effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":650,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}})";
     const std::string cond = R"({"resourceType":"Condition","id":"cds-dialysis-ulcer",
         "clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
         "code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L97.909"}]},"subject":{"reference":"Patient/cds-dialysis"}})";

@@ -169,7 +169,7 @@ check "text report names another server's patient by its last two segments and i
 dia_lines() {  # $1: the Patient resource
   printf '%s\n' "$1" \
     '{"resourceType":"Condition","id":"nd-dia-ulcer","clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"L97.909"}]},"subject":{"reference":"Patient/nd-dia"}}' \
-    '{"resourceType":"Observation","id":"nd-dia-pth","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/nd-dia"},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":450,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}}' \
+    '{"resourceType":"Observation","id":"nd-dia-pth","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2731-8"}]},"subject":{"reference":"Patient/nd-dia"},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":650,"unit":"pg/mL","system":"http://unitsofmeasure.org","code":"pg/mL"}}' \
     '{"resourceType":"Procedure","id":"nd-dia-hd","status":"completed","code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006"}]},"subject":{"reference":"Patient/nd-dia"},"performedDateTime":"2026-11-15T08:00:00Z"}'
 }
 dia_lines '{"resourceType":"Patient","id":"nd-dia"}' >"$tmp/dia.ndjson"
