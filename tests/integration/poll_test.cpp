@@ -106,7 +106,8 @@ TEST_CASE("poll: a dialysis Procedure makes ESRD; a deceased Patient cancels tha
     MESSAGE("first poll: " << first.to_json());
     check_equal(truth, open_alerts(client));
     // The fixtures' ESRD by dialysis alone (tests/fixtures/rules/dialysis.json) holds on the server too.
-    CHECK(truth.at("Patient/dia-hd-10-days") == std::set<std::string>{"calciphylaxis-suspected"});
+    // (A leg ulcer with PTH 450, below 9 × 65 = 585: the ulcer differential of clinical-rules.md §5.3.1.)
+    CHECK(truth.at("Patient/dia-hd-10-days") == std::set<std::string>{"calciphylaxis-ulcer-differential"});
     CHECK(truth.at("Patient/dia-renal-dialysis-ckd4") == std::set<std::string>{"calciphylaxis-risk"});
     CHECK(truth.at("Patient/dia-hd-40-days").empty());
 
@@ -117,7 +118,7 @@ TEST_CASE("poll: a dialysis Procedure makes ESRD; a deceased Patient cancels tha
       "subject":{"reference":")" + sandbox.base_url() + R"(/Patient/dia-hd-40-days"},
       "performedPeriod":{"start":"2026-11-23T08:00:00Z","end":"2026-11-23T12:00:00Z"}})";
     REQUIRE(client.post("Procedure", hd).status == 201);
-    // Patient/dia-hd-10-days (calciphylaxis-suspected open) has died; nothing else of it changes.
+    // Patient/dia-hd-10-days (calciphylaxis-ulcer-differential open) has died; nothing else of it changes.
     rapidjson::Document patient;
     patient.Parse(client.get("Patient/dia-hd-10-days").body.c_str());
     REQUIRE(patient.IsObject());
@@ -131,12 +132,13 @@ TEST_CASE("poll: a dialysis Procedure makes ESRD; a deceased Patient cancels tha
     CHECK(second.cancelled == 1);
     CHECK(second.amended + second.reopened == 0);
     Truth expected = truth;
-    expected["Patient/dia-hd-40-days"] = {"calciphylaxis-suspected"};
+    expected["Patient/dia-hd-40-days"] = {"calciphylaxis-ulcer-differential"};
     expected.erase("Patient/dia-hd-10-days");
     check_equal(expected, open_alerts(client));
     bool cancelled = false;
     for (const auto& i : server_issues(client, "urn:calcalert:detected-issue"))
-        if (i.patient == "Patient/dia-hd-10-days" && i.rule == "calciphylaxis-suspected") cancelled = i.status == "cancelled";
+        if (i.patient == "Patient/dia-hd-10-days" && i.rule == "calciphylaxis-ulcer-differential")
+            cancelled = i.status == "cancelled";
     CHECK(cancelled);
 
     auto third = poll_once(sandbox.base_url(), state_path);
