@@ -1,5 +1,7 @@
 #include "mappings/terminology.hpp"
 
+#include "mappings/medications.hpp"  // normalized_words: the same word normalization as the drug text
+
 #include "mappings/tsv.hpp"
 
 #include <algorithm>
@@ -214,18 +216,7 @@ const std::vector<WordReading>* Terminology::word_readings(std::string_view syst
     return it == word_readings_.end() ? nullptr : &it->second;
 }
 
-std::string Terminology::normalize_words(std::string_view text) {
-    std::string out = " ";
-    for (unsigned char c : text) {
-        if (std::isalnum(c) || c >= 0x80) {
-            out += static_cast<char>(std::tolower(c));
-        } else if (out.back() != ' ') {
-            out += ' ';
-        }
-    }
-    if (out.back() != ' ') out += ' ';
-    return out;
-}
+std::string Terminology::normalize_words(std::string_view text) { return normalized_words(text); }
 
 const UnitConversion* Terminology::unit(rules::Analyte analyte, std::string_view u) const {
     const std::string name(rules::analyte_name(analyte));
