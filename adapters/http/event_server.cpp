@@ -165,7 +165,7 @@ struct EventServer::Impl {
     void flush(Connection& c);
     void after_write(std::uint64_t id, Connection& c);
     void close_connection(std::uint64_t id);
-    void refuse(std::uint64_t id, Connection& c, Rejection why, int status, const std::string& text);
+    void refuse(Connection& c, Rejection why, int status, const std::string& text);
     bool keep_alive(const Connection& c, const Request& req, const Response& r) const;
 };
 
@@ -221,8 +221,7 @@ void EventServer::Impl::respond(Connection& c, const Response& r, const Request*
     flush(c);
 }
 
-void EventServer::Impl::refuse(std::uint64_t id, Connection& c, Rejection why, int status, const std::string& text) {
-    (void)id;
+void EventServer::Impl::refuse(Connection& c, Rejection why, int status, const std::string& text) {
     reject(why, nullptr, status);
     const Response r = refusal(status, text);
     c.reader.reset();
@@ -279,7 +278,7 @@ void EventServer::Impl::advance(std::uint64_t id, Connection& c) {
     }
     if (s == RequestReader::State::failed) {
         const int status = c.reader->error_status();
-        refuse(id, c, status == 413 || status == 431 ? Rejection::too_large : Rejection::malformed, status, c.reader->error());
+        refuse(c, status == 413 || status == 431 ? Rejection::too_large : Rejection::malformed, status, c.reader->error());
         return;
     }
     if (!had_head && c.reader->head_done() && c.reader->wants_continue() && s == RequestReader::State::need_more) {

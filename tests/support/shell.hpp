@@ -24,11 +24,15 @@ inline std::pair<int, std::string> run_shell(const std::string& command) {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
-// A fresh directory under the system temp directory, named after `name` and the process id.
+// A fresh directory under the system temp directory, named after `name` and the process id (one a
+// killed run left behind is emptied first); removed with what is in it when it goes out of scope,
+// also when a check fails half way.
 struct TempDir {
     std::filesystem::path path;
     explicit TempDir(const std::string& name)
         : path(std::filesystem::temp_directory_path() / ("calcalert-" + name + "-" + std::to_string(::getpid()))) {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
         std::filesystem::create_directories(path);
     }
     ~TempDir() {

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include "../support/shell.hpp"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -31,25 +33,6 @@ ServeConfig sandbox_config() {
     return c;
 }
 
-}  // namespace
-
-namespace {
-// A fresh directory in the temp directory, removed with what is in it when it goes out of scope
-// (also when a check fails half way).
-struct TempDir {
-    std::filesystem::path path;
-    explicit TempDir(const std::string& prefix)
-        : path(std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()))) {
-        std::filesystem::remove_all(path);
-        std::filesystem::create_directories(path);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-};
 }  // namespace
 
 TEST_CASE("base64url is strict and round-trips") {
@@ -154,7 +137,7 @@ TEST_CASE("the public CDS Hooks sandbox token verifies inside its window only") 
 TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
     const jose::PrivateKey ec = jose::generate_es384_key("ec-1");
     const jose::PrivateKey rsa = jose::generate_rs384_key("rsa-1");
-    const TempDir tmp("cds-jws-test-");
+    const test::TempDir tmp("cds-jws-test");
     const auto& dir = tmp.path;
     {
         std::ofstream(dir / "jwks.json") << cdstest::jwks_of({&ec});
@@ -235,7 +218,7 @@ TEST_CASE("JWT checks: alg, typ, kid, lifetime, jku allow-list and cache") {
 // 401 with a reason, checked without overflow (this test also runs under UBSan).
 TEST_CASE("JWT time claims: negative, extreme, reversed and nbf values are refused without overflow") {
     const jose::PrivateKey ec = jose::generate_es384_key("ec-t");
-    const TempDir tmp("cds-jws-time-test-");
+    const test::TempDir tmp("cds-jws-time-test");
     const auto& dir = tmp.path;
     {
         std::ofstream(dir / "jwks.json") << cdstest::jwks_of({&ec});
