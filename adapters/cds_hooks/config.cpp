@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using Value = rapidjson::Value;
 
-enum class Kind { string, integer, boolean, list, issuers };
+enum class Kind { string, integer, boolean, list, json };
 
 struct Key {
     const char* name;
@@ -68,6 +68,44 @@ std::vector<IssuerConfig> need_issuers(const Value& v, const std::string& path) 
     return out;
 }
 
+std::vector<FhirServerAuth> need_server_auth(const Value& v, const std::string& path) {
+    if (!v.IsArray()) throw ConfigError(path + ": expected a list of {server, token_file | smart} objects");
+    std::vector<FhirServerAuth> out;
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+        const std::string p = path + "[" + std::to_string(i) + "]";
+        if (!v[i].IsObject()) throw ConfigError(p + ": expected an object");
+        FhirServerAuth a;
+        bool smart = false;
+        for (const auto& m : v[i].GetObject()) {
+            const std::string k(m.name.GetString(), m.name.GetStringLength());
+            if (k == "server") a.server = need_string(m.value, p + ".server");
+            else if (k == "token_file") a.token_file = need_string(m.value, p + ".token_file");
+            else if (k == "smart") {
+                smart = true;
+                if (!m.value.IsObject()) throw ConfigError(p + ".smart: expected an object");
+                for (const auto& s : m.value.GetObject()) {
+                    const std::string sk(s.name.GetString(), s.name.GetStringLength());
+                    const std::string sp = p + ".smart." + sk;
+                    if (sk == "client_id") a.smart_client_id = need_string(s.value, sp);
+                    else if (sk == "key_file") a.smart_key_file = need_string(s.value, sp);
+                    else if (sk == "scope") a.smart_scope = need_string(s.value, sp);
+                    else if (sk == "token_url") a.smart_token_url = need_string(s.value, sp);
+                    else if (sk == "jku") a.smart_jku = need_string(s.value, sp);
+                    else throw ConfigError(sp + ": unknown key (known: client_id, key_file, scope, token_url, jku)");
+                }
+                if (a.smart_client_id.empty() || a.smart_key_file.empty())
+                    throw ConfigError(p + ".smart: needs client_id and key_file");
+            } else {
+                throw ConfigError(p + "." + k + ": unknown key (known: server, token_file, smart)");
+            }
+        }
+        if (a.server.empty()) throw ConfigError(p + ".server: required");
+        if (smart == !a.token_file.empty()) throw ConfigError(p + ": needs exactly one of token_file and smart");
+        out.push_back(std::move(a));
+    }
+    return out;
+}
+
 std::int64_t need_int(const Value& v, const std::string& path, std::int64_t lo, std::int64_t hi) {
     if (!v.IsInt64()) throw ConfigError(path + ": expected an integer");
     const std::int64_t n = v.GetInt64();
@@ -105,9 +143,12 @@ const std::vector<Key>& keys() {
         integer("call_deadline_ms", &ServeConfig::call_deadline_ms, 100, 600000);
         integer("max_body_bytes", &ServeConfig::max_body_bytes, 1024, std::int64_t{1} << 30);
         str("state_file", &ServeConfig::state_file);
-        k.push_back({"issuers", Kind::issuers, 0, 0,
+        k.push_back({"issuers", Kind::json, 0, 0,
                      [](ServeConfig& c, const Value& v, const std::string& p) { c.issuers = need_issuers(v, p); }});
         list("fhir_servers", &ServeConfig::fhir_servers);
+        k.push_back({"fhir_server_auth", Kind::json, 0, 0, [](ServeConfig& c, const Value& v, const std::string& p) {
+                         c.fhir_server_auth = need_server_auth(v, p);
+                     }});
         list("cors_origins", &ServeConfig::cors_origins);
         k.push_back({"prefetch_outcome_policy", Kind::string, 0, 0, [](ServeConfig& c, const Value& v, const std::string& p) {
                          const std::string s = need_string(v, p);
@@ -184,7 +225,7 @@ void apply_env(ServeConfig& c, const Key& k, const std::string& var, const std::
             }
             break;
         }
-        case Kind::issuers:
+        case Kind::json:
             d.Parse(text.c_str(), text.size());
             if (d.HasParseError()) throw ConfigError(path + ": not JSON (" + rapidjson::GetParseError_En(d.GetParseError()) + ")");
             break;
@@ -237,6 +278,10 @@ ServeConfig load_serve_config(const std::string& path, const std::map<std::strin
     }
     c.state_file = resolve(base, c.state_file).string();
     for (auto& is : c.issuers) is.jwks_file = resolve(base, is.jwks_file).string();
+    for (auto& a : c.fhir_server_auth) {
+        a.token_file = resolve(base, a.token_file).string();
+        a.smart_key_file = resolve(base, a.smart_key_file).string();
+    }
     c.fhir_ca_file = resolve(base, c.fhir_ca_file).string();
     return c;
 }
@@ -278,6 +323,16 @@ void validate(const ServeConfig& c) {
     for (std::size_t i = 0; i < c.fhir_servers.size(); ++i)
         if (!is_url(c.fhir_servers[i]))
             throw ConfigError("$.fhir_servers[" + std::to_string(i) + "]: not an http(s) URL: " + c.fhir_servers[i]);
+    std::vector<std::string> with_auth;
+    for (std::size_t i = 0; i < c.fhir_server_auth.size(); ++i) {
+        const std::string p = "$.fhir_server_auth[" + std::to_string(i) + "].server";
+        const std::string norm = normalize_base_url(c.fhir_server_auth[i].server);
+        if (std::none_of(c.fhir_servers.begin(), c.fhir_servers.end(), [&](const std::string& s) { return normalize_base_url(s) == norm; }))
+            throw ConfigError(p + ": " + c.fhir_server_auth[i].server + " is not one of fhir_servers");
+        if (std::find(with_auth.begin(), with_auth.end(), norm) != with_auth.end())
+            throw ConfigError(p + ": " + c.fhir_server_auth[i].server + " has credentials twice");
+        with_auth.push_back(norm);
+    }
     if (!c.public_base_url.empty() && !is_url(c.public_base_url))
         throw ConfigError("$.public_base_url: not an http(s) URL: " + c.public_base_url);
     for (std::size_t i = 0; i < c.issuers.size(); ++i)

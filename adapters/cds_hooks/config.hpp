@@ -2,9 +2,11 @@
 // unknown key, a wrong type or an out-of-range value is a ConfigError naming the key's path, e.g.
 // "$.issuers[1].jwks_url"). Every key can also be set by an environment variable
 // CALCALERT_SERVE_<KEY IN UPPER CASE> (CALCALERT_SERVE_PORT, CALCALERT_SERVE_FHIR_SERVERS, ...), which
-// wins over the file: lists as comma-separated text, `issuers` as JSON text, booleans as true/false.
+// wins over the file: lists as comma-separated text, `issuers` and `fhir_server_auth` as JSON text,
+// booleans as true/false.
 // An unknown CALCALERT_SERVE_* variable is an error too. There are no secrets in this file: keys are
-// public JWK Sets (files or allow-listed jku URLs); relative paths resolve against the file's folder.
+// public JWK Sets (files or allow-listed jku URLs), the service's own credentials are named by their
+// files; relative paths resolve against the file's folder.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,19 @@ public:
 };
 
 enum class OutcomePolicy { fail, omit };
+
+// The service's own credentials for one registered fhirServer, used for its fallback reads when a
+// call carries no fhirAuthorization: a token file, or SMART Backend Services (a client id and the
+// private key's file). Never sent to any other server.
+struct FhirServerAuth {
+    std::string server;           // one of fhir_servers
+    std::string token_file;       // a bearer token (first line), re-read after a 401
+    std::string smart_client_id;  // SMART Backend Services (with smart_key_file)
+    std::string smart_key_file;   // PEM, EC P-384 (ES384) or RSA (RS384)
+    std::string smart_scope;      // "" : system/Observation.rs system/Condition.rs ... (the poller's default)
+    std::string smart_token_url;  // "" : from {server}/.well-known/smart-configuration
+    std::string smart_jku;
+};
 
 struct IssuerConfig {
     std::string iss;                     // exact `iss` value
@@ -44,6 +59,7 @@ struct ServeConfig {
     std::string state_file;  // "" : state::default_state_path(), never the current directory
     std::vector<IssuerConfig> issuers;
     std::vector<std::string> fhir_servers;  // allowed fhirServer base URLs (exact, trailing '/' ignored)
+    std::vector<FhirServerAuth> fhir_server_auth;  // the service's own credentials for some of them
     std::vector<std::string> cors_origins;  // allowed browser origins ("*" allows any)
     OutcomePolicy prefetch_outcome_policy = OutcomePolicy::fail;
     // How long an `overridden` card stays hidden for the issuer that received it (while the evidence is

@@ -229,7 +229,7 @@ CdsServer::CdsServer(ServeConfig config, ServerDeps deps) {
     if (!deps.terminology || !deps.catalog || !deps.store) throw std::invalid_argument("CdsServer needs an engine and a store");
     if (!deps.clock) deps.clock = system_clock();
     if (!deps.jku_fetcher) deps.jku_fetcher = curl_fetcher(config.fhir_timeout_ms, config.fhir_ca_file);
-    if (!deps.sources) deps.sources = fhir_client_sources(config);
+    if (!deps.sources) deps.sources = fhir_client_sources(config, deps.credentials);
     if (!deps.log) deps.log = &std::cerr;
     impl_ = std::make_unique<Impl>(std::move(config), std::move(deps));
 }

@@ -54,7 +54,8 @@ struct ServerDeps {
     std::vector<std::string> lab_tokens;
     Clock clock;                  // defaults to the system clock
     UrlFetcher jku_fetcher;       // defaults to curl_fetcher
-    FhirSourceFactory sources;    // defaults to fhir_client_sources
+    FhirSourceFactory sources;    // defaults to fhir_client_sources(config, credentials)
+    ServerCredentials credentials;  // the service's own, for fallback reads (config.fhir_server_auth)
     std::ostream* log = nullptr;  // defaults to std::cerr
 };
 

@@ -234,7 +234,8 @@ std::string discovery_json(const std::vector<std::string>& lab_tokens, const std
         w.Key("usageRequirements");
         w.String("Send a JWT signed with ES384 or RS384 by a registered issuer. Observations, Conditions, dialysis "
                  "Procedures and the Patient are read from the prefetch or, when a key is missing, from fhirServer "
-                 "(which must be registered with the service) with fhirAuthorization.");
+                 "(which must be registered with the service) with fhirAuthorization, or with the service's own "
+                 "credentials for that server where it has them.");
         w.EndObject();
     }
     w.EndArray();
@@ -253,14 +254,16 @@ HttpReply outcome_reply(int status, const std::string& code, const std::string& 
     return r;
 }
 
-FhirSourceFactory fhir_client_sources(const ServeConfig& config) {
+FhirSourceFactory fhir_client_sources(const ServeConfig& config, ServerCredentials credentials) {
     const int timeout = config.fhir_timeout_ms;
     const std::string ca = config.fhir_ca_file;
-    return [timeout, ca](const std::string& server, const std::string& token,
-                         std::chrono::steady_clock::time_point end_by) -> std::unique_ptr<FhirSource> {
+    return [timeout, ca, credentials = std::move(credentials)](const std::string& server, const std::string& token,
+                                                              std::chrono::steady_clock::time_point end_by) -> std::unique_ptr<FhirSource> {
         fhir::ClientOptions o;
         o.base_url = server;
         o.bearer_token = token;
+        if (token.empty())
+            if (const auto own = credentials.find(normalize_base_url(server)); own != credentials.end()) o.token_provider = own->second;
         o.ca_file = ca;
         o.connect_timeout = std::chrono::milliseconds(timeout);
         o.request_timeout = std::chrono::milliseconds(timeout);

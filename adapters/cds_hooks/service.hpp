@@ -28,6 +28,7 @@
 #include "adapters/cds_hooks/config.hpp"
 #include "adapters/cds_hooks/metrics.hpp"
 #include "adapters/state/state_store.hpp"
+#include "fhir/token_provider.hpp"
 #include "mappings/cds_card.hpp"
 #include "mappings/medications.hpp"
 #include "mappings/terminology.hpp"
@@ -93,9 +94,12 @@ public:
 // end_by: every read of the source ends by then (the call's deadline).
 using FhirSourceFactory = std::function<std::unique_ptr<FhirSource>(
     const std::string& fhir_server, const std::string& access_token, std::chrono::steady_clock::time_point end_by)>;
+// The service's own credentials by fhirServer base URL (normalize_base_url), from the config's
+// fhir_server_auth: used when a call sends no fhirAuthorization; a call's own token always wins.
+using ServerCredentials = std::map<std::string, std::shared_ptr<fhir::TokenProvider>>;
 // FhirClient (libcurl) based sources: one client per call, timeouts from the config, every request
 // cut to what is left of the call's deadline.
-FhirSourceFactory fhir_client_sources(const ServeConfig& config);
+FhirSourceFactory fhir_client_sources(const ServeConfig& config, ServerCredentials credentials = {});
 
 class CdsService {
 public:

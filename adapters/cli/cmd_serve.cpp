@@ -10,6 +10,7 @@
 #include "adapters/cds_hooks/service.hpp"
 #include "adapters/cli/cli.hpp"
 #include "adapters/cli/commands.hpp"
+#include "adapters/cli/server_options.hpp"
 #include "adapters/state/state_store.hpp"
 #include "mappings/medications.hpp"
 
@@ -100,6 +101,21 @@ int serve_command(const std::vector<std::string>& args, std::ostream& out, std::
     deps.store = store.get();
     deps.lab_tokens = lab_tokens;
     deps.log = &err;
+    try {
+        for (const auto& a : config.fhir_server_auth) {
+            const std::string base = cds::normalize_base_url(a.server);
+            if (!a.token_file.empty()) {
+                deps.credentials[base] = fhir::token_file(a.token_file);
+            } else {
+                SmartSettings smart{a.server, a.smart_client_id, a.smart_key_file, a.smart_scope, a.smart_token_url, a.smart_jku,
+                                    config.fhir_ca_file, true};
+                deps.credentials[base] = smart_provider(smart);
+            }
+        }
+    } catch (const std::exception& e) {
+        err << "calcalert: configuration error: fhir_server_auth: " << e.what() << "\n";
+        return config_error;
+    }
     std::optional<cds::CdsServer> server;
     try {
         server.emplace(config, std::move(deps));

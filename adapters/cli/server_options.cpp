@@ -27,6 +27,24 @@ void apply_poll_config(Options& opts) {
     opts.fill_from(c.values, c.flags);
 }
 
+std::shared_ptr<fhir::TokenProvider> smart_provider(const SmartSettings& settings) {
+    auth::SmartBackendOptions so;
+    so.fhir_base_url = settings.server;
+    so.client_id = settings.client_id;
+    try {
+        so.key = jose::load_private_key_pem(settings.key_file, "");
+    } catch (const jose::JwkError& e) {
+        throw std::invalid_argument(e.what());
+    }
+    so.key.kid = jose::jwk_thumbprint(so.key);
+    if (!settings.scope.empty()) so.scope = settings.scope;
+    so.token_url = settings.token_url;
+    so.jku = settings.jku;
+    so.ca_file = settings.ca_file;
+    so.verify_tls = settings.verify_tls;
+    return std::make_shared<auth::SmartBackendServices>(std::move(so));
+}
+
 fhir::ClientOptions client_options(const Options& opts) {
     fhir::ClientOptions c;
     auto server = opts.value("server");
@@ -42,21 +60,20 @@ fhir::ClientOptions client_options(const Options& opts) {
     if (client_id || key_file) {
         if (!client_id || !key_file) throw UsageError("--smart-client-id and --smart-key go together");
         if (opts.value("token-file")) throw UsageError("--token-file and SMART Backend Services (--smart-*) exclude each other");
-        auth::SmartBackendOptions so;
-        so.fhir_base_url = c.base_url;
-        so.client_id = *client_id;
+        SmartSettings smart;
+        smart.server = c.base_url;
+        smart.client_id = *client_id;
+        smart.key_file = *key_file;
+        if (auto v = opts.value("smart-scope")) smart.scope = *v;
+        if (auto v = opts.value("smart-token-url")) smart.token_url = *v;
+        if (auto v = opts.value("smart-jku")) smart.jku = *v;
+        smart.ca_file = c.ca_file;
+        smart.verify_tls = c.verify_tls;
         try {
-            so.key = jose::load_private_key_pem(*key_file, "");
-        } catch (const jose::JwkError& e) {
+            c.token_provider = smart_provider(smart);
+        } catch (const std::invalid_argument& e) {
             throw UsageError(std::string("--smart-key: ") + e.what());
         }
-        so.key.kid = jose::jwk_thumbprint(so.key);
-        if (auto v = opts.value("smart-scope")) so.scope = *v;
-        if (auto v = opts.value("smart-token-url")) so.token_url = *v;
-        if (auto v = opts.value("smart-jku")) so.jku = *v;
-        so.ca_file = c.ca_file;
-        so.verify_tls = c.verify_tls;
-        c.token_provider = std::make_shared<auth::SmartBackendServices>(std::move(so));
     } else if (auto f = opts.value("token-file")) {
         std::ifstream in(*f);
         if (!in) throw UsageError("--token-file " + *f + ": cannot open");

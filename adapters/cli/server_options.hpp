@@ -2,6 +2,7 @@
 // (--smart-client-id/--smart-key and friends, --token-file, $CALCALERT_FHIR_TOKEN).
 #pragma once
 
+#include <memory>
 #include <set>
 #include <string>
 
@@ -18,5 +19,13 @@ const std::set<std::string>& server_flag_options();
 void apply_poll_config(Options& opts);
 // UsageError for a missing or malformed --server, conflicting or half-given authentication.
 fhir::ClientOptions client_options(const Options& opts);
+
+// SMART Backend Services for `server` (poll's --smart-* options, serve's fhir_server_auth).
+struct SmartSettings {
+    std::string server, client_id, key_file, scope, token_url, jku, ca_file;
+    bool verify_tls = true;
+};
+// std::invalid_argument naming the key file when it cannot be loaded.
+std::shared_ptr<fhir::TokenProvider> smart_provider(const SmartSettings& settings);
 
 }  // namespace calcalert::cli

@@ -108,3 +108,55 @@ TEST_CASE("serve has no state file default in the current directory") {
     const auto d = load_serve_config(write_temp("state.json", R"({"state_file": "s.sqlite"})"), {});
     CHECK(std::filesystem::path(d.state_file).is_absolute());  // relative to the config file
 }
+
+TEST_CASE("fhir_server_auth: the service's own credentials, strict, only for registered servers") {
+    const std::string servers = R"("insecure_dev": true, "fhir_servers": ["https://ehr.example.org/fhir"], )";
+    const auto c = load_serve_config(
+        write_temp("auth-ok.json", "{" + servers + R"("fhir_server_auth": [{"server": "https://EHR.example.org/fhir/",
+          "smart": {"client_id": "calcalert", "key_file": "keys/smart.pem", "scope": "system/Observation.rs"}}]})"),
+        {});
+    REQUIRE(c.fhir_server_auth.size() == 1);
+    CHECK(c.fhir_server_auth[0].smart_client_id == "calcalert");
+    CHECK(std::filesystem::path(c.fhir_server_auth[0].smart_key_file).is_absolute());  // relative to the file's folder
+    CHECK(c.fhir_server_auth[0].smart_scope == "system/Observation.rs");
+    CHECK_NOTHROW(validate(c));
+
+    struct Row {
+        const char* what;
+        const char* json;
+        const char* error;
+    };
+    const Row rows[] = {
+        {"unknown key", R"([{"server": "https://ehr.example.org/fhir", "token_file": "t", "tokenfile": "u"}])",
+         "$.fhir_server_auth[0].tokenfile: unknown key"},
+        {"unknown smart key", R"([{"server": "https://ehr.example.org/fhir", "smart": {"client_id": "c", "key_file": "k", "secret": "s"}}])",
+         "$.fhir_server_auth[0].smart.secret: unknown key"},
+        {"both", R"([{"server": "https://ehr.example.org/fhir", "token_file": "t", "smart": {"client_id": "c", "key_file": "k"}}])",
+         "needs exactly one of token_file and smart"},
+        {"neither", R"([{"server": "https://ehr.example.org/fhir"}])", "needs exactly one of token_file and smart"},
+        {"no key file", R"([{"server": "https://ehr.example.org/fhir", "smart": {"client_id": "c"}}])", "needs client_id and key_file"},
+        {"no server", R"([{"token_file": "t"}])", "$.fhir_server_auth[0].server: required"},
+        {"not a list", R"({"server": "x"})", "expected a list"},
+    };
+    for (const auto& row : rows) {
+        CAPTURE(row.what);
+        CHECK_THROWS_WITH_AS(load_serve_config(write_temp("auth-bad.json", "{" + servers + R"("fhir_server_auth": )" + row.json + "}"), {}),
+                             doctest::Contains(row.error), ConfigError);
+    }
+    const auto unregistered = load_serve_config(
+        write_temp("auth-other.json", "{" + servers + R"("fhir_server_auth": [{"server": "https://other.example.org/fhir", "token_file": "t"}]})"),
+        {});
+    CHECK_THROWS_WITH_AS(validate(unregistered), doctest::Contains("$.fhir_server_auth[0].server: https://other.example.org/fhir is not one of fhir_servers"),
+                         ConfigError);
+    const auto twice = load_serve_config(
+        write_temp("auth-twice.json", "{" + servers + R"("fhir_server_auth": [{"server": "https://ehr.example.org/fhir", "token_file": "t"},
+          {"server": "https://ehr.example.org/fhir/", "token_file": "u"}]})"),
+        {});
+    CHECK_THROWS_WITH_AS(validate(twice), doctest::Contains("has credentials twice"), ConfigError);
+    // From the environment, as JSON text.
+    const auto env = load_serve_config("", {{"CALCALERT_SERVE_INSECURE_DEV", "true"},
+                                            {"CALCALERT_SERVE_FHIR_SERVERS", "https://ehr.example.org/fhir"},
+                                            {"CALCALERT_SERVE_FHIR_SERVER_AUTH", R"([{"server":"https://ehr.example.org/fhir","token_file":"/run/secrets/t"}])"}});
+    REQUIRE(env.fhir_server_auth.size() == 1);
+    CHECK(env.fhir_server_auth[0].token_file == "/run/secrets/t");
+}
