@@ -250,7 +250,8 @@ std::uint64_t FhirClient::faults_left() const {
 }
 
 Response FhirClient::perform(const std::string& method, const std::string& target, const std::string* body,
-                             const std::map<std::string, std::string>& headers, Retry retry, const BodyCheck& check) {
+                             const std::map<std::string, std::string>& headers, Retry retry, const BodyCheck& check,
+                             const Download* download) {
     std::string url = resolve(method, target);
 
     // The token of this attempt: the provider's (asked again after a 401) or the fixed one.
@@ -304,9 +305,10 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
     // client's end_by, whichever comes first; `until_what` names it in errors.
     std::optional<std::chrono::steady_clock::time_point> until;
     std::string until_what;
-    if (options_.request_deadline.count() > 0) {
-        until = started + options_.request_deadline;
-        until_what = "the request_deadline of " + ms(options_.request_deadline);
+    const milliseconds request_deadline = download != nullptr ? download->deadline : options_.request_deadline;
+    if (request_deadline.count() > 0) {
+        until = started + request_deadline;
+        until_what = (download != nullptr ? "the download deadline of " : "the request_deadline of ") + ms(request_deadline);
     }
     if (options_.end_by && (!until || *options_.end_by < *until)) {
         until = *options_.end_by;
@@ -338,7 +340,7 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
 
     for (;;) {
         // Each attempt gets request_timeout, or what is left of the deadline when that is less.
-        milliseconds timeout = options_.request_timeout;
+        milliseconds timeout = download != nullptr ? download->attempt_timeout : options_.request_timeout;
         bool deadline_bounds = false;
         if (until) {
             const milliseconds remaining = left();
@@ -354,7 +356,9 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
         r.method = method;
         r.url = url;
         r.attempts = retries + 1;
-        const auto failure = transport_->perform(transport_options_, method, url, body, list, timeout, r, stats_.connections);
+        if (download != nullptr && download->restart) download->restart();
+        const auto failure = transport_->perform(transport_options_, method, url, body, list, timeout, r, stats_.connections,
+                                                 download != nullptr ? &download->sink : nullptr);
         ++stats_.requests;
         const bool more = retries < options_.max_retries;
         if (failure) {
@@ -425,6 +429,15 @@ Response FhirClient::perform(const std::string& method, const std::string& targe
 
 Response FhirClient::get(const std::string& target, const std::map<std::string, std::string>& headers) {
     return perform("GET", target, nullptr, headers, Retry::replayable);
+}
+
+Response FhirClient::del(const std::string& target, const std::map<std::string, std::string>& headers) {
+    return perform("DELETE", target, nullptr, headers, Retry::replayable);
+}
+
+Response FhirClient::download(const std::string& target, const Download& download,
+                             const std::map<std::string, std::string>& headers) {
+    return perform("GET", target, nullptr, headers, Retry::replayable, {}, &download);
 }
 
 Response FhirClient::post(const std::string& target, const std::string& body, const std::map<std::string, std::string>& headers) {

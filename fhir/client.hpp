@@ -177,6 +177,20 @@ public:
     Response get(const std::string& target, const std::map<std::string, std::string>& headers = {});
     Response post(const std::string& target, const std::string& body, const std::map<std::string, std::string>& headers = {});
     Response put(const std::string& target, const std::string& body, const std::map<std::string, std::string>& headers = {});
+    // DELETE, replayable (deleting twice leaves the server as deleting once).
+    Response del(const std::string& target, const std::map<std::string, std::string>& headers = {});
+
+    // A GET whose 2xx body is streamed to `Download::sink` (e.g. a Bulk Data file, too large for
+    // max_response_bytes): retried like get(), with `restart` called before every attempt so that
+    // the sink can start over. The returned Response has an empty body when the status is 2xx.
+    struct Download {
+        BodyStream sink;
+        std::function<void()> restart;
+        std::chrono::milliseconds attempt_timeout{0};  // one attempt; 0 = no limit
+        std::chrono::milliseconds deadline{0};         // all attempts and waits; 0 = none (end_by still holds)
+    };
+    Response download(const std::string& target, const Download& download,
+                      const std::map<std::string, std::string>& headers = {});
 
     // JSON helpers: a 2xx response whose body is a FHIR JSON resource, else FhirError naming the
     // request and what came back. A 2xx whose body is not one is retried like a 503.
@@ -218,7 +232,8 @@ private:
     // Checks a 2xx response; a FhirError of kind bad_body from it makes a replayable request retry.
     using BodyCheck = std::function<void(const Response&)>;
     Response perform(const std::string& method, const std::string& target, const std::string* body,
-                     const std::map<std::string, std::string>& headers, Retry retry, const BodyCheck& check = {});
+                     const std::map<std::string, std::string>& headers, Retry retry, const BodyCheck& check = {},
+                     const Download* download = nullptr);
     // The absolute URL of a target, or FhirError when it is refused.
     std::string resolve(const std::string& method, const std::string& target) const;
     // A link found in `page` (a next link or a redirect) as an absolute URL on the base URL's origin.

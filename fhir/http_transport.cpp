@@ -29,11 +29,26 @@ struct BodySink {
     std::string* body = nullptr;
     std::size_t max = 0;  // 0: no limit
     bool over = false;    // the transfer was aborted because the body passed `max`
+    const BodyStream* stream = nullptr;  // a 2xx body goes here instead
+    CURL* handle = nullptr;
+    bool stopped = false;  // the stream stopped the transfer
 };
 
 std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
     auto& sink = *static_cast<BodySink*>(user);
     const std::size_t n = size * count;
+    if (sink.stream != nullptr) {
+        long status = 0;
+        curl_easy_getinfo(sink.handle, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status <= 299) {
+            try {
+                if ((*sink.stream)(std::string_view(data, n))) return n;
+            } catch (...) {
+            }
+            sink.stopped = true;
+            return 0;
+        }
+    }
     if (sink.max != 0 && n > sink.max - sink.body->size()) {  // body->size() <= max always
         sink.over = true;
         return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
@@ -134,8 +149,9 @@ HttpTransport::~HttpTransport() { curl_easy_cleanup(handle_); }
 // without losing keep-alive connections.
 std::optional<TransportFailure> HttpTransport::perform(const TransportOptions& o, const std::string& method,
                                                   const std::string& url, const std::string* body, const HeaderList& headers,
-                                                  std::chrono::milliseconds timeout, Response& out, std::uint64_t& connections) {
-    BodySink sink{&out.body, o.max_response_bytes, false};
+                                                  std::chrono::milliseconds timeout, Response& out, std::uint64_t& connections,
+                                                  const BodyStream* stream) {
+    BodySink sink{&out.body, o.max_response_bytes, false, stream, handle_, false};
     curl_easy_reset(handle_);
     errbuf_[0] = '\0';
     CURLcode rc = CURLE_OK;
@@ -166,7 +182,7 @@ std::optional<TransportFailure> HttpTransport::perform(const TransportOptions& o
     set(CURLOPT_WRITEDATA, static_cast<void*>(&sink));
     // A Content-Length above the cap fails before the body is read (CURLE_FILESIZE_EXCEEDED);
     // for a compressed body that is the compressed size, hence also the count in on_body.
-    if (o.max_response_bytes != 0)
+    if (o.max_response_bytes != 0 && stream == nullptr)
         set(CURLOPT_MAXFILESIZE_LARGE,
             static_cast<curl_off_t>(std::min<std::uint64_t>(o.max_response_bytes, std::numeric_limits<curl_off_t>::max())));
     set(CURLOPT_HEADERFUNCTION, &on_header);
@@ -185,6 +201,8 @@ std::optional<TransportFailure> HttpTransport::perform(const TransportOptions& o
     long n = 0;
     if (curl_easy_getinfo(handle_, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0) connections += static_cast<std::uint64_t>(n);
     const std::string cap = std::to_string(o.max_response_bytes) + " bytes";
+    if (rc == CURLE_WRITE_ERROR && sink.stopped)
+        return TransportFailure{rc, "the reader of the response body stopped the transfer", false, false, false};
     if (rc == CURLE_WRITE_ERROR && sink.over)
         return failure(rc, "the response body is larger than max_response_bytes (" + cap + ", counted after decoding); transfer aborted",
                    true);

@@ -7,9 +7,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <curl/curl.h>
 
@@ -31,6 +33,11 @@ struct TransportOptions {
     std::string user_agent = "calcalert";
     std::size_t max_response_bytes = 0;  // after decoding; 0 = no limit
 };
+
+// Where the body of a 2xx answer goes instead of Response::body (a download): called with each
+// decoded piece as it arrives; returning false stops the transfer. A non-2xx answer's body still
+// goes to Response::body (capped by max_response_bytes), for its error message.
+using BodyStream = std::function<bool(std::string_view)>;
 
 // RAII for a libcurl header list.
 class HeaderList {
@@ -72,10 +79,12 @@ public:
 
     // One request (GET without a body; any other method with `body`, which may be null), at most
     // `timeout` long (0: no limit). `out` gets the status, headers and body; `connections` counts
-    // the new connections opened. Redirects are not followed.
+    // the new connections opened. Redirects are not followed. With `stream`, a 2xx body goes there
+    // (not capped by max_response_bytes: the stream bounds it) and Response::body stays empty.
     std::optional<TransportFailure> perform(const TransportOptions& o, const std::string& method, const std::string& url,
                                             const std::string* body, const HeaderList& headers,
-                                            std::chrono::milliseconds timeout, Response& out, std::uint64_t& connections);
+                                            std::chrono::milliseconds timeout, Response& out, std::uint64_t& connections,
+                                            const BodyStream* stream = nullptr);
 
 private:
     CURL* handle_ = nullptr;

@@ -430,12 +430,39 @@ PatientIdentity patient_identity(std::string_view reference, const BundleContext
     return {Kind::patient, base + "/Patient/" + id};
 }
 
-ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler) {
+ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler, std::size_t max_line_bytes) {
     ReadStats stats;
     LineReader lines(name, handler, stats);
     std::string line;
     std::size_t number = 0;
-    while (std::getline(in, line)) lines.line(line, ++number);
+    std::streambuf* buf = in.rdbuf();
+    bool more = buf != nullptr;
+    while (more) {
+        // One line, at most max_line_bytes of it kept: a longer one is refused without being held.
+        line.clear();
+        bool too_long = false;
+        bool any = false;
+        for (;;) {
+            const int c = buf->sbumpc();
+            if (c == std::char_traits<char>::eof()) {
+                more = false;
+                break;
+            }
+            any = true;
+            if (c == '\n') break;
+            if (line.size() < max_line_bytes) line.push_back(static_cast<char>(c));
+            else too_long = true;
+        }
+        if (!any) break;
+        ++number;
+        if (too_long) {
+            ++stats.rejected;
+            handler.on_problem(Problem{Severity::error, Location{name, number, -1, {}}, "",
+                                       "the line is longer than " + std::to_string(max_line_bytes) + " bytes: not read"});
+            continue;
+        }
+        lines.line(line, number);
+    }
     if (in.bad()) {
         stats.fatal = true;
         handler.on_problem(Problem{Severity::fatal, Location{name, number, -1, {}}, "", "read error"});

@@ -90,7 +90,9 @@ struct ReadStats {
 // whole and detected (a text with several JSON objects, one per line, is NDJSON).
 ReadStats read_path(const std::string& path, ResourceHandler& handler);
 ReadStats read_text(std::string_view text, const std::string& name, ResourceHandler& handler);
-ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler);
+// A line longer than max_line_bytes is refused (an error Problem) without being held in memory.
+ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler,
+                      std::size_t max_line_bytes = std::size_t{1} << 30);
 // An already parsed resource or Bundle (e.g. a search page); `name` says where it came from.
 ReadStats read_value(const rapidjson::Value& json, const std::string& name, ResourceHandler& handler);
 

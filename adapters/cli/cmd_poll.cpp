@@ -16,6 +16,7 @@
 #include "adapters/cli/commands.hpp"
 #include "adapters/cli/log.hpp"
 #include "adapters/cli/server_options.hpp"
+#include "adapters/poll/backfill.hpp"
 #include "adapters/poll/poller.hpp"
 #include "adapters/state/state_store.hpp"
 #include "fhir/client.hpp"
@@ -34,7 +35,8 @@ identifier), amended when the evidence changes, cancelled when a finding no long
 A pass is a resumable job: the change feed's pages and each patient's writes are checkpointed in
 the state file as they complete, so a pass that fails or is killed resumes where it stopped, and
 never loses or duplicates an alert. Resources that cannot be read are reported and tried again
-by every later pass.
+by every later pass. A first run over a whole population can read it by one Bulk Data export
+instead (--backfill bulk).
 
 Options:
   --config FILE          a poll configuration file (docs/configuration.md): every option below as a
@@ -64,6 +66,15 @@ Options:
   --lab-code-search HOW  auto (default: from the server's CapabilityStatement), combo-code,
                          component-code (code + component-code) or panels (code + laboratory
                          Observations read whole)
+  --backfill bulk        first read the whole population by Bulk Data $export instead of searches
+                         (Patient/$export, or Group/<id>/$export with --bulk-group): wait for the
+                         export, read its NDJSON files, write the alerts, then hand over to
+                         incremental polling at the export's transactionTime; with --once, exit
+                         after the backfill. Resumable: a killed run goes on with the same job
+  --bulk-group ID        export only this Group's patients (their alerts only are decided)
+  --bulk-type-filter on|off   send _typeFilter for the lab and dialysis codes (default on)
+  --bulk-max-wait DURATION    give up waiting for the export after this long (default 24h; the
+                         job is kept, and the next run goes on waiting for it)
   --overlap DURATION     re-read this much before the watermark (default 5m)
   --retries N            retries of one request (default 4)
   --fault-budget N       retries allowed in one pass before it stops (default 500; 0 = no limit)
@@ -145,13 +156,30 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
     out.flush();
 }
 
+// The backfill's own line: what the export gave.
+void print_backfill(std::ostream& out, const poll::PollSummary& s) {
+    rapidjson::Document d;
+    d.Parse(s.backfill.c_str());
+    if (!d.IsObject()) return;
+    auto n = [&](const char* k) { return d.HasMember(k) && d[k].IsUint64() ? d[k].GetUint64() : 0; };
+    out << "backfill: Bulk Data export" << (d["resumedJob"].GetBool() ? " (resumed job)" : "")
+        << (d["restartedJob"].GetBool() ? " (the saved job was gone: started again)" : "") << " as of "
+        << d["transactionTime"].GetString() << ": " << n("files") << " files, " << n("resources") << " resources ("
+        << n("bytes") << " bytes), " << n("patientsInExport") << " patients, " << n("patientsQueued")
+        << " with a finding or an alert; status polls " << n("statusPolls") << ", waited " << d["waitedSeconds"].GetInt64()
+        << " s";
+    if (n("linesRejected")) out << "; lines that cannot be read " << n("linesRejected");
+    out << "\n";
+}
+
 }  // namespace
 
 int poll_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
     std::set<std::string> values = {"interval",  "state",          "now",        "page-size",
                                     "batch",     "overlap",        "bundle-type", "lab-code-search",
                                     "retries",   "fault-budget",   "request-deadline", "catalog",
-                                    "terminology", "identifier-system", "time-zone"};
+                                    "terminology", "identifier-system", "time-zone", "backfill",
+                                    "bulk-group", "bulk-type-filter", "bulk-max-wait"};
     std::set<std::string> flags = {"help", "once", "dry-run"};
     values.insert(server_value_options().begin(), server_value_options().end());
     flags.insert(server_flag_options().begin(), server_flag_options().end());
@@ -200,6 +228,22 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     } else if (const char* b = std::getenv("CALCALERT_TEST_KILL_AFTER_BATCHES"); b && *b) {
         popts.kill = {"bundle-sent", static_cast<std::size_t>(std::strtoul(b, nullptr, 10))};
     }
+    std::optional<poll::BackfillOptions> backfill_options;
+    if (auto v = opts.value("backfill")) {
+        if (*v != "bulk") throw UsageError("--backfill must be bulk, not '" + *v + "'");
+        backfill_options.emplace();
+        if (auto g = opts.value("bulk-group")) backfill_options->group = *g;
+        if (auto f = opts.value("bulk-type-filter")) {
+            if (*f != "on" && *f != "off") throw UsageError("--bulk-type-filter must be on or off, not '" + *f + "'");
+            backfill_options->type_filter = *f == "on";
+        }
+        if (auto w = opts.value("bulk-max-wait")) backfill_options->wait.give_up_after = parse_duration(*w, "bulk-max-wait");
+        backfill_options->on_progress = [&err](const std::string& progress) {
+            log_json(err, "info", "backfill.waiting", {{"progress", progress}});
+        };
+    } else if (opts.value("bulk-group") || opts.value("bulk-type-filter") || opts.value("bulk-max-wait")) {
+        throw UsageError("--bulk-group, --bulk-type-filter and --bulk-max-wait go with --backfill bulk");
+    }
     const bool fixed_now = opts.value("now").has_value();
     rules::EpochSeconds now = now_option(opts);
     if (isatty(STDERR_FILENO))
@@ -218,6 +262,11 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     }
     fhir::FhirClient client(copts);
     poll::Poller poller(client, *store, engine.terminology, engine.catalog, popts);
+    std::optional<poll::Backfill> backfill;
+    if (backfill_options) {
+        if (backfill_options->spool_path.empty() && state_file != ":memory:") backfill_options->spool_path = state_file + ".export-part";
+        backfill.emplace(poller, client, *store, engine.terminology, *backfill_options);
+    }
 
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
@@ -227,7 +276,10 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         log_json(err, "info", "poll.started", {{"server", copts.base_url}, {"now", fhir::format_datetime(now)},
                                                {"dryRun", popts.dry_run ? "true" : "false"}});
         try {
-            const auto summary = poller.run_once(now);
+            const bool backfilling = backfill.has_value();
+            const auto summary = backfilling ? backfill->run(now) : poller.run_once(now);
+            backfill.reset();  // once: later passes are incremental
+            if (backfilling) print_backfill(out, summary);
             print_summary(out, summary, popts.dry_run);
             for (const auto& u : summary.unreadable)
                 err << "calcalert: warning: cannot read " << u.description << " (" << u.patient

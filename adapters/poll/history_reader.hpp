@@ -51,15 +51,25 @@ struct HistoryOptions {
     LabCodeSearch lab_search = LabCodeSearch::combo_code;
 };
 
-class HistoryReader {
+// Where the poller's work stage gets what it decides on: the server's searches (HistoryReader), or
+// a Bulk Data export read into memory (ExportSnapshot, backfill.hpp).
+class PatientSource {
+public:
+    virtual ~PatientSource() = default;
+    virtual PatientHistory read(const std::string& patient, rules::EpochSeconds now) = 0;
+    // calcalert's DetectedIssues for the patient as the server holds them now (also after a write
+    // whose answer was lost, to decide again).
+    virtual std::vector<ServerAlert> read_alerts(const std::string& patient) = 0;
+};
+
+class HistoryReader : public PatientSource {
 public:
     HistoryReader(fhir::FhirClient& client, const mappings::Terminology& terminology, const rules::RuleCatalog& catalog,
                   HistoryOptions options);
 
-    PatientHistory read(const std::string& patient, rules::EpochSeconds now);
-    // calcalert's DetectedIssues for the patient as the server holds them (also after a write whose
-    // answer was lost, to decide again). Notes on odd paging are kept for the next read().
-    std::vector<ServerAlert> read_alerts(const std::string& patient);
+    PatientHistory read(const std::string& patient, rules::EpochSeconds now) override;
+    // Notes on odd paging are kept for the next read().
+    std::vector<ServerAlert> read_alerts(const std::string& patient) override;
 
 private:
     // "subject=Patient/x,<base>/Patient/x"

@@ -15,7 +15,8 @@ namespace calcalert::poll {
 
 std::optional<KillPoint> parse_kill_point(const std::string& text) {
     static const std::set<std::string> names = {"feed-page",        "feed-done",   "patient-read", "patient-evaluated",
-                                                "bundle-sent",      "bundle-committed", "pass-done"};
+                                                "bundle-sent",      "bundle-committed", "pass-done",
+                                                "export-started",   "export-ready", "export-file"};
     const auto colon = text.rfind(':');
     if (colon == std::string::npos || !names.count(text.substr(0, colon))) return std::nullopt;
     char* end = nullptr;
@@ -86,6 +87,10 @@ std::string PollSummary::to_json() const {
     w.StartArray();
     for (const auto& note : notes) w.String(note.c_str(), static_cast<rapidjson::SizeType>(note.size()));
     w.EndArray();
+    if (!backfill.empty()) {
+        w.Key("backfill");
+        w.RawValue(backfill.c_str(), backfill.size(), rapidjson::kObjectType);
+    }
     w.EndObject();
     return sb.GetString();
 }
@@ -100,8 +105,12 @@ void Poller::kill_point(const char* name) {
     if (++kill_counts_[name] == opt_.kill.n) std::raise(SIGKILL);
 }
 
-void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named) {
-    ChangeFeed feed(client_, store_);
+LabCodeSearch Poller::lab_code_search() {
+    if (!lab_search_) lab_search_ = discover_lab_code_search(client_);
+    return *lab_search_;
+}
+
+std::vector<FeedOptions> Poller::feed_plan() {
     const std::string codes = lab_code_list(term_);
     std::vector<FeedOptions> feeds;
     auto add = [&](const std::string& type, const std::string& filter, const std::string& key) {
@@ -114,7 +123,7 @@ void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std:
         f.dry_run = opt_.dry_run;
         feeds.push_back(std::move(f));
     };
-    switch (*lab_search_) {
+    switch (lab_code_search()) {
         case LabCodeSearch::combo_code: add("Observation", "combo-code=" + codes, "Observation"); break;
         case LabCodeSearch::code_and_component_code:
             add("Observation", "code=" + codes, "Observation");
@@ -129,7 +138,12 @@ void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std:
     // Dialysis Procedures (clinical-rules.md §5.2.2), by their codes.
     if (const std::string procedures = procedure_code_list(term_); !procedures.empty())
         add("Procedure", "code=" + procedures, "Procedure");
-    for (const auto& f : feeds) {
+    return feeds;
+}
+
+void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named) {
+    ChangeFeed feed(client_, store_);
+    for (const auto& f : feed_plan()) {
         const FeedResult r = feed.sync(f, now, named, [this] { kill_point("feed-page"); });
         sum.feed_pages += r.pages;
         sum.resources_read += r.resources_read;
@@ -170,7 +184,7 @@ void Poller::close_patient(const std::string& patient, const InFlight& job, Poll
     }
 }
 
-void Poller::work_on(HistoryReader& reader, const std::string& patient, PollSummary& sum, WriteBack& write_back,
+void Poller::work_on(PatientSource& reader, const std::string& patient, PollSummary& sum, WriteBack& write_back,
                      rules::EpochSeconds now) {
     PatientHistory h;
     try {
@@ -222,7 +236,7 @@ void Poller::work_on(HistoryReader& reader, const std::string& patient, PollSumm
     write_back.add(patient, std::move(r.writes), now);
 }
 
-void Poller::decide_again(HistoryReader& reader, const std::set<std::string>& stale, PollSummary& sum,
+void Poller::decide_again(PatientSource& reader, const std::set<std::string>& stale, PollSummary& sum,
                           WriteBack& write_back, rules::EpochSeconds now) {
     for (const auto& patient : stale) {
         const auto it = in_flight_.find(patient);
@@ -241,6 +255,52 @@ void Poller::decide_again(HistoryReader& reader, const std::set<std::string>& st
     }
 }
 
+void Poller::work_stage(PatientSource& reader, const std::set<std::string>& patients, PollSummary& sum, rules::EpochSeconds now) {
+    in_flight_.clear();
+    WriteBack write_back(
+        client_, store_, opt_.write,
+        [&](const std::string& patient) {  // inside the Bundle's state transaction
+            const auto it = in_flight_.find(patient);
+            if (it == in_flight_.end()) return;
+            close_patient(patient, it->second, sum);
+            in_flight_.erase(it);
+        },
+        [&](std::size_t, bool committed) { kill_point(committed ? "bundle-committed" : "bundle-sent"); });
+
+    auto settle = [&] {
+        // Conflicts: re-read and decide again (a few rounds; then the next pass).
+        for (int round = 0; round < 3; ++round) {
+            auto stale = write_back.take_stale();
+            if (stale.empty()) break;
+            decide_again(reader, stale, sum, write_back, now);
+        }
+        for (auto& p : write_back.take_stale()) {
+            in_flight_.erase(p);
+            defer(p, "its DetectedIssues kept changing on the server while being written", sum);
+        }
+        for (auto& [p, why] : write_back.take_failed()) {
+            in_flight_.erase(p);
+            defer(p, why, sum);
+        }
+    };
+
+    std::size_t done = 0;
+    for (const auto& patient : patients) {
+        work_on(reader, patient, sum, write_back, now);
+        settle();
+        ++done;
+        if (opt_.progress) opt_.progress(done, patients.size());
+    }
+    if (!opt_.dry_run) {
+        write_back.flush(now);
+        settle();
+        write_back.flush(now);
+    }
+    const auto& ws = write_back.stats();
+    sum.write_batches = ws.bundles;
+    sum.bundle_splits = ws.splits;
+}
+
 PollSummary Poller::run_once(rules::EpochSeconds now) {
     PollSummary sum;
     const auto before = client_.stats();
@@ -248,8 +308,7 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
     in_flight_.clear();
     const std::int64_t run_id = opt_.dry_run ? 0 : store_.begin_run(server(), now);
     try {
-        if (!lab_search_) lab_search_ = discover_lab_code_search(client_);
-        sum.lab_search = to_string(*lab_search_);
+        sum.lab_search = to_string(lab_code_search());
 
         // 1. The change feed queues the patients whose resources changed.
         std::set<std::string> named;
@@ -266,48 +325,7 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
 
         HistoryReader reader(client_, term_, catalog_,
                              {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
-        WriteBack write_back(
-            client_, store_, opt_.write,
-            [&](const std::string& patient) {  // inside the Bundle's state transaction
-                const auto it = in_flight_.find(patient);
-                if (it == in_flight_.end()) return;
-                close_patient(patient, it->second, sum);
-                in_flight_.erase(it);
-            },
-            [&](std::size_t, bool committed) { kill_point(committed ? "bundle-committed" : "bundle-sent"); });
-
-        auto settle = [&] {
-            // Conflicts: re-read and decide again (a few rounds; then the next pass).
-            for (int round = 0; round < 3; ++round) {
-                auto stale = write_back.take_stale();
-                if (stale.empty()) break;
-                decide_again(reader, stale, sum, write_back, now);
-            }
-            for (auto& p : write_back.take_stale()) {
-                in_flight_.erase(p);
-                defer(p, "its DetectedIssues kept changing on the server while being written", sum);
-            }
-            for (auto& [p, why] : write_back.take_failed()) {
-                in_flight_.erase(p);
-                defer(p, why, sum);
-            }
-        };
-
-        std::size_t done = 0;
-        for (const auto& patient : patients) {
-            work_on(reader, patient, sum, write_back, now);
-            settle();
-            ++done;
-            if (opt_.progress) opt_.progress(done, patients.size());
-        }
-        if (!opt_.dry_run) {
-            write_back.flush(now);
-            settle();
-            write_back.flush(now);
-        }
-        const auto& ws = write_back.stats();
-        sum.write_batches = ws.bundles;
-        sum.bundle_splits = ws.splits;
+        work_stage(reader, patients, sum, now);
         sum.requests = client_.stats().requests - before.requests;
         sum.retries = client_.stats().retries - before.retries;
         kill_point("pass-done");

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/poll/change_feed.hpp"
 #include "adapters/poll/history_reader.hpp"
 #include "adapters/poll/reconcile.hpp"
 #include "adapters/poll/write_back.hpp"
@@ -39,7 +40,8 @@ namespace calcalert::poll {
 // A named point in a pass where a test can SIGKILL the process (CALCALERT_TEST_KILL_AT=name:n,
 // the n-th time the point is reached). Points: feed-page (after a feed page's checkpoint),
 // feed-done, patient-read, patient-evaluated, bundle-sent (answer received, ledger not yet
-// written), bundle-committed, pass-done (before the run record).
+// written), bundle-committed, pass-done (before the run record); a backfill's export-started (the
+// status URL saved), export-ready (the manifest read) and export-file (a file read).
 struct KillPoint {
     std::string name;
     std::size_t n = 0;  // 0 = never
@@ -99,6 +101,7 @@ struct PollSummary {
     std::vector<Unreadable> unreadable;
     std::vector<std::pair<std::string, std::string>> deferred;  // (patient, why)
     std::vector<std::string> notes;     // server oddities met
+    std::string backfill;               // a backfill's report (BackfillReport::to_json), "" for a pass
     // ok: everything done; incomplete: done except `deferred` (kept queued); failed: see the error.
     std::string outcome() const { return deferred.empty() ? "ok" : "incomplete"; }
     std::string to_json() const;
@@ -113,15 +116,26 @@ public:
     // request the server refuses for good) or state::StateError; what the pass finished is kept.
     PollSummary run_once(rules::EpochSeconds now);
 
+    // The change feeds of a pass (resource type, search filter, watermark key), for this server's
+    // lab code search (discovered from its CapabilityStatement when not set).
+    std::vector<FeedOptions> feed_plan();
+    LabCodeSearch lab_code_search();
+    // The work stage on `patients`, read from `source` (a backfill's export): evaluated, decided and
+    // written like a pass's queued patients, into `sum`. The caller has queued them.
+    void work_stage(PatientSource& source, const std::set<std::string>& patients, PollSummary& sum, rules::EpochSeconds now);
+    // A test kill point (see KillPoint).
+    void kill_point(const char* name);
+    const PollOptions& options() const { return opt_; }
+    const rules::RuleCatalog& catalog() const { return catalog_; }
+
 private:
     const std::string& server() const { return client_.base_url(); }
-    void kill_point(const char* name);
     void feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named);
     // Reads, evaluates and decides one patient; its writes go to `write_back`.
     struct InFlight;
-    void work_on(HistoryReader& reader, const std::string& patient, PollSummary& sum, WriteBack& write_back,
+    void work_on(PatientSource& reader, const std::string& patient, PollSummary& sum, WriteBack& write_back,
                  rules::EpochSeconds now);
-    void decide_again(HistoryReader& reader, const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back,
+    void decide_again(PatientSource& reader, const std::set<std::string>& stale, PollSummary& sum, WriteBack& write_back,
                       rules::EpochSeconds now);
     // A patient whose writes have all landed (or who needs none): off the queue when its data was read
     // whole, else kept queued with the reason (and counted as deferred).

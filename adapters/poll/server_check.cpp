@@ -194,7 +194,7 @@ std::vector<Check> assess(const ServerFacts& f) {
         const bool bulk = ops.count("export") || ops.count("patient-export") || ops.count("group-export") ||
                           inst.count("http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data");
         out.push_back({"Bulk Data $export", bulk ? Verdict::ok : Verdict::gap, bulk ? "export operation offered" : "not offered",
-                       bulk ? "" : "a first run over a whole population reads by search"});
+                       bulk ? "" : "a first run over a whole population reads by search (`poll --backfill bulk` needs it)"});
     }
     {
         Check c{"SMART Backend Services", Verdict::gap, "", ""};

@@ -8,6 +8,8 @@
 //
 // Usage: node server.mjs --port N [--no-validate] [--verbose]
 //        [--smart-jwks FILE --smart-client-id ID [--smart-token-seconds N]]
+//        [--bulk-file-resources N] [--bulk-gzip-files] [--bulk-progress-polls N]
+// Bulk Data $export (Patient and Group level, the async pattern) is bulk-export.mjs.
 // With --smart-jwks, the server is a SMART Backend Services resource server (smart-auth.mjs):
 // every FHIR request but metadata and the discovery document needs a token from /auth/token.
 // Prints exactly one line to stdout when ready: "sandbox listening http://127.0.0.1:PORT/fhir".
@@ -34,6 +36,7 @@ import {
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 import http from 'node:http';
 import { isErrorIssue, loadDefinitions, validateFhirResource } from './fhir-common.mjs';
+import { createBulkExport } from './bulk-export.mjs';
 import { createSmartAuth } from './smart-auth.mjs';
 
 const HOST = '127.0.0.1';
@@ -54,11 +57,20 @@ function usage() {
     '  --verbose               log every request to stderr\n' +
     '  --smart-jwks FILE       SMART Backend Services: the registered client\'s public JWK Set\n' +
     '  --smart-client-id ID    ... and its client id\n' +
-    '  --smart-token-seconds N ... and the lifetime of the access tokens it is granted (default 300)\n';
+    '  --smart-token-seconds N ... and the lifetime of the access tokens it is granted (default 300)\n' +
+    '  --bulk-file-resources N $export: resources per NDJSON file (default 1000)\n' +
+    '  --bulk-gzip-files       $export: the files themselves are gzip (.ndjson.gz, application/gzip)\n' +
+    '  --bulk-progress-polls N $export: status polls answered 202 "in progress" before the manifest (default 1)\n';
 }
 
 function parseArgs(argv) {
-  const opts = { port: undefined, validate: true, verbose: false, smartJwks: undefined, smartClientId: undefined, smartTokenSeconds: 300 };
+  const opts = { port: undefined, validate: true, verbose: false, smartJwks: undefined, smartClientId: undefined, smartTokenSeconds: 300,
+    bulkFileResources: 1000, bulkGzipFiles: false, bulkProgressPolls: 1 };
+  const count = (a, i, min) => {
+    const v = value(a, i);
+    if (v === undefined || !/^\d+$/.test(v) || Number(v) < min || Number(v) > 1000000) throw new Error(`invalid ${a.split('=')[0]} value: ${v}`);
+    return Number(v);
+  };
   const value = (a, i) => (a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[i + 1]);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -83,6 +95,14 @@ function parseArgs(argv) {
       if (!a.includes('=')) i++;
       if (v === undefined || !/^\d+$/.test(v) || Number(v) < 1) throw new Error(`invalid --smart-token-seconds value: ${v}`);
       opts.smartTokenSeconds = Number(v);
+    } else if (a === '--bulk-file-resources' || a.startsWith('--bulk-file-resources=')) {
+      opts.bulkFileResources = count(a, i, 1);
+      if (!a.includes('=')) i++;
+    } else if (a === '--bulk-progress-polls' || a.startsWith('--bulk-progress-polls=')) {
+      opts.bulkProgressPolls = count(a, i, 0);
+      if (!a.includes('=')) i++;
+    } else if (a === '--bulk-gzip-files') {
+      opts.bulkGzipFiles = true;
     } else if (a === '-h' || a === '--help') {
       process.stdout.write(usage());
       process.exit(0);
@@ -362,6 +382,7 @@ function buildCapabilityStatement(baseUrl, medplumVersion) {
     kind: 'instance',
     software: { name: 'calcalert sandbox (Medplum FhirRouter + MemoryRepository)', version: medplumVersion },
     implementation: { description: 'In-memory FHIR R4 test server; not for production', url: baseUrl },
+    instantiates: ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data'],
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
     rest: [
@@ -380,6 +401,9 @@ function buildCapabilityStatement(baseUrl, medplumVersion) {
           conditionalCreate: true,
           conditionalUpdate: true,
           conditionalDelete: 'single',
+          ...(type === 'Patient' || type === 'Group'
+            ? { operation: [{ name: 'export', definition: `http://hl7.org/fhir/uv/bulkdata/OperationDefinition/${type.toLowerCase()}-export` }] }
+            : undefined),
           searchParam: Object.values(globalSchema.types[type]?.searchParams ?? {})
             .filter((p) => SUPPORTED_OPERATORS[p.type] && p.code !== '_compartment')
             .map((p) => ({ name: p.code, type: p.type, ...(p.url ? { definition: p.url } : undefined) })),
@@ -541,6 +565,7 @@ async function main() {
   const router = new FhirRouter();
   const repo = new SandboxRepository({ validate: opts.validate });
   let capabilityStatement;
+  let bulk; // Bulk Data $export (after listen: it needs the base URL)
   let smart; // SMART Backend Services, when --smart-jwks is given (after listen: it needs the origin)
   const log = (obj) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...obj }) + '\n');
 
@@ -588,6 +613,11 @@ async function main() {
         }
         status = 200;
         send(res, status, capabilityStatement);
+        return;
+      }
+      const bulkStatus = await serialized(async () => bulk.handle(req, res, url, method, path, { send, requiresAccessToken: Boolean(smart) }));
+      if (bulkStatus !== undefined) {
+        status = bulkStatus;
         return;
       }
       if (first && !first.startsWith('$') && !isResourceType(first)) {
@@ -686,6 +716,7 @@ async function main() {
   if (opts.smartJwks) {
     smart = createSmartAuth({ jwksFile: opts.smartJwks, clientId: opts.smartClientId, tokenSeconds: opts.smartTokenSeconds, origin: `http://${HOST}:${port}` });
   }
+  bulk = createBulkExport({ repo, baseUrl: repo.baseUrl, fileResources: opts.bulkFileResources, gzipFiles: opts.bulkGzipFiles, progressPolls: opts.bulkProgressPolls });
   capabilityStatement = buildCapabilityStatement(repo.baseUrl, medplumVersion);
 
   let stopping = false;

@@ -256,3 +256,69 @@ TEST_CASE("calcalert alerts and poll with --smart-client-id and --smart-key") {
     CHECK(code == 2);
     CHECK(out.find("--smart-client-id and --smart-key go together") != std::string::npos);
 }
+
+TEST_CASE("poll --backfill bulk reads the export with the SMART token (requiresAccessToken)") {
+    const std::string bin = CALCALERT_BINARY;
+    const std::string state = (env().dir / "backfill.sqlite").string();
+    const std::string smart = " --server " + env().fhir->base_url() + " --smart-client-id " + kClient + " --smart-key " +
+                              (env().dir / "key.pem").string();
+    auto [code, out] = test::run_shell(bin + " poll --once --backfill bulk --state " + state + smart);
+    CHECK_MESSAGE(code == 0, out);
+    CHECK_MESSAGE(out.find("backfill: Bulk Data export as of ") != std::string::npos, out);
+    // Without a token the kick-off is refused: a clear error, exit 3.
+    std::tie(code, out) = test::run_shell(bin + " poll --once --backfill bulk --state " + state + " --server " + env().fhir->base_url());
+    CHECK(code == 3);
+    CHECK_MESSAGE(out.find("HTTP 401") != std::string::npos, out);
+    for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state + suffix);
+}
+
+TEST_CASE("serve reads a missing prefetch with its own SMART credentials for a registered fhirServer") {
+    // A patient with a finding, written with a token of the service's client.
+    fhir::FhirClient writer(client_with(std::make_shared<auth::SmartBackendServices>(smart_options(env().key))));
+    REQUIRE(writer.put("Patient/smart-pv", R"({"resourceType":"Patient","id":"smart-pv"})").status / 100 == 2);
+    for (const auto& [code, value] : {std::pair<const char*, double>{"17861-6", 11.2}, {"2777-1", 7.4}})
+        REQUIRE(writer.post("Observation", std::string(R"({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":")") +
+                                                code + R"("}]},"subject":{"reference":"Patient/smart-pv"},"effectiveDateTime":"2026-11-30T08:00:00Z",)"
+                                                R"("valueQuantity":{"value":)" + std::to_string(value) +
+                                                R"(,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}})")
+                    .status == 201);
+
+    const std::string base = env().fhir->base_url();
+    auto serve_with = [&](const std::string& name, const std::string& auth) {
+        const fs::path cfg = env().dir / name;
+        std::ofstream(cfg) << R"({"insecure_dev":true,"bind_address":"127.0.0.1","state_file":")" << (env().dir / (name + ".sqlite")).string()
+                           << R"(","fhir_servers":[")" << base << "\"]" << auth << "}";
+        return cfg;
+    };
+    const std::string own = R"(,"fhir_server_auth":[{"server":")" + base + R"(","smart":{"client_id":")" + kClient +
+                            R"(","key_file":")" + (env().dir / "key.pem").string() + R"("}}])";
+    const std::string call = R"({"hook":"patient-view","hookInstance":"i-1","fhirServer":")" + base +
+                             R"(","context":{"patientId":"smart-pv","userId":"Practitioner/1"}})";
+    const fs::path body = env().dir / "call.json";
+    std::ofstream(body) << call;
+    auto call_service = [&](const fs::path& cfg) {
+        // serve on a free port; its first stdout line names it. The call, then SIGTERM.
+        const std::string script = "set -e; " + std::string(CALCALERT_BINARY) + " serve --config " + cfg.string() +
+                                   " --port 0 > " + cfg.string() + ".out 2>/dev/null & pid=$!; "
+                                   "for i in $(seq 100); do grep -q listening " + cfg.string() + ".out 2>/dev/null && break; sleep 0.1; done; "
+                                   "port=$(sed -n 's/^listening http:\\/\\/127.0.0.1:\\([0-9]*\\).*/\\1/p' " + cfg.string() + ".out); "
+                                   "curl -s -H 'Content-Type: application/json' --data-binary @" + body.string() +
+                                   " http://127.0.0.1:$port/cds-services/calcalert-patient-view; kill $pid; wait $pid || true";
+        return test::run_shell(script);
+    };
+    auto [code, out] = call_service(serve_with("own.json", own));
+    CHECK_MESSAGE(code == 0, out);
+    CHECK_MESSAGE(out.find("\"cards\"") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("metastatic-calcification-risk") != std::string::npos, out);
+    // Without credentials of its own (and no fhirAuthorization in the call), the server refuses the
+    // service's reads: no card from nothing, an error that says why.
+    std::tie(code, out) = call_service(serve_with("none.json", ""));
+    CHECK_MESSAGE(out.find("metastatic-calcification-risk") == std::string::npos, out);
+    CHECK_MESSAGE(out.find("401") != std::string::npos, out);
+    // Credentials for a server that is not registered are a configuration error.
+    std::ofstream(env().dir / "bad.json") << R"({"insecure_dev":true,"fhir_servers":[")" << base
+                                          << R"("],"fhir_server_auth":[{"server":"https://elsewhere.example.org/fhir","token_file":"t"}]})";
+    std::tie(code, out) = test::run_shell(std::string(CALCALERT_BINARY) + " serve --config " + (env().dir / "bad.json").string());
+    CHECK(code == 4);
+    CHECK_MESSAGE(out.find("$.fhir_server_auth[0].server: https://elsewhere.example.org/fhir is not one of fhir_servers") != std::string::npos, out);
+}
