@@ -329,6 +329,13 @@ const LabFact* RuleCatalog::lab_fact(std::string_view id) const {
     return nullptr;
 }
 
+std::string RuleCatalog::logic_fingerprint() const {
+    std::uint64_t h = fnv1a("");
+    for (const auto* list : {&rules_, &order_rules_})
+        for (const auto& r : *list) h = fnv1a(r.id + "=" + r.logic_version + ";", h);
+    return hex8(h);
+}
+
 double RuleCatalog::history_window_days() const {
     double days = 0;
     for (const auto& f : lab_facts_) {

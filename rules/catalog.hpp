@@ -148,6 +148,8 @@ public:
     const TimeZone& time_zone() const { return time_zone_; }
     void set_time_zone(TimeZone zone) { time_zone_ = std::move(zone); }
     const std::string& title_of(const std::string& fact) const;
+    // Changes exactly when some rule's logic_version does (a hash of every rule id and logic_version).
+    std::string logic_fingerprint() const;
     // A patient rule or an order rule by id.
     const Rule* find(std::string_view id) const;
     const std::filesystem::path& directory() const { return dir_; }

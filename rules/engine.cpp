@@ -669,6 +669,40 @@ Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatal
     return Evaluator(facts, now, catalog).run();
 }
 
+std::optional<EpochSeconds> next_time_change(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog) {
+    const FactParameters& p = catalog.parameters();
+    const auto tolerance = static_cast<EpochSeconds>(p.future_tolerance_hours * kHour);
+    std::optional<EpochSeconds> next;
+    const auto consider = [&](EpochSeconds t) {
+        if (t > now && (!next || t < *next)) next = t;
+    };
+    // "within N days" holds while now - t <= N days: it ends one second after t + N days.
+    const auto leaves = [](EpochSeconds t, double days) { return t + static_cast<EpochSeconds>(std::floor(days * kDay)) + 1; };
+    std::vector<double> windows;
+    for (const auto& f : catalog.lab_facts()) windows.push_back(f.window_days);
+    for (const auto& r : facts.labs) {
+        consider(r.effective - tolerance);  // a result dated in the future starts to count
+        for (double w : windows) consider(leaves(r.effective, w));
+    }
+    for (const auto& pr : facts.procedures) {
+        for (const auto& t : {pr.performed_start, pr.performed_end}) {
+            if (!t) continue;
+            consider(*t - tolerance);
+            consider(leaves(*t, p.dialysis_window_days));
+        }
+    }
+    for (const auto& c : facts.conditions) {
+        for (const auto& t : {c.onset, c.recorded}) {
+            if (!t) continue;
+            consider(*t - tolerance);
+            consider(*t);
+        }
+        if (c.abatement) consider(*c.abatement);
+    }
+    if (facts.deceased && facts.deceased->at) consider(*facts.deceased->at);
+    return next;
+}
+
 Evaluation evaluate_orders(const PatientFacts& facts, const std::vector<OrderFact>& orders, EpochSeconds now,
                            const RuleCatalog& catalog) {
     return Evaluator(facts, now, catalog).run_orders(orders);

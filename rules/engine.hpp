@@ -2,6 +2,7 @@
 // no clock, no globals; the same input always gives the same findings, in the same order.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,14 @@ struct Evaluation {
 };
 
 Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog);
+
+// The earliest time after `now` at which evaluate() may answer differently for the same facts only
+// because time passes: a result or a dialysis Procedure leaves its window, a future-dated result,
+// Procedure or Condition starts to count, a Condition's abatement or a date of death is reached.
+// nullopt when no such time exists. Conservative: it may name a time at which nothing changes, never
+// one later than the first change. For the poller, which re-evaluates a patient with an open alert
+// only from then on.
+std::optional<EpochSeconds> next_time_change(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog);
 
 // The order rules (catalog.order_rules()) for the draft orders of a CDS Hooks order-select / order-sign
 // call. Each order (the OrderFacts sharing a source) is judged on its own: its order facts plus the

@@ -152,6 +152,7 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
         << s.requests << " (retries " << s.retries << "); data-quality notes " << s.data_quality_notes;
     if (!s.unreadable.empty()) out << "; unreadable resources " << s.unreadable.size();
     if (s.patients_deferred) out << "; patients left queued " << s.patients_deferred;
+    if (s.open_alerts_not_due) out << "; open alerts not due for re-evaluation " << s.open_alerts_not_due;
     out << "\n";
     out.flush();
 }

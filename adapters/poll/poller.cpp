@@ -47,6 +47,7 @@ std::string PollSummary::to_json() const {
     n("patientsQueued", patients_queued);
     n("patientsEvaluated", patients_evaluated);
     n("patientsDeferred", patients_deferred);
+    n("openAlertsNotDue", open_alerts_not_due);
     n("findings", findings);
     n("created", created);
     n("amended", amended);
@@ -98,7 +99,7 @@ std::string PollSummary::to_json() const {
 Poller::Poller(fhir::FhirClient& client, state::StateStore& store, const mappings::Terminology& terminology,
                const rules::RuleCatalog& catalog, PollOptions options)
     : client_(client), store_(store), term_(terminology), catalog_(catalog), opt_(std::move(options)),
-      lab_search_(opt_.lab_search) {}
+      lab_search_(opt_.lab_search), recheck_basis_(catalog.logic_fingerprint()) {}
 
 void Poller::kill_point(const char* name) {
     if (opt_.kill.n == 0 || opt_.kill.name != name) return;
@@ -225,10 +226,14 @@ void Poller::work_on(PatientSource& reader, const std::string& patient, PollSumm
     if (opt_.dry_run) return;
 
     const bool no_writes = r.writes.empty();
+    // When time alone may change this patient's findings (0: at every pass, while its data is incomplete).
+    const state::Recheck recheck{job.complete ? rules::next_time_change(h.facts, now, catalog_).value_or(state::kNoRecheck) : 0,
+                                 recheck_basis_};
     store_.transaction([&] {
         // The ledger learns every DetectedIssue of ours the server holds, also those a killed pass wrote.
         for (const auto& a : h.alerts)
             store_.put_alert({server(), a.identifier, patient, a.rule_id, a.evidence_hash, a.status, a.id, a.version, now});
+        store_.set_recheck(server(), patient, recheck);
         if (no_writes) close_patient(patient, job, sum);
     });
     if (no_writes) return;
@@ -320,8 +325,17 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
         if (opt_.dry_run) patients = named;  // a dry run queues nothing
         for (const auto& p : store_.pending_patients(server())) patients.insert(p.patient);
         sum.patients_queued = patients.size();
-        for (const auto& a : store_.alerts(server()))
-            if (a.status != "cancelled" && a.status != "entered-in-error") patients.insert(a.patient);
+        // Patients with an open alert, when their recheck time has come (or is unknown, or was
+        // computed under another rule catalog).
+        const auto rechecks = store_.rechecks(server());
+        std::set<std::string> not_due;
+        for (const auto& a : store_.alerts(server())) {
+            if (a.status == "cancelled" || a.status == "entered-in-error") continue;
+            const auto r = rechecks.find(a.patient);
+            if (r == rechecks.end() || r->second.basis != recheck_basis_ || r->second.at <= now) patients.insert(a.patient);
+            else not_due.insert(a.patient);
+        }
+        for (const auto& p : not_due) sum.open_alerts_not_due += patients.count(p) ? 0 : 1;
 
         HistoryReader reader(client_, term_, catalog_,
                              {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});

@@ -3,8 +3,10 @@
 //   1. ChangeFeed (change_feed.hpp): Observations of the lab codes, Conditions and dialysis
 //      Procedures changed since the watermark; every page checkpointed (patients queued, versions
 //      marked processed, cursor).
-//   2. The work: the queued patients, plus every patient with an open alert (a finding can stop
-//      holding as time passes); each read by HistoryReader (history_reader.hpp) and evaluated.
+//   2. The work: the queued patients, plus every patient with an open alert whose findings time
+//      alone may have changed by now (a result left its window: rules::next_time_change, saved as
+//      the patient's recheck time when it was last evaluated); each read by HistoryReader
+//      (history_reader.hpp) and evaluated.
 //   3. reconcile() (reconcile.hpp): the pure decision create / amend / reopen / cancel / unchanged.
 //   4. WriteBack (write_back.hpp): Bundles that fit the server; the ledger updated and the patient
 //      taken off the queue only once its writes have landed.
@@ -86,6 +88,9 @@ struct PollSummary {
     std::size_t patients_queued = 0;    // in the work queue at the start of the work stage
     std::size_t patients_evaluated = 0;
     std::size_t patients_deferred = 0;  // left queued for the next pass (see `deferred`)
+    // Patients with an open alert not evaluated: nothing changed, and time alone cannot change their
+    // findings before their recheck time (rules::next_time_change).
+    std::size_t open_alerts_not_due = 0;
     std::size_t findings = 0;
     std::size_t created = 0, amended = 0, cancelled = 0, reopened = 0, retired = 0, unchanged = 0;
     std::size_t kept_while_incomplete = 0;
@@ -150,6 +155,7 @@ private:
     PollOptions opt_;
     std::optional<LabCodeSearch> lab_search_;
     std::map<std::string, std::size_t> kill_counts_;
+    std::string recheck_basis_;  // catalog_.logic_fingerprint()
     // Per patient with writes in flight: the findings and whether its data was read whole.
     struct InFlight {
         std::vector<DesiredAlert> desired;

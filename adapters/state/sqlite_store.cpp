@@ -57,6 +57,8 @@ const char* const kSchema[] = {
     "CREATE TABLE IF NOT EXISTS poll_feed_cursors (server TEXT NOT NULL, resource_type TEXT NOT NULL,"
     " next_url TEXT NOT NULL, max_last_updated TEXT NOT NULL, max_last_updated_at BIGINT NOT NULL,"
     " PRIMARY KEY (server, resource_type))",
+    "CREATE TABLE IF NOT EXISTS poll_rechecks (server TEXT NOT NULL, patient TEXT NOT NULL, recheck_at BIGINT NOT NULL,"
+    " basis TEXT NOT NULL, PRIMARY KEY (server, patient))",
 };
 
 // Schema versions this program opens and upgrades in place:
@@ -253,6 +255,28 @@ public:
             if (s.execute() == 0) return std::nullopt;
             c.max_last_updated_at = at;
             return c;
+        });
+    }
+
+    void set_recheck(const std::string& server, const std::string& patient, const Recheck& r) override {
+        locked([&] {
+            session_ << "INSERT INTO poll_rechecks (server, patient, recheck_at, basis) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (server, patient) DO UPDATE SET recheck_at = excluded.recheck_at, basis = excluded.basis",
+                bind(server), bind(patient), bind(static_cast<Poco::Int64>(r.at)), bind(r.basis), now;
+        });
+    }
+
+    std::map<std::string, Recheck> rechecks(const std::string& server) override {
+        return locked([&] {
+            Statement s(session_);
+            s << "SELECT patient, recheck_at, basis FROM poll_rechecks WHERE server = ?", bind(server);
+            s.execute();
+            RecordSet rs(s);
+            std::map<std::string, Recheck> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i)
+                out[rs.value(0, i).convert<std::string>()] =
+                    Recheck{rs.value(1, i).convert<Poco::Int64>(), rs.value(2, i).convert<std::string>()};
+            return out;
         });
     }
 

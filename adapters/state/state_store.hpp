@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -55,6 +57,15 @@ struct FeedCursor {
     std::string max_last_updated;       // "" when no resource had one yet
     EpochSeconds max_last_updated_at = 0;
 };
+
+// When a patient with an open alert must be evaluated again although none of its data changed (a
+// result leaves its window, ...: rules::next_time_change), and the rule catalog that was computed
+// with: a recheck computed under another catalog is due at once.
+struct Recheck {
+    EpochSeconds at = 0;  // kNoRecheck: nothing changes with time alone
+    std::string basis;    // the catalog's fingerprint
+};
+inline constexpr EpochSeconds kNoRecheck = std::numeric_limits<EpochSeconds>::max();
 
 struct RunRecord {
     std::int64_t id = 0;
@@ -135,6 +146,9 @@ public:
     virtual std::optional<FeedCursor> feed_cursor(const std::string& server, const std::string& type) = 0;
     virtual void set_feed_cursor(const std::string& server, const std::string& type, const FeedCursor& cursor) = 0;
     virtual void clear_feed_cursor(const std::string& server, const std::string& type) = 0;
+    // Insert or replace by (server, patient).
+    virtual void set_recheck(const std::string& server, const std::string& patient, const Recheck& recheck) = 0;
+    virtual std::map<std::string, Recheck> rechecks(const std::string& server) = 0;  // by patient
 
     // --- the alert ledger ---
     virtual std::optional<AlertRecord> alert(const std::string& server, const std::string& identifier) = 0;

@@ -57,12 +57,35 @@ TEST_CASE("poll: ground truth, idempotent second poll, cancel, amend") {
     CHECK(first.amended + first.cancelled + first.reopened == 0);
     check_equal(truth, open_alerts(client));
 
-    SUBCASE("a second poll writes nothing") {
+    SUBCASE("a second poll writes nothing and evaluates no one; once time has moved the windows, the open alerts are decided again") {
         auto second = poll_once(sandbox.base_url(), state_path);
         MESSAGE("second poll: " << second.to_json());
         CHECK(second.writes.empty());
         CHECK(second.write_batches == 0);
-        CHECK(second.unchanged == first.created);
+        // Nothing changed, and no finding can end before its recheck time: nobody is read again.
+        CHECK(second.patients_evaluated == 0);
+        CHECK(second.open_alerts_not_due == truth.size());
+        CHECK(second.requests < 20);
+
+        // A day later, only the patients whose recheck time has come by then are evaluated.
+        std::size_t due_next_day = 0;
+        {
+            auto store = state::open_sqlite_store(state_path);
+            for (const auto& [patient, r] : store->rechecks(sandbox.base_url()))
+                if (truth.count(patient) && r.at <= kNow + 86400) ++due_next_day;
+        }
+        auto next_day = poll_once(sandbox.base_url(), state_path, {}, kNow + 86400);
+        CHECK(next_day.patients_evaluated == due_next_day);
+        CHECK(next_day.open_alerts_not_due == truth.size() - due_next_day);
+
+        // Three years later every lab has left its window: the patients with labs are decided again,
+        // and the alerts that rested on labs are cancelled (those resting on conditions alone stay,
+        // and are not read: time cannot change them).
+        auto later = poll_once(sandbox.base_url(), state_path, {}, kNow + 3 * 365 * 86400);
+        MESSAGE("three years later: " << later.to_json());
+        CHECK(later.patients_evaluated > due_next_day);
+        CHECK(later.cancelled > 0);
+        CHECK(later.patients_evaluated + later.open_alerts_not_due == truth.size());
     }
 
     SUBCASE("a lab that no longer holds cancels exactly that alert; a new lab amends") {

@@ -201,11 +201,12 @@ inline fhir::ClientOptions client_options(const std::string& base) {
     return o;
 }
 
-inline poll::PollSummary poll_once(const std::string& base, const std::string& state_path, poll::PollOptions opt = {}) {
+inline poll::PollSummary poll_once(const std::string& base, const std::string& state_path, poll::PollOptions opt = {},
+                                   rules::EpochSeconds now = kNow) {
     fhir::FhirClient client(client_options(base));
     auto store = state::open_sqlite_store(state_path);
     poll::Poller poller(client, *store, terminology(), catalog(), opt);
-    return poller.run_once(kNow);
+    return poller.run_once(now);
 }
 
 // The fixture changes the polling tests make, as a lab system would:

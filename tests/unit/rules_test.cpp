@@ -472,3 +472,61 @@ TEST_CASE("the order the input lists conditions in changes neither the explanati
     CHECK(a.detail == b.detail);
     CHECK(a.evidence_hash == b.evidence_hash);
 }
+
+namespace {
+// The findings (rule and evidence hash) evaluate() gives at `t`.
+std::vector<std::string> findings_at(const PatientFacts& p, EpochSeconds t) {
+    std::vector<std::string> out;
+    for (const auto& f : evaluate(p, t, test::catalog()).findings) out.push_back(f.rule->id + " " + f.evidence_hash);
+    return out;
+}
+}  // namespace
+
+TEST_CASE("next_time_change: the first time time alone may change the findings, and nothing changes before it") {
+    const EpochSeconds now = test::kNow;  // 2026-11-25T12:00:00Z
+    ConditionFact abating = dx("ctd", "Condition/ctd");
+    abating.has_abatement = true;
+    abating.abatement = test::at("2026-12-10T00:00:00Z");
+    PatientFacts deceased_later{"Patient/d", {lab(Analyte::calcium_total, 11.5, "2026-11-24", "Observation/ca")}, {}, {}};
+    deceased_later.deceased = Deceased{test::at("2027-01-05T00:00:00Z"), "Patient/d"};
+    struct Row {
+        const char* what;
+        PatientFacts facts;
+        std::optional<EpochSeconds> expected;
+        bool exact = true;  // false: only "after now", with the property below
+    };
+    const std::vector<Row> rows = {
+        {"calciphylaxis risk: the Ca×P pair leaves the 30-day window first",
+         {"Patient/1",
+          {lab(Analyte::calcium_total, 10.0, "2026-11-20T08:00:00Z", "Observation/ca"),
+           lab(Analyte::phosphate, 7.5, "2026-11-20T09:00:00Z", "Observation/p"),
+           lab(Analyte::pth_intact, 320, "2026-10-01", "Observation/pth")},
+          {dx("esrd", "Condition/esrd")},
+          {}},
+         std::nullopt,
+         false},
+        {"conditions only: time changes nothing", {"Patient/2", {}, {dx("ctd", "Condition/ctd")}, {}}, std::nullopt},
+        {"a result dated three days ahead counts from 24 h before its date",
+         {"Patient/3", {lab(Analyte::calcium_total, 11.5, "2026-11-28T12:00:00Z", "Observation/f")}, {}, {}},
+         test::at("2026-11-27T12:00:00Z")},
+        {"a condition abating next month", {"Patient/4", {}, {abating}, {}}, test::at("2026-12-10T00:00:00Z")},
+        {"a date of death ahead (before the calcium leaves its window)", deceased_later, test::at("2027-01-05T00:00:00Z")},
+    };
+    for (const auto& row : rows) {
+        CAPTURE(row.what);
+        const auto next = next_time_change(row.facts, now, test::catalog());
+        if (!row.exact) {
+            // The earliest window end of any result after now, whatever the window lengths: checked
+            // by the property below rather than by arithmetic on the catalog.
+            REQUIRE(next.has_value());
+            CHECK(*next > now);
+        } else {
+            CHECK(next == row.expected);
+        }
+        // Nothing changes before it: the same findings at every hour up to a second before.
+        const auto base = findings_at(row.facts, now);
+        const EpochSeconds until = next ? *next - 1 : now + 400 * 86400;
+        for (EpochSeconds t = now; t < until; t += 6 * 3600) CHECK(findings_at(row.facts, t) == base);
+        CHECK(findings_at(row.facts, until) == base);
+    }
+}
