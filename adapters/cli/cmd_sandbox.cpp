@@ -41,8 +41,8 @@ Run 'calcalert sandbox <subcommand> --help' for its options.
 const char* const kGenerateHelp = R"(Usage: calcalert sandbox generate --out DIR [options]
 
 Writes the synthetic cohort to DIR (created if missing), one patient at a time:
-  --format ndjson (default): Patient.ndjson, Observation.ndjson, Condition.ndjson (Bulk Data;
-                             subjects written Patient/<id>)
+  --format ndjson (default): Patient.ndjson, Observation.ndjson, Condition.ndjson,
+                             Procedure.ndjson (Bulk Data; subjects written Patient/<id>)
   --format bundle:           cohort.json, one FHIR transaction Bundle (PUT Type/id, urn:uuid
                              fullUrls, subjects as urn:uuid references)
 and expected.json, the ground truth:
@@ -185,11 +185,13 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
     OutFile* patients_file = nullptr;
     OutFile* observations_file = nullptr;
     OutFile* conditions_file = nullptr;
+    OutFile* procedures_file = nullptr;
     OutFile* bundle_file = nullptr;
     if (format == "ndjson") {
         patients_file = open("Patient.ndjson");
         observations_file = open("Observation.ndjson");
         conditions_file = open("Condition.ndjson");
+        procedures_file = open("Procedure.ndjson");
     } else {
         bundle_file = open("cohort.json");
     }
@@ -205,17 +207,19 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
     sandbox::ExpectedWriter expected(expected_file->stream(), now, seed);
     std::optional<sandbox::TransactionBundleWriter> bundle;
     if (bundle_file) bundle.emplace(bundle_file->stream());
-    std::uint64_t observations = 0, conditions = 0, with_findings = 0;
+    std::uint64_t observations = 0, conditions = 0, procedures = 0, with_findings = 0;
     for (std::uint64_t i = 0; i < patients; ++i) {
         const sandbox::SyntheticPatient p = generator.patient(static_cast<std::size_t>(i));
         if (bundle)
             bundle->add(p);
         else
-            sandbox::write_ndjson(p, patients_file->stream(), observations_file->stream(), conditions_file->stream());
+            sandbox::write_ndjson(p, patients_file->stream(), observations_file->stream(), conditions_file->stream(),
+                                  procedures_file->stream());
         expected.add(p);
         for (const auto& r : p.resources) {
             observations += r.type == "Observation" ? 1 : 0;
             conditions += r.type == "Condition" ? 1 : 0;
+            procedures += r.type == "Procedure" ? 1 : 0;
         }
         with_findings += p.expected.empty() ? 0 : 1;
         if ((i & 0xFFF) == 0 && !expected_file->stream().good()) break;  // e.g. disk full: stop early
@@ -229,8 +233,9 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
             failed = true;
         }
     if (failed) return input_error;
-    out << "generated " << patients << " patients (" << (patients + observations + conditions)
-        << " resources: " << observations << " Observations, " << conditions << " Conditions; " << with_findings
+    out << "generated " << patients << " patients (" << (patients + observations + conditions + procedures)
+        << " resources: " << observations << " Observations, " << conditions << " Conditions, " << procedures
+        << " Procedures; " << with_findings
         << " patients with expected findings) as " << format << " in " << dir.string() << " in " << seconds_since(start)
         << " s\n";
     return ok;

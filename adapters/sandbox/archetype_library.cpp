@@ -44,6 +44,7 @@ struct TermRows {
         Coding coding;
     };
     std::vector<Lab> labs;
+    std::map<std::string, std::vector<Coding>> procedures;  // procedure concept -> its codes
     std::map<std::string, std::vector<std::string>> aliases;  // canonical system -> the URIs accepted for it
 };
 
@@ -53,7 +54,7 @@ std::string capitalized(std::string s) {
 }
 
 TermRows read_terminology(const std::filesystem::path& dir) {
-    TermRows t{mappings::Terminology::load(dir), {}, {}, {}, {}};
+    TermRows t{mappings::Terminology::load(dir), {}, {}, {}, {}, {}};
     auto canonical = [&](const std::string& s) { return std::string(t.term.canonical_system(s).value_or(s)); };
     for (const auto& r : mappings::read_tsv(dir / "systems.tsv", 2)) t.aliases[r.cells[1]].push_back(r.cells[0]);
     for (const auto& r : mappings::read_tsv(dir / "condition-codes.tsv", 5)) {
@@ -67,6 +68,8 @@ TermRows read_terminology(const std::filesystem::path& dir) {
         const std::string first = r.cells[4].substr(0, r.cells[4].find('|'));
         t.concept_codes[r.cells[3]].push_back({{canonical(r.cells[0]), r.cells[1], r.cells[2]}, capitalized(first)});
     }
+    for (const auto& r : mappings::read_tsv(dir / "procedure-codes.tsv", 5))
+        t.procedures[r.cells[0]].push_back({canonical(r.cells[1]), r.cells[2], r.cells[4]});
     for (const auto& r : mappings::read_tsv(dir / "lab-codes.tsv", 5))
         t.labs.push_back({r.cells[2], r.cells[3], {canonical(r.cells[0]), r.cells[1], r.cells[4]}});
     return t;
@@ -609,8 +612,8 @@ private:
         Obj o(ctx_, v, path);
         Item it;
         it.where = ctx_.file + ": " + (ctx_.archetype.empty() ? "" : "archetype '" + ctx_.archetype + "': ") + path;
-        static const std::vector<std::string> kinds = {"condition", "lab",   "observation", "oneOf", "group",
-                                                       "time",      "renal", "age",         "use"};
+        static const std::vector<std::string> kinds = {"condition", "lab",   "observation", "procedure", "oneOf",
+                                                       "group",     "time",  "renal",       "age",       "use"};
         std::string kind;
         for (const auto& k : kinds)
             if (o.has(k)) {
@@ -618,11 +621,12 @@ private:
                 kind = k;
             }
         if (kind.empty())
-            o.fail("", "an item needs one of condition, lab, observation, oneOf, group, time, renal, age, use");
+            o.fail("", "an item needs one of condition, lab, observation, procedure, oneOf, group, time, renal, age, use");
         static const std::map<std::string, std::set<std::string>> kKeys = {
             {"condition", {"system", "stripDot", "codes", "clinicalStatus", "verificationStatus", "abatedChance"}},
             {"lab", {"band", "value", "unit", "at", "status", "ref", "comparator", "code"}},
             {"observation", {"suffix", "category", "at", "value", "unit", "decimals", "components"}},
+            {"procedure", {"at", "status"}},
             {"oneOf", {}},
             {"group", {}},
             {"time", {"from", "daysAgo", "hoursAgo", "minutesAgo", "daysAfter", "hoursAfter", "minutesAfter"}},
@@ -662,6 +666,21 @@ private:
             read_lab(o, it, times);
         } else if (kind == "observation") {
             read_observation(o, it, times);
+        } else if (kind == "procedure") {
+            it.kind = Item::Kind::procedure;
+            const std::string concept_id = o.str("procedure");
+            auto codes = rows_.procedures.find(concept_id);
+            if (codes == rows_.procedures.end())
+                o.fail("procedure", "'" + concept_id + "' is not a concept of mappings/data/procedure-codes.tsv");
+            it.procedure_codes = codes->second;
+            it.status = o.strs("status");
+            static const std::set<std::string> kEventStatuses{"preparation", "in-progress",      "not-done", "on-hold",
+                                                              "stopped",     "completed",        "unknown",
+                                                              "entered-in-error"};
+            for (const auto& st : it.status)
+                if (!kEventStatuses.count(st)) o.fail("status", "'" + st + "' is not a Procedure status");
+            if (it.status.empty()) it.status = {"completed"};
+            it.at = at_of(o, times);
         } else if (kind == "oneOf") {
             it.kind = Item::Kind::one_of;
             const Json& alts = o.need("oneOf");

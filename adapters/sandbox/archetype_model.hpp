@@ -81,7 +81,7 @@ struct Component {
 };
 
 struct Item {
-    enum class Kind { condition, lab, observation, one_of, group, time, renal, age } kind = Kind::group;
+    enum class Kind { condition, lab, observation, procedure, one_of, group, time, renal, age } kind = Kind::group;
     std::string where;  // for errors while generating
     unsigned chance = 100;
     std::vector<Renal> when_renal;
@@ -109,6 +109,8 @@ struct Item {
     std::string suffix, category = "laboratory", unit;
     int decimals = 0;
     std::vector<Component> components;
+    // procedure (also status, at)
+    std::vector<Coding> procedure_codes;
     // one_of, group
     std::vector<std::pair<unsigned, std::vector<Item>>> alternatives;
     std::vector<Item> items;

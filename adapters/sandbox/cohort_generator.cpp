@@ -177,6 +177,12 @@ struct Observation {
     std::optional<EpochSeconds> issued;
 };
 
+struct Procedure {
+    Coding code;
+    std::string status;
+    EpochSeconds performed = 0;
+};
+
 struct Condition {
     std::vector<Coding> codings;
     std::string text;
@@ -258,6 +264,23 @@ std::string render_condition(const Condition& c, const std::string& id, const st
     return sb.GetString();
 }
 
+std::string render_procedure(const Procedure& p, const std::string& id, const std::string& subject) {
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    kv(w, "resourceType", "Procedure");
+    kv(w, "id", id);
+    kv(w, "status", p.status);
+    code_element(w, "code", {p.code}, p.code.display);
+    w.Key("subject");
+    w.StartObject();
+    kv(w, "reference", subject);
+    w.EndObject();
+    kv(w, "performedDateTime", fhir::format_datetime(p.performed));
+    w.EndObject();
+    return sb.GetString();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Building one patient from the compiled items.
 
@@ -294,6 +317,10 @@ public:
         for (const auto& c : conditions_) {
             const std::string id = pid_ + "-cond-" + std::to_string(++n);
             p.resources.push_back({"Condition", id, render_condition(c, id, subject)});
+        }
+        for (const auto& pr : procedures_) {
+            const std::string id = pid_ + "-proc-" + std::to_string(++n);
+            p.resources.push_back({"Procedure", id, render_procedure(pr, id, subject)});
         }
         return p;
     }
@@ -369,6 +396,9 @@ private:
             case Item::Kind::condition: condition(it); break;
             case Item::Kind::lab: lab(it); break;
             case Item::Kind::observation: observation(it); break;
+            case Item::Kind::procedure:
+                procedures_.push_back({rng_.pick(it.procedure_codes), rng_.pick(it.status), at(it.at, it.where)});
+                break;
         }
     }
 
@@ -543,6 +573,7 @@ private:
     std::map<std::string, EpochSeconds> times_;
     std::vector<Observation> observations_;
     std::vector<Condition> conditions_;
+    std::vector<Procedure> procedures_;
 };
 
 }  // namespace
@@ -598,9 +629,12 @@ std::string resource_urn(std::string_view type, std::string_view id) {
 }
 
 void write_ndjson(const SyntheticPatient& patient, std::ostream& patients, std::ostream& observations,
-                  std::ostream& conditions) {
+                  std::ostream& conditions, std::ostream& procedures) {
     for (const auto& r : patient.resources) {
-        std::ostream& out = r.type == "Patient" ? patients : r.type == "Observation" ? observations : conditions;
+        std::ostream& out = r.type == "Patient"       ? patients
+                            : r.type == "Observation" ? observations
+                            : r.type == "Condition"   ? conditions
+                                                      : procedures;
         out << r.json << '\n';
     }
 }

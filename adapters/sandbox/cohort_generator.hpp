@@ -31,7 +31,7 @@ namespace calcalert::sandbox {
 using EpochSeconds = std::int64_t;
 
 struct SyntheticResource {
-    std::string type;  // "Patient", "Observation" or "Condition"
+    std::string type;  // "Patient", "Observation", "Condition" or "Procedure"
     std::string id;
     std::string json;  // FHIR R4 JSON on one line; subjects written as "Patient/<patient id>"
 };
@@ -42,7 +42,7 @@ struct SyntheticPatient {
     std::string name;                          // "Given Family"
     std::string archetype;                     // an Archetype::name
     std::vector<std::string> expected;         // rule ids that must fire, sorted; empty: no finding
-    std::vector<SyntheticResource> resources;  // the Patient first, then Observations, then Conditions
+    std::vector<SyntheticResource> resources;  // the Patient, then Observations, Conditions, Procedures
 
     std::string reference() const { return "Patient/" + id; }
 };
@@ -121,7 +121,7 @@ std::string resource_urn(std::string_view type, std::string_view id);
 
 // Bulk-Data NDJSON: one resource per line into the stream of its type.
 void write_ndjson(const SyntheticPatient& patient, std::ostream& patients, std::ostream& observations,
-                  std::ostream& conditions);
+                  std::ostream& conditions, std::ostream& procedures);
 
 // A FHIR transaction Bundle written entry by entry: every resource with a urn:uuid fullUrl and
 // request PUT Type/id (client ids, so seeding twice updates instead of duplicating); subjects are

@@ -28,18 +28,18 @@ using namespace calcalert;
 namespace {
 
 struct Files {
-    std::string patients, observations, conditions, expected;
+    std::string patients, observations, conditions, procedures, expected;
 };
 
 Files files_of(const std::vector<sandbox::SyntheticPatient>& cohort, std::uint64_t seed, sandbox::EpochSeconds now) {
-    std::ostringstream p, o, c, e;
+    std::ostringstream p, o, c, pr, e;
     sandbox::ExpectedWriter ew(e, now, seed);
     for (const auto& patient : cohort) {
-        sandbox::write_ndjson(patient, p, o, c);
+        sandbox::write_ndjson(patient, p, o, c, pr);
         ew.add(patient);
     }
     ew.finish();
-    return {p.str(), o.str(), c.str(), e.str()};
+    return {p.str(), o.str(), c.str(), pr.str(), e.str()};
 }
 
 std::string join(const std::set<std::string>& s) {
@@ -124,7 +124,7 @@ TEST_CASE("cohort generator: every rule is expected somewhere at N=200; healthy 
     for (const auto& r : test::catalog().rules()) CHECK_MESSAGE(expected_rules.count(r.id), r.id << " never expected");
     CHECK(expected_rules.size() == 8);
     CHECK(none > 0);
-    // About a third healthy (the weights give 44 of 134).
+    // About a third healthy (the weights give 44 of 137).
     CHECK(healthy >= 50);
     CHECK(healthy <= 84);
     // The first block of total_archetype_weight() patients deals every archetype.
@@ -148,7 +148,8 @@ TEST_CASE("cohort generator: the real pipeline fires exactly the expected rules 
         const std::size_t with_findings = check_against_engine(cohort,
                                                                {{"Patient.ndjson", f.patients},
                                                                 {"Observation.ndjson", f.observations},
-                                                                {"Condition.ndjson", f.conditions}},
+                                                                {"Condition.ndjson", f.conditions},
+                                                                {"Procedure.ndjson", f.procedures}},
                                                                test::kNow);
         CHECK(with_findings > 100);
     }
@@ -160,7 +161,10 @@ TEST_CASE("cohort generator: another evaluation time shifts every date with it")
     const Files f = files_of(cohort, 9, now);
     check_against_engine(
         cohort,
-        {{"Patient.ndjson", f.patients}, {"Observation.ndjson", f.observations}, {"Condition.ndjson", f.conditions}},
+        {{"Patient.ndjson", f.patients},
+         {"Observation.ndjson", f.observations},
+         {"Condition.ndjson", f.conditions},
+         {"Procedure.ndjson", f.procedures}},
         now);
 }
 
@@ -281,6 +285,7 @@ TEST_CASE("calcalert sandbox: help, usage errors, and generate writes what gener
     CHECK(slurp(dir / "nd" / "Patient.ndjson") == f.patients);
     CHECK(slurp(dir / "nd" / "Observation.ndjson") == f.observations);
     CHECK(slurp(dir / "nd" / "Condition.ndjson") == f.conditions);
+    CHECK(slurp(dir / "nd" / "Procedure.ndjson") == f.procedures);
     CHECK(slurp(dir / "nd" / "expected.json") == f.expected);
     REQUIRE(run({"sandbox", "generate", "--out", (dir / "b").string(), "--patients", "12", "--seed", "4", "--now",
                  "2026-11-25T12:00:00Z", "--format", "bundle"}) == calcalert::cli::ok);
@@ -350,7 +355,10 @@ TEST_CASE("archetype file: every archetype, drawn 30 times on its own, fires exa
     const Files f = files_of(cohort, 21, test::kNow);
     check_against_engine(
         cohort,
-        {{"Patient.ndjson", f.patients}, {"Observation.ndjson", f.observations}, {"Condition.ndjson", f.conditions}},
+        {{"Patient.ndjson", f.patients},
+         {"Observation.ndjson", f.observations},
+         {"Condition.ndjson", f.conditions},
+         {"Procedure.ndjson", f.procedures}},
         test::kNow);
     CHECK_THROWS_AS(g.patient_of(list.size(), 0), std::out_of_range);
 }
