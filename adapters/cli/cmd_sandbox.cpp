@@ -25,10 +25,11 @@ namespace fs = std::filesystem;
 
 const char* const kSandboxHelp = R"(Usage: calcalert sandbox <subcommand> [options]
 
-A deterministic synthetic cohort for tests and demos. Every patient comes from an archetype: each
-rule of the clinical specification firing (several variants each), near-misses that must not fire
-(thresholds, windows, statuses, refuted or resolved diagnoses, suppression, excluded codes) and
-healthy patients (about a third). Each patient carries the rule ids its archetype expects.
+A deterministic synthetic cohort for tests and demos. Every patient comes from an archetype of
+adapters/sandbox/data/archetypes.json: each rule of the clinical specification firing (several
+variants each), near-misses that must not fire (thresholds, windows, statuses, refuted or resolved
+diagnoses, suppression, excluded codes) and healthy patients (about a third). Each patient carries
+the rule ids its archetype expects.
 
 Subcommands:
   generate   write the cohort as Bulk-Data NDJSON or one transaction Bundle, and expected.json
@@ -40,8 +41,8 @@ Run 'calcalert sandbox <subcommand> --help' for its options.
 const char* const kGenerateHelp = R"(Usage: calcalert sandbox generate --out DIR [options]
 
 Writes the synthetic cohort to DIR (created if missing), one patient at a time:
-  --format ndjson (default): Patient.ndjson, Observation.ndjson, Condition.ndjson (Bulk Data;
-                             subjects written Patient/<id>)
+  --format ndjson (default): Patient.ndjson, Observation.ndjson, Condition.ndjson,
+                             Procedure.ndjson (Bulk Data; subjects written Patient/<id>)
   --format bundle:           cohort.json, one FHIR transaction Bundle (PUT Type/id, urn:uuid
                              fullUrls, subjects as urn:uuid references)
 and expected.json, the ground truth:
@@ -55,9 +56,13 @@ Options:
                          the same seed, N and --now give the same bytes
   --now RFC3339          the time every date is relative to (default: the current time)
   --format FORMAT        ndjson (default) or bundle
+  --archetypes FILE      the archetype file (default: adapters/sandbox/data/archetypes.json of the
+                         data directory)
+  --terminology DIR      the terminology whose codes the archetypes name (default: mappings/data)
   --help                 this help
 
-Exit codes: 0 written, 2 usage error, 3 a directory or file could not be created or written.
+Exit codes: 0 written, 2 usage error, 3 a directory or file could not be created or written,
+4 the archetype file or the terminology is invalid (the message names the archetype and key).
 )";
 
 const char* const kSeedHelp = R"(Usage: calcalert sandbox seed --server URL [options]
@@ -74,10 +79,14 @@ Options:
   --batch K              patients per transaction Bundle, 1..1000 (default 25)
   --expected FILE        write the expected findings (the ground truth, as generate's expected.json)
                          to FILE once every Bundle is accepted
+  --archetypes FILE      the archetype file (default: adapters/sandbox/data/archetypes.json of the
+                         data directory)
+  --terminology DIR      the terminology whose codes the archetypes name (default: mappings/data)
   --help                 this help
 
 Exit codes: 0 seeded, 2 usage error (including a --server URL the client cannot use), 3 a request
-failed (the message names the request and what the server said) or FILE could not be written.
+failed (the message names the request and what the server said) or FILE could not be written,
+4 the archetype file or the terminology is invalid.
 )";
 
 constexpr std::uint64_t kMaxPatients = 10'000'000;
@@ -98,6 +107,17 @@ std::uint64_t number_option(const Options& opts, const std::string& name, std::u
 void no_arguments(const Options& opts, const std::string& what) {
     if (!opts.positional().empty())
         throw UsageError(what + " takes no arguments, not '" + opts.positional().front() + "'");
+}
+
+// The archetypes of --archetypes FILE (or the data directory's) with the codes of --terminology DIR.
+std::shared_ptr<const sandbox::ArchetypeLibrary> archetype_library(const Options& opts) {
+    const fs::path file = opts.value("archetypes").value_or(sandbox::default_archetype_file().string());
+    const fs::path terminology = opts.value("terminology").value_or(sandbox::default_terminology_dir().string());
+    try {
+        return sandbox::ArchetypeLibrary::load(file, terminology);
+    } catch (const std::exception& e) {
+        throw ConfigError(e.what());
+    }
 }
 
 std::string seconds_since(std::chrono::steady_clock::time_point start) {
@@ -132,7 +152,7 @@ private:
 };
 
 int generate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"out", "patients", "seed", "now", "format"}, {"help"});
+    Options opts(args, {"out", "patients", "seed", "now", "format", "archetypes", "terminology"}, {"help"});
     if (opts.flag("help")) {
         out << kGenerateHelp;
         return ok;
@@ -146,6 +166,7 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
     const std::uint64_t patients = number_option(opts, "patients", 60, 1, kMaxPatients);
     const std::uint64_t seed = number_option(opts, "seed", 1, 0, UINT64_MAX);
     const rules::EpochSeconds now = now_option(opts);
+    const auto library = archetype_library(opts);
 
     const fs::path dir = *dir_opt;
     std::error_code ec;
@@ -164,11 +185,13 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
     OutFile* patients_file = nullptr;
     OutFile* observations_file = nullptr;
     OutFile* conditions_file = nullptr;
+    OutFile* procedures_file = nullptr;
     OutFile* bundle_file = nullptr;
     if (format == "ndjson") {
         patients_file = open("Patient.ndjson");
         observations_file = open("Observation.ndjson");
         conditions_file = open("Condition.ndjson");
+        procedures_file = open("Procedure.ndjson");
     } else {
         bundle_file = open("cohort.json");
     }
@@ -180,21 +203,23 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
         }
 
     const auto start = std::chrono::steady_clock::now();
-    const sandbox::CohortGenerator generator(seed, now);
+    const sandbox::CohortGenerator generator(seed, now, library);
     sandbox::ExpectedWriter expected(expected_file->stream(), now, seed);
     std::optional<sandbox::TransactionBundleWriter> bundle;
     if (bundle_file) bundle.emplace(bundle_file->stream());
-    std::uint64_t observations = 0, conditions = 0, with_findings = 0;
+    std::uint64_t observations = 0, conditions = 0, procedures = 0, with_findings = 0;
     for (std::uint64_t i = 0; i < patients; ++i) {
         const sandbox::SyntheticPatient p = generator.patient(static_cast<std::size_t>(i));
         if (bundle)
             bundle->add(p);
         else
-            sandbox::write_ndjson(p, patients_file->stream(), observations_file->stream(), conditions_file->stream());
+            sandbox::write_ndjson(p, patients_file->stream(), observations_file->stream(), conditions_file->stream(),
+                                  procedures_file->stream());
         expected.add(p);
         for (const auto& r : p.resources) {
             observations += r.type == "Observation" ? 1 : 0;
             conditions += r.type == "Condition" ? 1 : 0;
+            procedures += r.type == "Procedure" ? 1 : 0;
         }
         with_findings += p.expected.empty() ? 0 : 1;
         if ((i & 0xFFF) == 0 && !expected_file->stream().good()) break;  // e.g. disk full: stop early
@@ -208,8 +233,9 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
             failed = true;
         }
     if (failed) return input_error;
-    out << "generated " << patients << " patients (" << (patients + observations + conditions)
-        << " resources: " << observations << " Observations, " << conditions << " Conditions; " << with_findings
+    out << "generated " << patients << " patients (" << (patients + observations + conditions + procedures)
+        << " resources: " << observations << " Observations, " << conditions << " Conditions, " << procedures
+        << " Procedures; " << with_findings
         << " patients with expected findings) as " << format << " in " << dir.string() << " in " << seconds_since(start)
         << " s\n";
     return ok;
@@ -236,7 +262,8 @@ std::optional<std::string> refused_entry(const rapidjson::Document& reply, const
 }
 
 int seed_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"server", "patients", "seed", "now", "expected", "batch"}, {"help"});
+    Options opts(args, {"server", "patients", "seed", "now", "expected", "batch", "archetypes", "terminology"},
+                 {"help"});
     if (opts.flag("help")) {
         out << kSeedHelp;
         return ok;
@@ -257,6 +284,7 @@ int seed_command(const std::vector<std::string>& args, std::ostream& out, std::o
     } catch (const std::invalid_argument& e) {
         throw UsageError(std::string("--server: ") + e.what());
     }
+    const auto library = archetype_library(opts);
 
     // The ground truth goes to FILE.part while seeding and becomes FILE once every Bundle is accepted.
     std::unique_ptr<OutFile> expected_file;
@@ -280,7 +308,7 @@ int seed_command(const std::vector<std::string>& args, std::ostream& out, std::o
     };
 
     const auto start = std::chrono::steady_clock::now();
-    const sandbox::CohortGenerator generator(seed, now);
+    const sandbox::CohortGenerator generator(seed, now, library);
     const std::uint64_t bundles = (patients + batch - 1) / batch;
     std::uint64_t resources = 0;
     for (std::uint64_t b = 0; b < bundles; ++b) {

@@ -3,25 +3,13 @@
 
 #include "adapters/cli/commands.hpp"
 #include "fhir/datetime.hpp"
-
-#ifndef CALCALERT_SOURCE_DIR
-#define CALCALERT_SOURCE_DIR "."
-#endif
+#include "mappings/data_root.hpp"
 
 namespace calcalert::cli {
 
 namespace fs = std::filesystem;
 
-std::filesystem::path data_root() {
-    if (const char* env = std::getenv("CALCALERT_DATA_DIR"); env && *env) return env;
-    std::error_code ec;
-    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-    if (!ec) {
-        const fs::path installed = exe.parent_path().parent_path() / "share" / "calcalert";
-        if (fs::exists(installed / "rules" / "catalog" / "facts.json")) return installed;
-    }
-    return CALCALERT_SOURCE_DIR;
-}
+std::filesystem::path data_root() { return mappings::data_root(); }
 
 Engine load_engine(const Options& opts) {
     const fs::path root = data_root();

@@ -192,21 +192,24 @@ else
 fi
 
 # The synthetic cohort of the sandbox: valid FHIR R4 NDJSON, the same bytes for the same seed, read cleanly.
-run gen sandbox generate --out "$tmp/gen" --patients 50 --seed 7 --now $now
+# 140 patients: the first 137 (the weights) hold every archetype, the dialysis Procedures too.
+run gen sandbox generate --out "$tmp/gen" --patients 140 --seed 7 --now $now
 check "sandbox generate exits 0" test $rc -eq 0
 check "sandbox generate writes the NDJSON files and expected.json" test -s "$tmp/gen/Patient.ndjson" -a \
-  -s "$tmp/gen/Observation.ndjson" -a -s "$tmp/gen/Condition.ndjson" -a -s "$tmp/gen/expected.json"
-check "sandbox generate: 50 patients" test "$(wc -l <"$tmp/gen/Patient.ndjson")" -eq 50
+  -s "$tmp/gen/Observation.ndjson" -a -s "$tmp/gen/Condition.ndjson" -a -s "$tmp/gen/Procedure.ndjson" -a \
+  -s "$tmp/gen/expected.json"
+check "sandbox generate: 140 patients" test "$(wc -l <"$tmp/gen/Patient.ndjson")" -eq 140
 if [[ -d $root/deploy/sandbox/node_modules/@medplum/core ]]; then
   node "$validator" "$tmp/gen/Patient.ndjson" "$tmp/gen/Observation.ndjson" "$tmp/gen/Condition.ndjson" \
+    "$tmp/gen/Procedure.ndjson" \
     >"$tmp/gen-validate.out" 2>"$tmp/gen-validate.err"
   vrc=$?
   check "the synthetic cohort is valid FHIR R4 ($(cat "$tmp/gen-validate.out"))" test $vrc -eq 0
   [[ $vrc -eq 0 ]] || head -20 "$tmp/gen-validate.err"
 fi
-run gen2 sandbox generate --out "$tmp/gen2" --patients 50 --seed 7 --now $now
+run gen2 sandbox generate --out "$tmp/gen2" --patients 140 --seed 7 --now $now
 check "sandbox generate: the same seed gives the same bytes" cmp -s "$tmp/gen/Observation.ndjson" "$tmp/gen2/Observation.ndjson"
-run geneval evaluate --now $now --format text "$tmp/gen/Patient.ndjson" "$tmp/gen/Observation.ndjson" "$tmp/gen/Condition.ndjson"
+run geneval evaluate --now $now --format text "$tmp/gen/Patient.ndjson" "$tmp/gen/Observation.ndjson" "$tmp/gen/Condition.ndjson" "$tmp/gen/Procedure.ndjson"
 check "the synthetic cohort evaluates without an error line" test $rc -eq 0 -a ! -s "$tmp/geneval.err"
 run genusage sandbox generate --patients 5
 check "sandbox generate without --out exits 2" test $rc -eq 2

@@ -1,6 +1,8 @@
 // The synthetic cohort of the sandbox: determinism, coverage of every rule, and the key cross-check:
 // the generated resources, read through the real pipeline (reader -> FactBuilder -> engine with the
-// catalog of the source tree), fire exactly the rules each patient's archetype expects.
+// catalog of the source tree), fire exactly the rules each patient's archetype expects. Also the
+// archetype file itself (adapters/sandbox/data/archetypes.json): every archetype on its own, and
+// malformed files refused with an error naming the archetype and the key path.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
@@ -14,6 +16,7 @@
 
 #include <rapidjson/document.h>
 
+#include "../support/shell.hpp"
 #include "adapters/cli/cli.hpp"
 #include "adapters/sandbox/cohort_generator.hpp"
 #include "fhir/resource_reader.hpp"
@@ -25,18 +28,18 @@ using namespace calcalert;
 namespace {
 
 struct Files {
-    std::string patients, observations, conditions, expected;
+    std::string patients, observations, conditions, procedures, expected;
 };
 
 Files files_of(const std::vector<sandbox::SyntheticPatient>& cohort, std::uint64_t seed, sandbox::EpochSeconds now) {
-    std::ostringstream p, o, c, e;
+    std::ostringstream p, o, c, pr, e;
     sandbox::ExpectedWriter ew(e, now, seed);
     for (const auto& patient : cohort) {
-        sandbox::write_ndjson(patient, p, o, c);
+        sandbox::write_ndjson(patient, p, o, c, pr);
         ew.add(patient);
     }
     ew.finish();
-    return {p.str(), o.str(), c.str(), e.str()};
+    return {p.str(), o.str(), c.str(), pr.str(), e.str()};
 }
 
 std::string join(const std::set<std::string>& s) {
@@ -121,7 +124,7 @@ TEST_CASE("cohort generator: every rule is expected somewhere at N=200; healthy 
     for (const auto& r : test::catalog().rules()) CHECK_MESSAGE(expected_rules.count(r.id), r.id << " never expected");
     CHECK(expected_rules.size() == 8);
     CHECK(none > 0);
-    // About a third healthy (the weights give 44 of 134).
+    // About a third healthy (the weights give 44 of 137).
     CHECK(healthy >= 50);
     CHECK(healthy <= 84);
     // The first block of total_archetype_weight() patients deals every archetype.
@@ -145,7 +148,8 @@ TEST_CASE("cohort generator: the real pipeline fires exactly the expected rules 
         const std::size_t with_findings = check_against_engine(cohort,
                                                                {{"Patient.ndjson", f.patients},
                                                                 {"Observation.ndjson", f.observations},
-                                                                {"Condition.ndjson", f.conditions}},
+                                                                {"Condition.ndjson", f.conditions},
+                                                                {"Procedure.ndjson", f.procedures}},
                                                                test::kNow);
         CHECK(with_findings > 100);
     }
@@ -157,7 +161,10 @@ TEST_CASE("cohort generator: another evaluation time shifts every date with it")
     const Files f = files_of(cohort, 9, now);
     check_against_engine(
         cohort,
-        {{"Patient.ndjson", f.patients}, {"Observation.ndjson", f.observations}, {"Condition.ndjson", f.conditions}},
+        {{"Patient.ndjson", f.patients},
+         {"Observation.ndjson", f.observations},
+         {"Condition.ndjson", f.conditions},
+         {"Procedure.ndjson", f.procedures}},
         now);
 }
 
@@ -278,6 +285,7 @@ TEST_CASE("calcalert sandbox: help, usage errors, and generate writes what gener
     CHECK(slurp(dir / "nd" / "Patient.ndjson") == f.patients);
     CHECK(slurp(dir / "nd" / "Observation.ndjson") == f.observations);
     CHECK(slurp(dir / "nd" / "Condition.ndjson") == f.conditions);
+    CHECK(slurp(dir / "nd" / "Procedure.ndjson") == f.procedures);
     CHECK(slurp(dir / "nd" / "expected.json") == f.expected);
     REQUIRE(run({"sandbox", "generate", "--out", (dir / "b").string(), "--patients", "12", "--seed", "4", "--now",
                  "2026-11-25T12:00:00Z", "--format", "bundle"}) == calcalert::cli::ok);
@@ -290,4 +298,141 @@ TEST_CASE("calcalert sandbox: help, usage errors, and generate writes what gener
           calcalert::cli::input_error);
     CHECK(err.find("a-file") != std::string::npos);
     std::filesystem::remove_all(dir);
+}
+
+namespace {
+
+const std::string kArchetypeFile = std::string(CALCALERT_TEST_DIR) + "/../adapters/sandbox/data/archetypes.json";
+const std::string kTerminologyDir = std::string(CALCALERT_TEST_DIR) + "/../mappings/data";
+
+std::string slurp_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The archetype file with `from` (which must occur) replaced by `to`, loaded: the error message.
+std::string load_error(const test::TempDir& dir, const std::string& from, const std::string& to) {
+    std::string text = slurp_file(kArchetypeFile);
+    const auto at = text.find(from);
+    REQUIRE_MESSAGE(at != std::string::npos, "the archetype file no longer holds " << from);
+    text.replace(at, from.size(), to);
+    const auto file = dir.path / "archetypes.json";
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << text;
+    try {
+        sandbox::ArchetypeLibrary::load(file, kTerminologyDir);
+    } catch (const sandbox::ArchetypeError& e) {
+        return e.what();
+    }
+    return "(loaded)";
+}
+
+}  // namespace
+
+TEST_CASE("archetype file: the default file is the checkout's; groups and expected ids are rule ids") {
+    CHECK(sandbox::default_archetype_file() == std::filesystem::path(CALCALERT_SOURCE_DIR) / "adapters" / "sandbox" /
+                                                   "data" / "archetypes.json");
+    std::set<std::string> rule_ids;
+    for (const auto& r : test::catalog().rules()) rule_ids.insert(r.id);
+    for (const auto& a : sandbox::archetypes()) {
+        CAPTURE(a.name);
+        CHECK((rule_ids.count(a.group) || a.group == "near-miss" || a.group == "healthy"));
+        CHECK(!a.description.empty());
+        for (const auto& e : a.expected) CHECK_MESSAGE(rule_ids.count(e), e << " is not a rule of the catalog");
+        if (rule_ids.count(a.group)) CHECK(std::count(a.expected.begin(), a.expected.end(), a.group) == 1);
+        if (!rule_ids.count(a.group)) CHECK(a.expected.empty());
+    }
+}
+
+TEST_CASE("archetype file: every archetype, drawn 30 times on its own, fires exactly its expected rules") {
+    const sandbox::CohortGenerator g(21, test::kNow);
+    const auto& list = sandbox::archetypes();
+    std::vector<sandbox::SyntheticPatient> cohort;
+    for (std::size_t a = 0; a < list.size(); ++a)
+        for (std::size_t k = 0; k < 30; ++k) {
+            cohort.push_back(g.patient_of(a, a * 1000 + k));
+            REQUIRE(cohort.back().archetype == list[a].name);
+        }
+    const Files f = files_of(cohort, 21, test::kNow);
+    check_against_engine(
+        cohort,
+        {{"Patient.ndjson", f.patients},
+         {"Observation.ndjson", f.observations},
+         {"Condition.ndjson", f.conditions},
+         {"Procedure.ndjson", f.procedures}},
+        test::kNow);
+    CHECK_THROWS_AS(g.patient_of(list.size(), 0), std::out_of_range);
+}
+
+TEST_CASE("archetype file: a malformed file is refused naming the file, the archetype and the key path") {
+    const test::TempDir dir("archetypes");
+    const std::string name = (dir.path / "archetypes.json").string();
+    // An unknown key in an item of an archetype.
+    std::string e = load_error(dir, R"({"lab": "pth-intact", "band": "pth-above-dialysis-range", "at": "t"})",
+                               R"({"lab": "pth-intact", "bnad": "pth-above-dialysis-range", "at": "t"})");
+    CHECK_MESSAGE(e.find(name + ": archetype 'cs-esrd-ulcer-high-pth': items[3].bnad: unknown key") == 0, e);
+    // A concept the terminology does not have.
+    e = load_error(dir, R"({"condition": "skin-necrosis"},)", R"({"condition": "skin-necorsis"},)");
+    CHECK_MESSAGE(e.find("archetype 'cs-esrd-necrosis-caxp-suppresses-risk': items[1].condition: 'skin-necorsis' is "
+                         "not a concept") != std::string::npos,
+                  e);
+    // Inside a fragment: the path says where it was used.
+    e = load_error(dir, R"({"use": "esrd", "with": {"system": "icd9"}})", R"({"use": "esrd", "with": {"system": "icd11"}})");
+    CHECK_MESSAGE(e.find("archetype 'cs-esrd-gangrene-ionized-hypercalcemia': items[0].use(esrd)[1].system: unknown "
+                         "system 'icd11'") != std::string::npos,
+                  e);
+    e = load_error(dir, R"({"use": "mineral-panel", "with": {"ca": "ca-normal", "p": "p-normal", "at": "t"}}]},)",
+                   R"({"use": "mineral-panel", "with": {"ca": "ca-normal", "at": "t"}}]},)");
+    CHECK_MESSAGE(e.find("items[4].with: fragment 'mineral-panel' needs 'p'") != std::string::npos, e);
+    // A band without the unit that may be drawn; a time used before it is set.
+    e = load_error(dir, R"("band": "pth-above-dialysis-range", "at": "t"})", R"("band": "egfr-ref", "at": "t"})");
+    CHECK_MESSAGE(e.find("items[3].band: band 'egfr-ref' has no pg/mL range") != std::string::npos, e);
+    e = load_error(dir, R"({"time": "t", "daysAgo": [1, 45]},)", R"({"time": "t0", "daysAgo": [1, 45]},)");
+    CHECK_MESSAGE(e.find("items[3].at: no time 't' is set before this item") != std::string::npos, e);
+    // An "other" code that the terminology reads as a concept; a code not of its concept.
+    e = load_error(dir, R"("code": "I10", "display": "Essential (primary) hypertension")",
+                   R"("code": "N18.6", "display": "Essential (primary) hypertension")");
+    CHECK_MESSAGE(e.find(name + ": otherCodes.hypertension.codes[0].code: mappings/data reads N18.6 as esrd") == 0, e);
+    e = load_error(dir, R"("codes": ["440.23"])", R"("codes": ["440.24"])");
+    CHECK_MESSAGE(e.find("archetype 'nm-codes-outside-value-sets': items[0].oneOf[1].items[0].codes: '440.24' is not a "
+                         "code of skin-ulcer") != std::string::npos,
+                  e);
+    // Top level, wrong types, bad JSON, a missing file.
+    e = load_error(dir, R"("systems": {)", R"("sytems": {}, "systems": {)");
+    CHECK_MESSAGE(e == name + ": sytems: unknown key", e);
+    e = load_error(dir, R"("weight": 4, "expect")", R"("weight": "four", "expect")");
+    CHECK_MESSAGE(e.find("archetype 'cs-esrd-ulcer-high-pth': weight: expected a whole number") != std::string::npos, e);
+    e = load_error(dir, R"("expect": ["calciphylaxis-suspected"],)", R"("expect": ["calciphylaxis-suspected",],)");
+    CHECK_MESSAGE(e.find(name + ": JSON parse error at offset") == 0, e);
+    CHECK_THROWS_WITH_AS(sandbox::ArchetypeLibrary::load(dir.path / "none.json", kTerminologyDir),
+                         doctest::Contains("none.json: cannot open"), sandbox::ArchetypeError);
+
+    // The program: exit code 4 and the message.
+    load_error(dir, R"({"condition": "skin-necrosis"},)", R"({"condition": "skin-necorsis"},)");
+    std::ostringstream out, err;
+    CHECK(cli::run({"sandbox", "generate", "--out", (dir.path / "out").string(), "--archetypes", name}, out, err) ==
+          cli::config_error);
+    CHECK_MESSAGE(err.str().find("calcalert: configuration error: " + name + ": archetype "
+                                 "'cs-esrd-necrosis-caxp-suppresses-risk'") == 0,
+                  err.str());
+    CHECK_FALSE(std::filesystem::exists(dir.path / "out"));
+    // The unchanged file through --archetypes gives the default cohort.
+    std::ofstream(name, std::ios::binary | std::ios::trunc) << slurp_file(kArchetypeFile);
+    REQUIRE(cli::run({"sandbox", "generate", "--out", (dir.path / "out").string(), "--archetypes", name, "--patients",
+                      "5", "--now", "2026-11-25T12:00:00Z"},
+                     out, err) == cli::ok);
+    CHECK(slurp_file((dir.path / "out" / "expected.json").string()) == files_of(sandbox::generate_cohort(5, 1, test::kNow), 1, test::kNow).expected);
+}
+
+TEST_CASE("archetype file: docs/cli.md lists every archetype with its expected rules and weight") {
+    const std::string docs = slurp_file(std::string(CALCALERT_TEST_DIR) + "/../docs/cli.md");
+    for (const auto& a : sandbox::archetypes()) {
+        CAPTURE(a.name);
+        const auto at = docs.find("\n| `" + a.name + "` | ");
+        REQUIRE_MESSAGE(at != std::string::npos, "docs/cli.md has no row for " << a.name);
+        const std::string row = docs.substr(at + 1, docs.find('\n', at + 1) - at - 1);
+        std::string expect;
+        for (const auto& e : a.expected) expect += (expect.empty() ? "`" : ", `") + e + "`";
+        if (expect.empty()) expect = "none";
+        CHECK_MESSAGE(row.find("` | " + expect + " | " + std::to_string(a.weight) + " | ") != std::string::npos, row);
+    }
 }
