@@ -75,8 +75,11 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
                 }
                 versions.emplace_back(ref, version);
                 version_times.push_back(t.value_or(now));
-                if (const Json* subj = fhir::member(*res, "subject"); subj && subj->IsObject())
+                if (o.type == "Patient") {
+                    if (auto p = local_patient(ref, server)) patients.insert(*p);  // the Patient itself
+                } else if (const Json* subj = fhir::member(*res, "subject"); subj && subj->IsObject()) {
                     if (auto p = local_patient(fhir::string_or_empty(*subj, "reference"), server)) patients.insert(*p);
+                }
             }
         }
         named.insert(patients.begin(), patients.end());

@@ -32,12 +32,15 @@ struct FeedResult {
 };
 
 struct FeedOptions {
-    std::string type;                    // Observation, Condition, Procedure
+    std::string type;                    // Observation, Condition, Procedure, Patient (which names itself)
     std::string filter;                  // e.g. "code=http://loinc.org|17861-6,..." ("" = every resource)
     std::string watermark_key;           // the key of this feed's watermark and cursor (default: type)
     std::size_t page_size = 200;
     std::chrono::seconds overlap{300};
     bool dry_run = false;                // read, queue in memory, write no state
+    // A feed the server may not support (a search it refuses with 400, 403 or 404): the pass goes on
+    // without it, with a note.
+    bool optional = false;
 };
 
 // Reference of the patient a resource is about, when it is one on this server: "Patient/x" for

@@ -139,13 +139,25 @@ std::vector<FeedOptions> Poller::feed_plan() {
     // Dialysis Procedures (clinical-rules.md §5.2.2), by their codes.
     if (const std::string procedures = procedure_code_list(term_); !procedures.empty())
         add("Procedure", "code=" + procedures, "Procedure");
+    // Patients recorded as deceased (clinical-rules.md §5.1.6): a death is often the only change, and
+    // it ends the patient's open alerts.
+    add("Patient", "deceased=true", "Patient deceased=true");
+    feeds.back().optional = true;
     return feeds;
 }
 
 void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named) {
     ChangeFeed feed(client_, store_);
     for (const auto& f : feed_plan()) {
-        const FeedResult r = feed.sync(f, now, named, [this] { kill_point("feed-page"); });
+        FeedResult r;
+        try {
+            r = feed.sync(f, now, named, [this] { kill_point("feed-page"); });
+        } catch (const fhir::FhirError& e) {
+            if (!f.optional || !(e.status() == 400 || e.status() == 403 || e.status() == 404)) throw;
+            sum.notes.push_back("the server refuses the search " + f.type + "?" + f.filter + " (HTTP " + std::to_string(e.status()) +
+                                "): a change of that kind alone is noticed only at the patient's recheck time");
+            continue;
+        }
         sum.feed_pages += r.pages;
         sum.resources_read += r.resources_read;
         sum.resources_skipped += r.resources_skipped;
