@@ -1,6 +1,7 @@
 #include "explain/page.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <optional>
@@ -100,7 +101,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-size: .9em; word-break: break-all; }
 figure { margin: 1rem 0; break-inside: avoid; }
 figcaption { font-size: .9rem; color: #333; }
-svg.chart { width: 100%; height: auto; max-width: 40rem; display: block; }
+svg.chart { width: 100%; height: auto; max-width: 46rem; display: block; }
 svg .axis { stroke: #595959; stroke-width: 1; }
 svg .grid { stroke: #d0d0d0; stroke-width: 1; }
 svg text { fill: #1b1b1b; font-size: 11px; font-family: system-ui, sans-serif; }
@@ -124,6 +125,7 @@ footer { margin-top: 2rem; font-size: .85rem; color: #333; border-top: 1px solid
   h2 { break-after: avoid; }
   table, figure, blockquote { break-inside: avoid; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  :focus, :focus-visible, [tabindex]:focus-visible { outline: none !important; }
 }
 )";
 
@@ -203,16 +205,21 @@ std::string slug(std::string_view s) {
 // One SVG chart: the values within the window, each lab fact's threshold as a line, the window starts,
 // and the values that fired marked.
 std::string chart_svg(const Panel& p, const std::vector<rules::SeriesPoint>& series, const rules::Finding& finding,
-                      EpochSeconds now, const rules::TimeZone& zone, std::size_t& older) {
+                      EpochSeconds now, const rules::TimeZone& zone, std::size_t& older, std::size_t& over_bound) {
     constexpr double W = 640, H = 220, L = 64, R = 150, T = 14, B = 40;
     const double pw = W - L - R, ph = H - T - B;
     const auto start = static_cast<EpochSeconds>(static_cast<double>(now) - p.window_days * kDay);
     std::vector<const rules::SeriesPoint*> shown;
     EpochSeconds end = now;
     older = 0;
-    for (const auto& s : series) {
+    over_bound = 0;
+    for (const auto& s : series) {  // latest first
         if (s.time < start) {
             ++older;
+            continue;
+        }
+        if (shown.size() == kMaxChartPoints) {
+            ++over_bound;
             continue;
         }
         shown.push_back(&s);
@@ -475,9 +482,12 @@ std::string render_page(const PageInput& in) {
         const auto start = static_cast<EpochSeconds>(static_cast<double>(in.now) - p.window_days * kDay);
         const bool any = std::any_of(series.begin(), series.end(), [&](const auto& s) { return s.time >= start; });
         if (!cv.always && !any) continue;
-        std::size_t older = 0;
-        h += "<figure>\n" + chart_svg(p, series, f, in.now, zone, older);
+        std::size_t older = 0, over_bound = 0;
+        h += "<figure>\n" + chart_svg(p, series, f, in.now, zone, older, over_bound);
         h += "<figcaption>" + esc(p.title) + " in " + esc(p.unit) + " over the last " + esc(num(p.window_days)) + " days";
+        if (over_bound)
+            h += "; the latest " + std::to_string(kMaxChartPoints) + " drawn, " + std::to_string(over_bound) +
+                 " earlier in the window not drawn";
         if (older) h += "; " + std::to_string(older) + " older result" + (older == 1 ? "" : "s") + " not drawn";
         h += ".</figcaption>\n</figure>\n";
     }
@@ -548,10 +558,15 @@ std::string render_page(const PageInput& in) {
         h += "<p>None: every resource read for this patient could be used.</p>\n";
     } else {
         h += "<p>Data that was read and not used (it did not count for any rule):</p>\n<ul id=\"quality-notes\">\n";
-        for (const auto& n : notes)
+        for (std::size_t i = 0; i < notes.size() && i < kMaxListedNotes; ++i) {
+            const auto& n = notes[i];
             h += "<li><code>" + esc(n.source) + "</code>" + (n.path.empty() ? "" : " <code>" + esc(n.path) + "</code>") + ": " +
                  esc(n.message) + "</li>\n";
+        }
         h += "</ul>\n";
+        if (notes.size() > kMaxListedNotes)
+            h += "<p>… and " + std::to_string(notes.size() - kMaxListedNotes) + " more notes (the first " +
+                 std::to_string(kMaxListedNotes) + " are listed).</p>\n";
     }
     h += "</section>\n</main>\n";
 

@@ -43,6 +43,11 @@ struct PageInput {
 // only files that carry it.
 inline constexpr std::string_view kGeneratorMeta = "<meta name=\"generator\" content=\"calcalert explanation page\">";
 
+// Bounds of one page, whatever the data: the latest kMaxChartPoints values of a chart are drawn (the
+// others are counted under it), the first kMaxListedNotes data-quality notes are listed (the others counted).
+inline constexpr std::size_t kMaxChartPoints = 400;
+inline constexpr std::size_t kMaxListedNotes = 200;
+
 std::string render_page(const PageInput& input);
 
 struct IndexEntry {

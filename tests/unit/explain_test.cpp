@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "../support/shell.hpp"
 #include "adapters/cds_hooks/explain_links.hpp"
 #include "explain/guidance.hpp"
 #include "explain/page.hpp"
@@ -168,8 +169,8 @@ TEST_CASE("explanation page: the thresholds of the catalog are drawn, not number
     CHECK(pth.find("data-window-days=\"180\"") != std::string::npos);
 
     // A site's threshold: a catalog with Ca×P above 60 draws 60.
-    const auto dir = std::filesystem::temp_directory_path() / ("calcalert-explain-" + std::to_string(::getpid()));
-    std::filesystem::remove_all(dir);
+    const test::TempDir tmp("explain-catalog");
+    const auto dir = tmp.path / "catalog";
     std::filesystem::copy(std::string(CALCALERT_TEST_DIR) + "/../rules/catalog", dir, std::filesystem::copy_options::recursive);
     {
         std::ifstream in(dir / "facts.json");
@@ -193,7 +194,6 @@ TEST_CASE("explanation page: the thresholds of the catalog are drawn, not number
     in.guidance = &site_guidance;
     in.now = test::kNow;
     const std::string html = explain::render_page(in);
-    std::filesystem::remove_all(dir);
     CHECK(chart_of(html, "ca-x-p").find("data-fact=\"ca-x-p-high\" data-threshold=\"60\"") != std::string::npos);
 
     // A threshold from the lab's reference range: PTH with a high of 50 draws 50 and 9 × 50 = 450.
@@ -380,4 +380,63 @@ TEST_CASE("explanation pages: served from the bounded cache; 401 for bad tokens,
     CHECK(lru.get("a", test::kNow));
     CHECK(!lru.get("b", test::kNow));
     CHECK(!lru.get("c", test::kNow + 11));  // expired
+}
+
+TEST_CASE("explanation page: bounded whatever the data (chart points, notes)") {
+    rules::PatientFacts p = risk_patient();
+    for (int i = 0; i < 1000; ++i) {  // 1,000 phosphates within 90 days, one an hour
+        auto r = test::lab(Analyte::phosphate, 4.0, "2026-09-01T00:00:00Z", "Observation/many");
+        r.effective += i * 3600;
+        r.source = "Observation/many-" + std::to_string(i);
+        p.labs.push_back(r);
+    }
+    for (int i = 0; i < 500; ++i) p.notes.push_back({"Observation/n" + std::to_string(i), "", "a note"});
+    const auto r = render(p, "calciphylaxis-risk");
+    const std::string phosphate = chart_of(r.html, "phosphate");
+    CHECK(count(phosphate, "class=\"point") == explain::kMaxChartPoints);
+    CHECK(r.html.find("the latest 400 drawn, 602 earlier in the window not drawn") != std::string::npos);
+    CHECK(count(r.html, ": a note</li>") == explain::kMaxListedNotes);
+    CHECK(r.html.find("… and 300 more notes") != std::string::npos);
+}
+
+TEST_CASE("explanation link key file: at least 32 bytes") {
+    const test::TempDir tmp("explain-key");
+    const auto& dir = tmp.path;
+    std::ofstream(dir / "short") << std::string(31, 'k');
+    std::ofstream(dir / "good") << std::string(32, 'k');
+    CHECK_THROWS_WITH_AS(cds::ExplainTokens::read_key_file((dir / "short").string()),
+                         doctest::Contains("31 bytes; a key has at least 32"), cds::ConfigError);
+    CHECK(cds::ExplainTokens::read_key_file((dir / "good").string()) == std::string(32, 'k'));
+    CHECK_THROWS_WITH_AS(cds::ExplainTokens::read_key_file((dir / "none").string()), doctest::Contains("cannot be read"),
+                         cds::ConfigError);
+    CHECK(cds::ExplainTokens::generate_key().size() == 32);
+    CHECK(cds::ExplainTokens::generate_key() != cds::ExplainTokens::generate_key());
+}
+
+TEST_CASE("explanation page of an order rule: the draft order and the calciphylaxis condition are listed") {
+    rules::PatientFacts p;
+    p.patient = "Patient/p2";
+    p.conditions = {test::dx("calciphylaxis", "Condition/calci")};
+    rules::OrderFact o;
+    o.order_class = "systemic-corticosteroid";
+    o.code = "312615";
+    o.display = "prednisone <20 MG> Oral Tablet";
+    o.basis = "RxNorm 312615";
+    o.source = "MedicationRequest/rx-1";
+    const auto eval = rules::evaluate_orders(p, {o}, test::kNow, test::catalog());
+    REQUIRE(eval.findings.size() == 1);
+    explain::PageInput in;
+    in.finding = &eval.findings[0];
+    in.facts = &p;
+    in.notes = &eval.notes;
+    in.catalog = &test::catalog();
+    in.guidance = &guidance();
+    in.now = test::kNow;
+    const std::string h = explain::render_page(in);
+    CHECK(h.find("order <strong>MedicationRequest/rx-1</strong>") != std::string::npos);
+    CHECK(h.find("<td>Draft medication order</td>") != std::string::npos);
+    CHECK(h.find("<code>Condition/calci</code>") != std::string::npos);
+    CHECK(h.find("prednisone &lt;20 MG&gt; Oral Tablet") != std::string::npos);
+    CHECK(h.find("Corticosteroids are not helpful.") != std::string::npos);
+    CHECK(h.find("This finding rests on no lab result.") != std::string::npos);
 }
