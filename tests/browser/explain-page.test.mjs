@@ -207,6 +207,39 @@ try {
           "evidence table: source, date in the zone, status", firstRow);
         // Keyboard: Tab moves focus through the focusable elements, the chart's points among them, each with
         // a visible focus ring.
+        // Accessibility: the page's language, every chart named and described, every point labelled, every
+        // table with a caption and scoped headers, and text contrast of at least 4.5:1 everywhere.
+        const a11y = await page.evaluate(() => {
+          const rgb = (c) => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null; const v = m[1].split(/[ ,/]+/).filter(Boolean).map(Number); return { r: v[0], g: v[1], b: v[2], a: v.length > 3 ? v[3] : 1 }; };
+          const lum = ({ r, g, b }) => { const f = (x) => { x /= 255; return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+          const background = (el) => { for (let e = el; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor); if (c && c.a > 0) return c; } return { r: 255, g: 255, b: 255, a: 1 }; };
+          let worst = 99, worstText = "";
+          for (const el of document.querySelectorAll("body *")) {
+            const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join("").trim();
+            if (!text || el.closest("title, desc, style") || el.closest(".sr-only")) continue;
+            const style = getComputedStyle(el);
+            if (style.visibility === "hidden" || style.display === "none") continue;
+            const box = el.getBoundingClientRect();
+            if (box.width === 0 || box.height === 0 || box.right < 0) continue;
+            const fg = rgb(el instanceof SVGElement ? style.fill : style.color);
+            if (!fg) continue;
+            const L1 = lum(fg), L2 = lum(background(el));
+            const ratio = (Math.max(L1, L2) + 0.05) / (Math.min(L1, L2) + 0.05);
+            if (ratio < worst) { worst = ratio; worstText = text.slice(0, 40); }
+          }
+          return {
+            lang: document.documentElement.lang,
+            charts: [...document.querySelectorAll("svg.chart")].every((s) => s.querySelector(":scope > title") && s.querySelector(":scope > desc") && s.getAttribute("aria-labelledby")),
+            points: [...document.querySelectorAll("svg.chart .point")].every((p) => (p.getAttribute("aria-label") || "").length > 10 && p.getAttribute("role") === "img"),
+            tables: [...document.querySelectorAll("table")].every((t) => t.querySelector("caption") && [...t.querySelectorAll("thead th")].every((th) => th.getAttribute("scope") === "col")),
+            worst, worstText,
+          };
+        });
+        check(a11y.lang === "en", "accessibility: the page declares its language");
+        check(a11y.charts && a11y.points, "accessibility: every chart is named and described, every point labelled");
+        check(a11y.tables, "accessibility: every table has a caption and scoped column headers");
+        check(a11y.worst >= 4.5, `accessibility: text contrast at least 4.5:1 (lowest ${a11y.worst.toFixed(1)}:1)`, `${a11y.worst.toFixed(2)} for "${a11y.worstText}"`);
+
         // Tab from the top of the page visits every focusable element once, in document order.
         const focusables = await page.evaluate(() => document.querySelectorAll("a[href], [tabindex]:not([tabindex='-1'])").length);
         await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
