@@ -84,7 +84,7 @@ std::string card_detail_markdown(const rules::Finding& f, const CardOptions& o) 
     return md;
 }
 
-void write_card(JsonWriter& w, const rules::Finding& f, const CardOptions& o) {
+void write_card(JsonWriter& w, const rules::Finding& f, const CardOptions& o, const std::vector<CardLink>& links) {
     const rules::Rule& r = *f.rule;
     const std::string uuid = card_uuid(f);
     w.StartObject();
@@ -113,6 +113,18 @@ void write_card(JsonWriter& w, const rules::Finding& f, const CardOptions& o) {
         w.EndObject();
     }
     w.EndArray();
+    if (!links.empty()) {
+        w.Key("links");
+        w.StartArray();
+        for (const auto& l : links) {
+            w.StartObject();
+            kv(w, "label", l.label);
+            kv(w, "url", l.url);
+            kv(w, "type", l.type);
+            w.EndObject();
+        }
+        w.EndArray();
+    }
     w.Key("extension");
     w.StartObject();
     w.Key(kCardExtension);
@@ -147,10 +159,10 @@ void write_card(JsonWriter& w, const rules::Finding& f, const CardOptions& o) {
     w.EndObject();
 }
 
-std::string card_json(const rules::Finding& f, const CardOptions& o) {
+std::string card_json(const rules::Finding& f, const CardOptions& o, const std::vector<CardLink>& links) {
     rapidjson::StringBuffer sb;
     JsonWriter w(sb);
-    write_card(w, f, o);
+    write_card(w, f, o, links);
     return sb.GetString();
 }
 

@@ -51,7 +51,16 @@ std::string card_detail_markdown(const rules::Finding& finding, const CardOption
 // Escapes the characters markdown would interpret (\ ` * _ { } [ ] < > # | !).
 std::string markdown_escape(std::string_view text);
 
-void write_card(JsonWriter& w, const rules::Finding& finding, const CardOptions& options);
-std::string card_json(const rules::Finding& finding, const CardOptions& options);
+// A CDS Hooks 2.0 Link (card.links[]): label, url, type "absolute" or "smart".
+struct CardLink {
+    std::string label;
+    std::string url;
+    std::string type = "absolute";
+};
+
+// `links`: card.links (left out when empty).
+void write_card(JsonWriter& w, const rules::Finding& finding, const CardOptions& options,
+                const std::vector<CardLink>& links = {});
+std::string card_json(const rules::Finding& finding, const CardOptions& options, const std::vector<CardLink>& links = {});
 
 }  // namespace calcalert::mappings

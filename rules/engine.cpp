@@ -122,6 +122,24 @@ public:
         return out;
     }
 
+    std::vector<SeriesPoint> series(const std::string& value) {
+        std::vector<DataQualityNote> ignored;
+        select_labs(ignored);
+        LabFact probe;
+        probe.value = value;
+        if (const auto a = analyte_from_name(value)) {
+            probe.analyte = *a;
+        } else {
+            const auto& computed = cat_.computed();
+            for (std::size_t i = 0; i < computed.size(); ++i)
+                if (computed[i].id == value) probe.computed = static_cast<int>(i);
+            if (probe.computed < 0) return {};
+        }
+        std::vector<SeriesPoint> out;
+        for (const Candidate& c : candidates(probe)) out.push_back({c.value, c.comparator, c.time, c.reference_high, c.sources});
+        return out;
+    }
+
 private:
     std::string when(EpochSeconds t) const { return format_time_for_people(t, zone_); }
 
@@ -397,11 +415,11 @@ private:
         }
         const Candidate& c = all.front();
         const std::string unit = unit_of(f);
-        double threshold = f.fallback;
+        const AppliedThreshold applied = lab_fact_threshold(f, c.reference_high);
+        const double threshold = applied.value;
         std::string threshold_text;
         std::string basis;
-        if (f.times_reference_high && c.reference_high) {
-            threshold = *f.times_reference_high * *c.reference_high;
+        if (applied.from_reference_range) {
             basis = "reference range";
             if (*f.times_reference_high == 1)
                 threshold_text = "the upper reference limit " + format_number(threshold) + " " + unit;
@@ -663,6 +681,16 @@ std::string explanation_text(const Finding& fd) {
             d += (i ? "; [" : " [") + std::to_string(i + 1) + "] " + fd.sources[i];
     }
     return d;
+}
+
+AppliedThreshold lab_fact_threshold(const LabFact& f, std::optional<double> reference_high) {
+    if (f.times_reference_high && reference_high) return {*f.times_reference_high * *reference_high, true};
+    return {f.fallback, false};
+}
+
+std::vector<SeriesPoint> value_series(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog,
+                                      const std::string& value) {
+    return Evaluator(facts, now, catalog).series(value);
 }
 
 Evaluation evaluate(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog) {

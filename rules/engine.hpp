@@ -62,6 +62,29 @@ std::string explanation_text(const Finding& finding);
 // "[1, 2]": the numbers, in finding.sources, of the resources one evidence line rests on.
 std::string evidence_references(const Evidence& evidence, const std::vector<std::string>& sources);
 
+// One value a lab fact can judge, as the engine sees it: a counted result of an analyte (a status of
+// countedObservationStatuses, not dated after now + futureToleranceHours), or a computed value (Ca×P, the
+// albumin-corrected calcium) built from counted results exactly as the lab facts build it.
+struct SeriesPoint {
+    double value = 0;
+    std::optional<Comparator> comparator = Comparator::none;  // nullopt: a product bounded both ways
+    EpochSeconds time = 0;
+    std::optional<double> reference_high;
+    std::vector<std::string> sources;  // the results it rests on (one, or two for a computed value)
+};
+// Every value of `value` (an analyte name such as "phosphate", or the id of a computed value such as
+// "ca-x-p"), latest first. Unknown names give nothing. Pure, like evaluate().
+std::vector<SeriesPoint> value_series(const PatientFacts& facts, EpochSeconds now, const RuleCatalog& catalog,
+                                      const std::string& value);
+
+// The threshold a lab fact applies to a value with this reference-range high: timesReferenceRangeHigh ×
+// the high when the fact has a multiple and the result reports a high, else the fact's default.
+struct AppliedThreshold {
+    double value = 0;
+    bool from_reference_range = false;
+};
+AppliedThreshold lab_fact_threshold(const LabFact& fact, std::optional<double> reference_high);
+
 // Formats a number for people: up to `decimals` decimals, trailing zeros removed ("7.5", "10", "1.45").
 std::string format_number(double v, int decimals = 2);
 

@@ -169,6 +169,14 @@ const std::vector<Key>& keys() {
                          if (!v.IsBool()) throw ConfigError(p + ": expected true or false");
                          c.insecure_dev = v.GetBool();
                      }});
+        k.push_back({"explain_pages", Kind::boolean, 0, 0, [](ServeConfig& c, const Value& v, const std::string& p) {
+                         if (!v.IsBool()) throw ConfigError(p + ": expected true or false");
+                         c.explain_pages = v.GetBool();
+                     }});
+        str("explain_key_file", &ServeConfig::explain_key_file);
+        integer("explain_link_lifetime_seconds", &ServeConfig::explain_link_lifetime_seconds, 60, 7 * 86400);
+        integer("explain_cache_entries", &ServeConfig::explain_cache_entries, 1, 1000000);
+        integer("explain_cache_bytes", &ServeConfig::explain_cache_bytes, std::int64_t{1} << 20, std::int64_t{16} << 30);
         return k;
     }();
     return table;
@@ -283,6 +291,7 @@ ServeConfig load_serve_config(const std::string& path, const std::map<std::strin
         a.smart_key_file = resolve(base, a.smart_key_file).string();
     }
     c.fhir_ca_file = resolve(base, c.fhir_ca_file).string();
+    c.explain_key_file = resolve(base, c.explain_key_file).string();
     return c;
 }
 

@@ -74,6 +74,12 @@ struct ServeConfig {
     std::string identifier_system = "urn:calcalert:detected-issue";
     std::string rule_system = "urn:calcalert:rule";
     bool insecure_dev = false;              // no JWT checks; only on a loopback bind address
+    // Explanation pages (explain_links.hpp): each card links to GET /explain/<token> under public_base_url.
+    bool explain_pages = true;
+    std::string explain_key_file;           // HMAC key of the links (>= 32 bytes); "" : drawn at start
+    std::int64_t explain_link_lifetime_seconds = 3600;
+    int explain_cache_entries = 1000;       // pages held (LRU)
+    std::int64_t explain_cache_bytes = 64 * 1024 * 1024;
 };
 
 // Reads `path` (optional: "" uses only defaults and environment) and then `env`.

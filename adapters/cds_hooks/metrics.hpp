@@ -32,7 +32,7 @@ public:
         std::vector<std::string> prefetch_keys;     // the discovery document's prefetch keys
     };
     // The server's own endpoint labels, always known.
-    static constexpr const char* kEndpointLabels[] = {"discovery", "healthz", "metrics", "preflight", "not-found",
+    static constexpr const char* kEndpointLabels[] = {"discovery", "healthz", "metrics", "preflight", "not-found", "explain",
                                                       "unknown"};
     static constexpr std::size_t kMaxSeries = 512;  // per metric
 

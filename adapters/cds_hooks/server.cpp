@@ -49,13 +49,31 @@ struct CdsServer::Impl {
     JsonLog log;
     JwtVerifier verifier;
     CdsService service;
+    std::unique_ptr<ExplainPages> explain;
     std::unique_ptr<http::EventServer> http;
 
     Impl(ServeConfig c, ServerDeps d)
         : config(std::move(c)), deps(std::move(d)), log(*deps.log, deps.clock),
           verifier(config, *deps.store, deps.jku_fetcher),
           service(config, *deps.terminology, *deps.catalog, *deps.store, metrics, deps.sources, deps.lab_tokens,
-                  deps.medications) {}
+                  deps.medications) {
+        if (config.explain_pages) {
+            explain::Guidance guidance;
+            if (deps.guidance) {
+                guidance = *deps.guidance;
+            } else {
+                try {
+                    guidance = explain::Guidance::load(explain::Guidance::file_of(*deps.catalog), *deps.catalog);
+                } catch (const explain::GuidanceError& e) {
+                    throw ConfigError(std::string("explain_pages: ") + e.what());
+                }
+            }
+            std::string key = config.explain_key_file.empty() ? ExplainTokens::generate_key()
+                                                               : ExplainTokens::read_key_file(config.explain_key_file);
+            explain = std::make_unique<ExplainPages>(config, *deps.catalog, std::move(guidance), std::move(key));
+            service.set_explain(explain.get(), [this] { return base_url(); });
+        }
+    }
 
     std::string base_url() const {
         if (!config.public_base_url.empty()) return normalize_base_url(config.public_base_url);
@@ -115,6 +133,11 @@ std::string bearer(const http::Request& req) {
     return start == std::string::npos ? std::string() : h.substr(start);
 }
 
+// The path as the log writes it: an explanation link's token is a credential, never logged.
+std::string loggable_path(const std::string& path) {
+    return path.rfind("/explain/", 0) == 0 ? std::string("/explain/<token>") : path;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -125,7 +148,7 @@ void CdsServer::Impl::finish(const http::Request& req, const std::string& label,
     const double seconds = seconds_since(req.received);
     metrics.request(label, status, seconds);
     std::vector<std::pair<std::string, std::string>> fields = {
-        {"method", req.method}, {"path", req.path()}, {"service", label}, {"status", std::to_string(status)},
+        {"method", req.method}, {"path", loggable_path(req.path())}, {"service", label}, {"status", std::to_string(status)},
         {"ms", std::to_string(static_cast<long long>(seconds * 1000.0 + 0.5))}};
     if (!auth_reason.empty()) fields.emplace_back("auth", auth_reason);
     log.write(status >= 500 ? "error" : (status >= 400 ? "warning" : "info"), "request", fields);
@@ -137,7 +160,7 @@ void CdsServer::Impl::rejected(http::Rejection why, const http::Request* req, in
                                                                {"status", std::to_string(status)}};
     if (req != nullptr) {
         fields.emplace_back("method", req->method);
-        fields.emplace_back("path", req->path());
+        fields.emplace_back("path", loggable_path(req->path()));
         fields.emplace_back("peer", req->peer);
     }
     log.write("warning", "request refused", fields);
@@ -192,6 +215,20 @@ http::Response CdsServer::Impl::handle(const http::Request& req) {
             label = "discovery";
             if (req.method != "GET") resp = reply_of(outcome_reply(405, "not-supported", "use GET"));
             else if (authenticated(base_url() + path)) resp = reply_of({200, service.discovery(), "application/json"});
+        } else if (path.rfind("/explain/", 0) == 0 && explain) {
+            label = "explain";
+            if (req.method != "GET" && req.method != "HEAD") {
+                resp = reply_of({405, "use GET\n", "text/plain; charset=utf-8"});
+            } else {
+                const ExplainReply page = explain->page(std::string_view(path).substr(9), deps.clock());
+                resp.status = page.status;
+                resp.set("Content-Type", "text/html; charset=utf-8");
+                // No script, no external resource: the page needs nothing but its own inline style.
+                resp.set("Content-Security-Policy",
+                         "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'");
+                resp.set("Referrer-Policy", "no-referrer");
+                resp.body = page.body;
+            }
         } else if (path.rfind("/cds-services/", 0) == 0) {
             std::string rest = path.substr(std::string("/cds-services/").size());
             bool is_feedback = false;
@@ -216,7 +253,7 @@ http::Response CdsServer::Impl::handle(const http::Request& req) {
             resp = reply_of(outcome_reply(404, "not-found", "no such path"));
         }
     } catch (const std::exception& e) {
-        log.write("error", "request failed", {{"path", path}, {"error", e.what()}});
+        log.write("error", "request failed", {{"path", loggable_path(path)}, {"error", e.what()}});
         resp = reply_of(outcome_reply(500, "exception", "internal error"));
     }
     common_headers(req, resp);
@@ -285,5 +322,6 @@ int CdsServer::port() const { return impl_->http ? impl_->http->port() : 0; }
 std::string CdsServer::base_url() const { return impl_->base_url(); }
 Metrics& CdsServer::metrics() { return impl_->metrics; }
 JwtVerifier& CdsServer::verifier() { return impl_->verifier; }
+ExplainPages* CdsServer::explain() { return impl_->explain.get(); }
 
 }  // namespace calcalert::cds

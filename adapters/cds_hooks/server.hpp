@@ -8,6 +8,8 @@
 //   POST /cds-services/{id}                a service call (JWT)
 //   POST /cds-services/{id}/feedback       feedback (JWT)
 //   OPTIONS any                            CORS preflight (no JWT; browsers send none)
+//   GET  /explain/<token>                  an alert's explanation page (no JWT: a browser opens it; the
+//                                          signed, short-lived token is the credential, explain_links.hpp)
 //   GET  /healthz, GET /metrics            for the platform (no JWT; keep them off the public network)
 #pragma once
 
@@ -57,6 +59,8 @@ struct ServerDeps {
     FhirSourceFactory sources;    // defaults to fhir_client_sources(config, credentials)
     ServerCredentials credentials;  // the service's own, for fallback reads (config.fhir_server_auth)
     std::ostream* log = nullptr;  // defaults to std::cerr
+    // The explanation pages' guidance; null: read from the catalog's guidance.json (when explain_pages).
+    const explain::Guidance* guidance = nullptr;
 };
 
 class CdsServer {
@@ -73,6 +77,7 @@ public:
     std::string base_url() const;          // public_base_url, else http://<bind>:<port>
     Metrics& metrics();
     JwtVerifier& verifier();
+    ExplainPages* explain();  // null when explain_pages is off
 
     struct Impl;
 

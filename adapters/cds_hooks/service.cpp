@@ -466,13 +466,27 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
             }
         }
 
+        // Each card links to its explanation page; what the page needs is held under the link's id.
+        std::shared_ptr<const ExplainSnapshot> snapshot;
+        if (explain_ && !shown.empty()) {
+            auto s = std::make_shared<ExplainSnapshot>();
+            s->facts = facts;
+            s->notes = eval.notes;
+            s->now = now;
+            snapshot = std::move(s);
+        }
         rapidjson::StringBuffer sb;
         mappings::JsonWriter w(sb);
         w.StartObject();
         w.Key("cards");
         w.StartArray();
         for (const auto* f : shown) {
-            mappings::write_card(w, *f, card_options_);
+            std::vector<mappings::CardLink> links;
+            if (snapshot)
+                links.push_back({"Explain this alert: evidence, lab trend and guidance",
+                                 base_url_() + explain_->link_path(snapshot, *f, mappings::card_uuid(*f), issuer, now),
+                                 "absolute"});
+            mappings::write_card(w, *f, card_options_, links);
             metrics_.card(f->rule->id);
         }
         w.EndArray();

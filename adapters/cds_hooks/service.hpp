@@ -26,6 +26,7 @@
 #include <rapidjson/document.h>
 
 #include "adapters/cds_hooks/config.hpp"
+#include "adapters/cds_hooks/explain_links.hpp"
 #include "adapters/cds_hooks/metrics.hpp"
 #include "adapters/state/state_store.hpp"
 #include "fhir/token_provider.hpp"
@@ -107,6 +108,12 @@ public:
                state::StateStore& store, Metrics& metrics, FhirSourceFactory sources,
                std::vector<std::string> lab_tokens, const mappings::Medications* medications);
 
+    // Explanation pages: every card gets a link base_url() + "/explain/<token>" (null: no links).
+    void set_explain(ExplainPages* pages, std::function<std::string()> base_url) {
+        explain_ = pages;
+        base_url_ = std::move(base_url);
+    }
+
     const std::string& discovery() const { return discovery_; }
     // issuer: the verified JWT `iss` of the caller (kInsecureDevIssuer without authentication).
     // end_by: the call's deadline (fhirServer reads stop there: 412 naming it).
@@ -126,6 +133,8 @@ private:
     std::string discovery_;
     mappings::CardOptions card_options_;
     std::vector<std::string> allowed_servers_;
+    ExplainPages* explain_ = nullptr;
+    std::function<std::string()> base_url_;
 };
 
 }  // namespace calcalert::cds

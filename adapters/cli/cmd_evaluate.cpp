@@ -7,6 +7,7 @@
 
 #include "adapters/cli/cli.hpp"
 #include "adapters/cli/commands.hpp"
+#include "adapters/cli/html_report.hpp"
 #include "adapters/cli/text_report.hpp"
 #include "fhir/datetime.hpp"
 #include "fhir/resource_reader.hpp"
@@ -33,7 +34,12 @@ Options:
   --format FORMAT        bundle (default): a FHIR Bundle of type collection with one DetectedIssue
                          per finding, plus one OperationOutcome with the data-quality notes;
                          ndjson: one DetectedIssue per line;
-                         text: a readable report per patient
+                         text: a readable report per patient;
+                         html: an explanation page per finding (evidence, lab trend chart,
+                         conditions, guidance, data-quality notes) and an index.html, written
+                         into the directory of -o
+  -o, --output DIR       (html only, required) the directory of the pages; created when absent.
+                         Files of the same names that calcalert did not write are never replaced
   --catalog DIR          rule catalog directory (facts.json, rules/*.json)
   --terminology DIR      terminology data directory (*.tsv)
   --identifier-system URI  DetectedIssue.identifier system (default urn:calcalert:detected-issue)
@@ -52,18 +58,33 @@ std::string issue_code(const fhir::Problem& p) {
 }  // namespace
 
 int evaluate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-    Options opts(args, {"now", "format", "catalog", "terminology", "identifier-system", "time-zone"}, {"help"});
+    std::vector<std::string> spelled = args;  // -o DIR is --output DIR
+    for (auto& a : spelled)
+        if (a == "-o") a = "--output";
+    Options opts(spelled, {"now", "format", "catalog", "terminology", "identifier-system", "time-zone", "output"}, {"help"});
     if (opts.flag("help")) {
         out << kEvaluateHelp;
         return ok;
     }
     if (opts.positional().empty()) throw UsageError("evaluate needs at least one FILE ('-' for standard input)");
     const std::string format = opts.value("format").value_or("bundle");
-    if (format != "bundle" && format != "ndjson" && format != "text")
-        throw UsageError("--format must be bundle, ndjson or text, not '" + format + "'");
+    if (format != "bundle" && format != "ndjson" && format != "text" && format != "html")
+        throw UsageError("--format must be bundle, ndjson, text or html, not '" + format + "'");
+    const auto output = opts.value("output");
+    if (format == "html" && (!output || output->empty()))
+        throw UsageError("--format html needs -o DIR, the directory the pages are written to");
+    if (format != "html" && output) throw UsageError("-o DIR is for --format html only (the other formats go to standard output)");
     const rules::EpochSeconds now = now_option(opts);
     const mappings::IssueOptions di_options = issue_options(opts);
     const Engine engine = load_engine(opts);
+    std::optional<explain::Guidance> guidance;
+    if (format == "html") {
+        try {
+            guidance.emplace(explain::Guidance::load(explain::Guidance::file_of(engine.catalog), engine.catalog));
+        } catch (const explain::GuidanceError& e) {
+            throw ConfigError(e.what());
+        }
+    }
 
     mappings::FactBuilder builder(engine.terminology);
     bool input_failed = false;
@@ -80,11 +101,18 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
         err << "calcalert: " << fhir::to_string(p.severity) << ": " << p.describe() << "\n";
 
     std::vector<PatientResult> results;
+    std::vector<const rules::PatientFacts*> patient_facts;
     results.reserve(builder.patients().size());
-    for (const auto& [ref, facts] : builder.patients())
+    for (const auto& [ref, facts] : builder.patients()) {
         results.push_back({ref, rules::evaluate(facts, now, engine.catalog)});
+        patient_facts.push_back(&facts);
+    }
 
-    if (format == "text") {
+    if (format == "html") {
+        HtmlReportInput in{&results, &patient_facts, &engine.catalog, &*guidance, now};
+        const std::size_t written = write_html_report(*output, in);
+        out << "wrote " << written << " files to " << *output << " (" << written - 1 << " finding pages and index.html)\n";
+    } else if (format == "text") {
         write_text_report(out, results, now, engine.catalog.time_zone());
     } else if (format == "ndjson") {
         for (const auto& r : results)

@@ -344,6 +344,57 @@ TEST_CASE("service calls: full prefetch, null keys, fallback to the sandbox FHIR
     CHECK(r->log.str().find("eyJ") == std::string::npos);  // no JWT in the logs
 }
 
+TEST_CASE("explanation links: each card links to its page under public_base_url; the page opens over HTTP") {
+    auto r = start([](ServeConfig& c) { c.explain_link_lifetime_seconds = 600; });
+    const auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
+    const Resp c = http(*r, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)), token(*r, kPV));
+    REQUIRE_MESSAGE(c.status == 200, c.body);
+    auto d = json(c.body);
+    const auto& links = d["cards"][0]["links"];
+    REQUIRE(links.IsArray());
+    REQUIRE(links.Size() == 1);
+    CHECK(std::string(links[0]["type"].GetString()) == "absolute");
+    CHECK(std::string(links[0]["label"].GetString()).rfind("Explain this alert", 0) == 0);
+    const std::string url = links[0]["url"].GetString();
+    const std::string prefix = r->server->base_url() + "/explain/";
+    REQUIRE(url.rfind(prefix, 0) == 0);
+    CHECK(url.find("harold") == std::string::npos);
+    const std::string path = url.substr(r->server->base_url().size());
+    const Resp page = http(*r, "GET", path);
+    CHECK(page.status == 200);
+    CHECK(page.meta.get("Content-Type", "") == "text/html; charset=utf-8");
+    CHECK(page.meta.get("Content-Security-Policy", "").rfind("default-src 'none'", 0) == 0);
+    CHECK(page.meta.get("Referrer-Policy", "") == "no-referrer");
+    CHECK(page.body.find("Metastatic calcification risk") != std::string::npos);
+    CHECK(page.body.find("Patient/harold-kim") != std::string::npos);
+    CHECK(page.body.find("data-fact=\"ca-x-p-high\" data-threshold=\"70\"") != std::string::npos);
+    std::string tampered = path;
+    tampered.back() = tampered.back() == 'A' ? 'B' : 'A';
+    CHECK(http(*r, "GET", tampered).status == 401);
+    CHECK(http(*r, "POST", path).status == 405);
+    g_now = kNow + 601;
+    const Resp expired = http(*r, "GET", path);
+    g_now = kNow;
+    CHECK(expired.status == 401);
+    CHECK(expired.body.find("expired") != std::string::npos);
+    CHECK(r->server->metrics().render().find("service=\"explain\",status=\"200\"") != std::string::npos);
+    // The token is a credential: the request log names the path without it.
+    CHECK(r->log.str().find(path.substr(std::string("/explain/").size())) == std::string::npos);
+    CHECK(r->log.str().find("\"path\":\"/explain/<token>\"") != std::string::npos);
+
+    // public_base_url is the links' base; explain_pages false: no links, no page.
+    auto pub = start([](ServeConfig& cfg) { cfg.public_base_url = "https://cds.hospital.example.org/"; });
+    const Resp pc = http(*pub, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)), token(*pub, kPV));
+    REQUIRE(pc.status == 200);
+    CHECK(std::string(json(pc.body)["cards"][0]["links"][0]["url"].GetString())
+              .rfind("https://cds.hospital.example.org/explain/", 0) == 0);
+    auto off = start([](ServeConfig& cfg) { cfg.explain_pages = false; });
+    const Resp oc = http(*off, "POST", kPV, cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)), token(*off, kPV));
+    REQUIRE(oc.status == 200);
+    CHECK_FALSE(json(oc.body)["cards"][0].HasMember("links"));
+    CHECK(http(*off, "GET", path).status == 404);
+}
+
 TEST_CASE("the procedures and patient keys: used as sent, read from fhirServer when missing") {
     auto r = start();
     const std::string fhir = env().fhir.base_url();

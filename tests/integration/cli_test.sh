@@ -214,5 +214,40 @@ check "the synthetic cohort evaluates without an error line" test $rc -eq 0 -a !
 run genusage sandbox generate --patients 5
 check "sandbox generate without --out exits 2" test $rc -eq 2
 
+# --format html -o DIR: the explanation pages of a batch.
+cohort=$root/examples/cohort/cohort.json
+run htmlnoout evaluate --now $now --format html "$cohort"
+check "--format html without -o exits 2" test $rc -eq 2
+check "--format html without -o: one line saying -o is needed" one_line_naming "$tmp/htmlnoout.err" 'needs -o DIR'
+run textout evaluate --now $now --format text -o "$tmp/x" "$cohort"
+check "-o with --format text exits 2" test $rc -eq 2
+check "-o with --format text writes nothing" test ! -e "$tmp/x"
+run htmlout evaluate --now $now --format html -o "$tmp/pages/new" "$cohort"
+check "--format html exits 0" test $rc -eq 0
+check "--format html creates DIR with index.html" test -s "$tmp/pages/new/index.html"
+pages=$(find "$tmp/pages/new" -name '*-*-*-*-*.html' | wc -l)
+findings=$("$bin" evaluate --now $now --format ndjson "$cohort" | wc -l)
+check "--format html: one page per finding ($pages pages, $findings findings)" test "$pages" -eq "$findings" -a "$pages" -gt 0
+harold=$("$bin" evaluate --now $now --format ndjson "$cohort" | grep '"reference":"Patient/harold-kim"' | sed 's/.*"identifier":\[{"system":"[^"]*","value":"\([^"]*\)".*/\1/')
+check "--format html: the index links harold-kim's page" grep -q "href=\"$harold.html\"" "$tmp/pages/new/index.html"
+check "--format html: the page has its chart and the catalog's Ca×P threshold" \
+  grep -q 'data-fact="ca-x-p-high" data-threshold="70"' "$tmp/pages/new/$harold.html"
+check "--format html: no script, no external resource" bash -c "! grep -qE '<script|<link|src=' '$tmp/pages/new/$harold.html'"
+check "--format html: the page links back to the index" grep -q 'href="index.html"' "$tmp/pages/new/$harold.html"
+echo "kept" >"$tmp/pages/new/notes.txt"
+run htmlagain evaluate --now $now --format html -o "$tmp/pages/new" "$cohort"
+check "--format html again into the same DIR replaces its own pages (exit 0)" test $rc -eq 0
+check "--format html again leaves other files alone" grep -qx kept "$tmp/pages/new/notes.txt"
+mkdir -p "$tmp/pages/theirs"
+echo "<html>someone's index</html>" >"$tmp/pages/theirs/index.html"
+run htmltheirs evaluate --now $now --format html -o "$tmp/pages/theirs" "$cohort"
+check "--format html refuses to replace a file it did not write (exit 2)" test $rc -eq 2
+check "--format html: the refusal names the file" one_line_naming "$tmp/htmltheirs.err" 'index\.html exists and was not written by calcalert'
+check "--format html: the foreign file is unchanged" grep -q "someone's index" "$tmp/pages/theirs/index.html"
+check "--format html: nothing else was written" test "$(ls "$tmp/pages/theirs" | wc -l)" -eq 1
+touch "$tmp/pages/afile"
+run htmlfile evaluate --now $now --format html -o "$tmp/pages/afile" "$cohort"
+check "-o naming a file exits 2" test $rc -eq 2
+
 echo "cli: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -80,3 +80,18 @@ TEST_CASE("markdown escaping and indicators") {
     CHECK(mappings::card_indicator(rules::RuleSeverity::moderate) == "warning");
     CHECK(mappings::card_indicator(rules::RuleSeverity::low) == "info");
 }
+
+TEST_CASE("card links: a CDS Hooks Link (label, url, type) per link; none without links") {
+    const auto findings = cohort_findings("Patient/harold-kim");
+    REQUIRE(!findings.empty());
+    rapidjson::Document without, with;
+    without.Parse(mappings::card_json(findings[0], {}).c_str());
+    CHECK_FALSE(without.HasMember("links"));
+    with.Parse(mappings::card_json(findings[0], {}, {{"Explain \"this\"", "https://cds.example.org/explain/abc", "absolute"}}).c_str());
+    REQUIRE(with["links"].IsArray());
+    REQUIRE(with["links"].Size() == 1);
+    CHECK(std::string(with["links"][0]["label"].GetString()) == "Explain \"this\"");
+    CHECK(std::string(with["links"][0]["url"].GetString()) == "https://cds.example.org/explain/abc");
+    CHECK(std::string(with["links"][0]["type"].GetString()) == "absolute");
+    CHECK(with["links"][0].MemberCount() == 3);
+}

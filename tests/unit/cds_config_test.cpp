@@ -38,6 +38,29 @@ TEST_CASE("the example configuration loads and validates") {
     CHECK(std::filesystem::path(c.state_file).is_absolute());
 }
 
+TEST_CASE("the explanation page keys: defaults, file, environment, ranges") {
+    const ServeConfig d;
+    CHECK(d.explain_pages);
+    CHECK(d.explain_link_lifetime_seconds == 3600);
+    CHECK(d.explain_cache_entries == 1000);
+    const auto c = load_serve_config(
+        write_temp("explain.json", R"({"explain_key_file": "keys/explain.key", "explain_link_lifetime_seconds": 600,
+                                       "explain_cache_entries": 5, "explain_cache_bytes": 2097152, "explain_pages": false})"),
+        {{"CALCALERT_SERVE_EXPLAIN_LINK_LIFETIME_SECONDS", "900"}});
+    CHECK_FALSE(c.explain_pages);
+    CHECK(c.explain_link_lifetime_seconds == 900);
+    CHECK(c.explain_cache_entries == 5);
+    CHECK(c.explain_cache_bytes == 2097152);
+    CHECK(std::filesystem::path(c.explain_key_file).is_absolute());
+    CHECK(std::filesystem::path(c.explain_key_file).filename() == "explain.key");
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("e.json", R"({"explain_link_lifetime_seconds": 10})"), {}),
+                         doctest::Contains("$.explain_link_lifetime_seconds: 10 is out of range [60, 604800]"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("f.json", R"({"explain_cache_entries": 0})"), {}),
+                         doctest::Contains("$.explain_cache_entries: 0 is out of range"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("g.json", R"({"explain_pages": "yes"})"), {}),
+                         doctest::Contains("$.explain_pages: expected true or false"), ConfigError);
+}
+
 TEST_CASE("unknown keys and wrong types are rejected with their path") {
     CHECK_THROWS_WITH_AS(load_serve_config(write_temp("a.json", R"({"prot": 80})"), {}), doctest::Contains("$.prot: unknown key"),
                          ConfigError);
