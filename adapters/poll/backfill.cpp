@@ -290,19 +290,17 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
         const std::string q = "DetectedIssue?identifier=" + url_encode(popt.issue.identifier_system + "|") +
                               "&_count=" + std::to_string(popt.page_size);
         search_pages(client_, q, [&](const rapidjson::Document& page, const std::string&) {
-            const Json* entries = fhir::member(page, "entry");
-            if (!entries || !entries->IsArray()) return;
-            for (const auto& e : entries->GetArray()) {
-                const Json* res = fhir::member(e, "resource");
-                ServerAlert x;
-                if (!res || !read_server_alert(*res, popt.issue.identifier_system, popt.issue.evidence_hash_extension, x)) continue;
-                const Json* patient = fhir::member(*res, "patient");
-                const auto local = patient && patient->IsObject() ? local_patient(fhir::string_or_empty(*patient, "reference"), server())
-                                                                  : std::nullopt;
-                if (!local) continue;
-                auto& list = alerts[*local];
-                if (std::none_of(list.begin(), list.end(), [&](const ServerAlert& a) { return a.id == x.id; })) list.push_back(std::move(x));
-            }
+            for_each_server_alert(page, popt.issue.identifier_system, popt.issue.evidence_hash_extension,
+                                  [&](ServerAlert& x, const Json& res) {
+                                      const Json* patient = fhir::member(res, "patient");
+                                      const auto local = patient && patient->IsObject()
+                                                             ? local_patient(fhir::string_or_empty(*patient, "reference"), server())
+                                                             : std::nullopt;
+                                      if (!local) return;
+                                      auto& list = alerts[*local];
+                                      if (std::none_of(list.begin(), list.end(), [&](const ServerAlert& a) { return a.id == x.id; }))
+                                          list.push_back(std::move(x));
+                                  });
         }, sum.notes);
 
         // 3. The work: patients of the export with a finding or one of our alerts.

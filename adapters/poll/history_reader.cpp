@@ -73,6 +73,18 @@ LabCodeSearch discover_lab_code_search(fhir::FhirClient& client) {
     }
 }
 
+void for_each_server_alert(const rapidjson::Value& page, const std::string& identifier_system,
+                           const std::string& evidence_hash_extension,
+                           const std::function<void(ServerAlert&, const rapidjson::Value& resource)>& on_alert) {
+    const Json* entries = fhir::member(page, "entry");
+    if (!entries || !entries->IsArray()) return;
+    for (const auto& e : entries->GetArray()) {
+        const Json* res = fhir::member(e, "resource");
+        ServerAlert x;
+        if (res && read_server_alert(*res, identifier_system, evidence_hash_extension, x)) on_alert(x, *res);
+    }
+}
+
 bool read_server_alert(const rapidjson::Value& res, const std::string& identifier_system,
                        const std::string& evidence_hash_extension, ServerAlert& x) {
     if (!res.IsObject() || fhir::string_or_empty(res, "resourceType") != "DetectedIssue") return false;
@@ -180,15 +192,9 @@ std::vector<ServerAlert> HistoryReader::read_alerts(const std::string& patient) 
     const std::string q = "DetectedIssue?patient=" + url_encode(patient) + "," +
                           url_encode(client_.base_url() + "/" + patient) + "&_count=" + std::to_string(opt_.page_size);
     search_pages(client_, q, [&](const rapidjson::Document& page, const std::string&) {
-        const Json* entries = fhir::member(page, "entry");
-        if (!entries || !entries->IsArray()) return;
-        for (const auto& e : entries->GetArray()) {
-            const Json* res = fhir::member(e, "resource");
-            ServerAlert x;
-            if (res && read_server_alert(*res, opt_.identifier_system, opt_.evidence_hash_extension, x) &&
-                ids.insert(x.id).second)
-                out.push_back(std::move(x));
-        }
+        for_each_server_alert(page, opt_.identifier_system, opt_.evidence_hash_extension, [&](ServerAlert& x, const Json&) {
+            if (ids.insert(x.id).second) out.push_back(std::move(x));
+        });
     }, notes_);
     return out;
 }

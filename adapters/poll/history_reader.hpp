@@ -9,6 +9,7 @@
 // `component-code`; else `code` plus the patient's laboratory Observations read whole ("the panels").
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -88,5 +89,9 @@ private:
 // resource is not one.
 bool read_server_alert(const rapidjson::Value& resource, const std::string& identifier_system,
                        const std::string& evidence_hash_extension, ServerAlert& out);
+// calcalert's DetectedIssues among a searchset page's entries, each with its resource.
+void for_each_server_alert(const rapidjson::Value& page, const std::string& identifier_system,
+                           const std::string& evidence_hash_extension,
+                           const std::function<void(ServerAlert&, const rapidjson::Value& resource)>& on_alert);
 
 }  // namespace calcalert::poll
