@@ -328,11 +328,12 @@ public:
 
     std::int64_t begin_run(const std::string& server, EpochSeconds started_at) override {
         return locked([&] {
+            // The database assigns the id (another process may share the file): never MAX(id) + 1.
+            session_ << "INSERT INTO runs (server, started_at, finished_at, outcome, summary)"
+                        " VALUES (?, ?, 0, 'running', '{}')",
+                bind(server), bind(static_cast<Poco::Int64>(started_at)), now;
             Poco::Int64 id = 0;
-            session_ << "SELECT COALESCE(MAX(id), 0) + 1 FROM runs", into(id), now;
-            session_ << "INSERT INTO runs (id, server, started_at, finished_at, outcome, summary)"
-                        " VALUES (?, ?, ?, 0, 'running', '{}')",
-                bind(id), bind(server), bind(static_cast<Poco::Int64>(started_at)), now;
+            session_ << "SELECT last_insert_rowid()", into(id), now;
             return static_cast<std::int64_t>(id);
         });
     }
@@ -389,12 +390,10 @@ public:
 
     void record_feedback(const FeedbackRecord& f) override {
         locked([&] {
-            Poco::Int64 id = 0;
-            session_ << "SELECT COALESCE(MAX(id), 0) + 1 FROM cds_feedback", into(id), now;
-            session_ << "INSERT INTO cds_feedback (id, service_id, card_uuid, patient, rule_id, outcome,"
+            session_ << "INSERT INTO cds_feedback (service_id, card_uuid, patient, rule_id, outcome,"
                         " override_reason, outcome_at, received_at, issuer, order_ref, evidence_hash)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                bind(id), bind(f.service_id), bind(f.card_uuid), bind(f.patient), bind(f.rule_id), bind(f.outcome),
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                bind(f.service_id), bind(f.card_uuid), bind(f.patient), bind(f.rule_id), bind(f.outcome),
                 bind(f.override_reason), bind(static_cast<Poco::Int64>(f.outcome_at)),
                 bind(static_cast<Poco::Int64>(f.received_at)), bind(f.issuer), bind(f.order), bind(f.evidence_hash), now;
         });

@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 #include <stdexcept>
+#include <set>
 #include <thread>
 
 #include <unistd.h>
@@ -231,6 +232,32 @@ TEST_CASE("calls from several threads are serialized") {
         });
     for (auto& th : threads) th.join();
     CHECK_FALSE(s->remember_jti("iss", "3-49", 10, 1));
+}
+
+TEST_CASE("two processes' stores on one file: run and feedback ids never collide") {
+    const TempFile file("shared-ids");
+    auto a = open_sqlite_store(file);
+    auto b = open_sqlite_store(file);  // another connection, as another process would have
+    std::vector<std::int64_t> ids_a, ids_b;
+    std::thread ta([&] {
+        for (int i = 0; i < 300; ++i) {
+            ids_a.push_back(a->begin_run("http://s/fhir", i));
+            a->record_feedback({"iss", "svc", "card", "Patient/1", "rule-x", "", "", "accepted", "", i, i});
+        }
+    });
+    std::thread tb([&] {
+        for (int i = 0; i < 300; ++i) {
+            ids_b.push_back(b->begin_run("http://s/fhir", i));
+            b->record_feedback({"iss", "svc", "card", "Patient/1", "rule-x", "", "", "accepted", "", i, i});
+        }
+    });
+    ta.join();
+    tb.join();
+    std::set<std::int64_t> all(ids_a.begin(), ids_a.end());
+    all.insert(ids_b.begin(), ids_b.end());
+    CHECK(all.size() == 600);
+    CHECK(a->runs("http://s/fhir", 1000).size() == 600);
+    CHECK(a->feedback("Patient/1", "rule-x").size() == 600);
 }
 
 TEST_CASE("a file that is not a state file is a clear error") {
