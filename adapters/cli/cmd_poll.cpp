@@ -60,6 +60,8 @@ Options:
   --ca-file FILE         extra CA certificates (PEM) for TLS
   --insecure-skip-tls-verify   do not verify the server's certificate (testing only)
   --page-size N          search page size (default 200)
+  --history-batch N      patients whose histories are read by one set of searches (default 10;
+                         1 reads each alone)
   --batch N              DetectedIssue writes per Bundle (default 50; a Bundle the server refuses
                          as too large is split and the smaller size kept)
   --bundle-type TYPE     batch (default: each write on its own) or transaction (all or nothing)
@@ -180,7 +182,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
                                     "batch",     "overlap",        "bundle-type", "lab-code-search",
                                     "retries",   "fault-budget",   "request-deadline", "catalog",
                                     "terminology", "identifier-system", "time-zone", "backfill",
-                                    "bulk-group", "bulk-type-filter", "bulk-max-wait"};
+                                    "bulk-group", "bulk-type-filter", "bulk-max-wait", "history-batch"};
     std::set<std::string> flags = {"help", "once", "dry-run"};
     values.insert(server_value_options().begin(), server_value_options().end());
     flags.insert(server_flag_options().begin(), server_flag_options().end());
@@ -201,6 +203,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     poll::PollOptions popts;
     popts.dry_run = opts.flag("dry-run");
     if (auto v = opts.value("page-size")) popts.page_size = parse_count(*v, "page-size");
+    if (auto v = opts.value("history-batch")) popts.history_batch = parse_count(*v, "history-batch", 1, 100);
     if (auto v = opts.value("batch")) popts.write.batch_size = parse_count(*v, "batch");
     if (auto v = opts.value("bundle-type")) {
         if (*v == "batch") popts.write.bundle_type = poll::BundleType::batch;

@@ -71,6 +71,7 @@ const std::vector<PollConfigKey>& poll_config_keys() {
         {"ca_file", "ca-file", "path"},
         {"insecure_skip_tls_verify", "insecure-skip-tls-verify", "boolean"},
         {"page_size", "page-size", "integer"},
+        {"history_batch", "history-batch", "integer"},
         {"batch", "batch", "integer"},
         {"bundle_type", "bundle-type", "string"},
         {"lab_code_search", "lab-code-search", "string"},

@@ -326,7 +326,7 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
                 for (const auto& p : patients) store_.enqueue_patient(server(), p, now);
             });
         HistoryReader live(client_, term_, catalog,
-                           {popt.issue.identifier_system, popt.issue.evidence_hash_extension, popt.page_size, search});
+                           {popt.issue.identifier_system, popt.issue.evidence_hash_extension, popt.page_size, search, 1});
         ExportSnapshot snapshot(std::move(builder.patients()), std::move(alerts), std::move(unreadable), live);
         poller_.work_stage(snapshot, patients, sum, now);
 

@@ -7,6 +7,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "adapters/poll/change_feed.hpp"
 #include "adapters/poll/paging.hpp"
 #include "adapters/poll/url.hpp"
 #include "fhir/datetime.hpp"
@@ -114,17 +115,20 @@ HistoryReader::HistoryReader(fhir::FhirClient& client, const mappings::Terminolo
     : client_(client), term_(terminology), catalog_(catalog), opt_(std::move(options)), codes_(lab_code_list(terminology)),
       procedure_codes_(procedure_code_list(terminology)) {}
 
-std::string HistoryReader::subject_param(const std::string& patient) const {
-    return "subject=" + url_encode(patient) + "," + url_encode(client_.base_url() + "/" + patient);
-}
-
-PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSeconds now) {
+std::map<std::string, PatientHistory> HistoryReader::read_together(const std::vector<std::string>& patients,
+                                                                   rules::EpochSeconds now, bool& whole) {
     // The catalog says how far back the lab facts look (their longest window, with the albumin and pairing reach).
     const double window_days = catalog_.history_window_days();
     const std::string since =
         url_encode(fhir::format_datetime(now - static_cast<rules::EpochSeconds>(std::ceil(window_days * 86400))));
     const std::string count = "&_count=" + std::to_string(opt_.page_size);
-    const std::string subject = subject_param(patient);
+    std::string refs;  // every patient relative and as an absolute URL on this server's base
+    std::string ids;
+    for (const auto& p : patients) {
+        refs += (refs.empty() ? "" : ",") + url_encode(p) + "," + url_encode(client_.base_url() + "/" + p);
+        ids += (ids.empty() ? "" : ",") + url_encode(p.substr(p.find('/') + 1));
+    }
+    const std::string subject = "subject=" + refs;
 
     std::vector<std::string> queries;
     const std::string code_param = opt_.lab_search == LabCodeSearch::combo_code ? "combo-code=" : "code=";
@@ -143,7 +147,7 @@ PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSecon
     if (!procedure_codes_.empty())
         queries.push_back("Procedure?" + subject + "&code=" + procedure_codes_ + "&date=ge" + procedures_since + count);
 
-    PatientHistory h;
+    std::vector<std::string> notes;
     mappings::FactBuilder builder(term_, client_.base_url());
     std::set<std::string> read;  // "Type/id": a resource on two pages or in two searches counts once
     for (const auto& q : queries) {
@@ -160,27 +164,96 @@ PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSecon
                 if (!id.empty() && !read.insert(type + "/" + id).second) continue;
                 fhir::read_value(*res, "GET " + q + " entry[" + std::to_string(i) + "]", builder);
             }
-        }, h.notes);
+        }, notes);
     }
     // The Patient itself: a deceased patient gets no finding (clinical-rules.md §5.1.6). A patient
     // only referenced, never created (404), or deleted (410), has no Patient to read.
-    try {
-        const std::string target = "Patient/" + url_encode(patient.substr(patient.find('/') + 1));
-        const rapidjson::Document res = client_.get_resource(target);
-        if (fhir::string_or_empty(res, "resourceType") == "Patient") fhir::read_value(res, "GET " + patient, builder);
-    } catch (const fhir::FhirError& e) {
-        if (e.kind() != fhir::FhirErrorKind::http_status || (e.status() != 404 && e.status() != 410)) throw;
+    if (patients.size() == 1) {
+        try {
+            const rapidjson::Document res = client_.get_resource("Patient/" + ids);
+            if (fhir::string_or_empty(res, "resourceType") == "Patient") fhir::read_value(res, "GET " + patients[0], builder);
+        } catch (const fhir::FhirError& e) {
+            if (e.kind() != fhir::FhirErrorKind::http_status || (e.status() != 404 && e.status() != 410)) throw;
+        }
+    } else {
+        const std::set<std::string> wanted(patients.begin(), patients.end());
+        search_pages(client_, "Patient?_id=" + ids + count, [&](const rapidjson::Document& page, const std::string&) {
+            const Json* entries = fhir::member(page, "entry");
+            if (!entries || !entries->IsArray()) return;
+            for (const auto& e : entries->GetArray()) {
+                const Json* res = fhir::member(e, "resource");
+                if (!res || !res->IsObject() || fhir::string_or_empty(*res, "resourceType") != "Patient") continue;
+                const std::string ref = "Patient/" + fhir::string_or_empty(*res, "id");
+                if (wanted.count(ref) && read.insert(ref).second) fhir::read_value(*res, "GET " + ref, builder);
+            }
+        }, notes);
     }
 
+    // calcalert's DetectedIssues, by patient.
+    std::map<std::string, std::vector<ServerAlert>> alerts;
+    std::set<std::string> alert_ids;
+    search_pages(client_, "DetectedIssue?patient=" + refs + count, [&](const rapidjson::Document& page, const std::string&) {
+        for_each_server_alert(page, opt_.identifier_system, opt_.evidence_hash_extension, [&](ServerAlert& x, const Json& res) {
+            const Json* patient = fhir::member(res, "patient");
+            const auto local = patient && patient->IsObject()
+                                   ? local_patient(fhir::string_or_empty(*patient, "reference"), client_.base_url())
+                                   : std::nullopt;
+            if (local && alert_ids.insert(x.id).second) alerts[*local].push_back(std::move(x));
+        });
+    }, notes);
+
+    std::map<std::string, PatientHistory> out;
+    whole = true;
+    std::size_t warnings = 0;
+    std::vector<fhir::Problem> errors;
     for (const auto& problem : builder.problems()) {
-        if (problem.severity == fhir::Severity::error || problem.severity == fhir::Severity::fatal)
-            h.unreadable.push_back(problem);
-        else
-            ++h.data_quality_notes;
+        if (problem.severity == fhir::Severity::error || problem.severity == fhir::Severity::fatal) errors.push_back(problem);
+        else ++warnings;
     }
-    if (const auto it = builder.patients().find(patient); it != builder.patients().end()) h.facts = std::move(it->second);
-    else h.facts = rules::PatientFacts{patient, {}, {}, {}};
-    h.alerts = read_alerts(patient);
+    whole = errors.empty();
+    for (const auto& p : patients) {
+        PatientHistory& h = out[p];
+        if (const auto it = builder.patients().find(p); it != builder.patients().end()) h.facts = std::move(it->second);
+        else h.facts = rules::PatientFacts{p, {}, {}, {}};
+        if (const auto it = alerts.find(p); it != alerts.end()) h.alerts = std::move(it->second);
+    }
+    // Problems and notes go with the first patient: alone, they are exactly that patient's.
+    PatientHistory& first = out[patients.front()];
+    first.unreadable = std::move(errors);
+    first.data_quality_notes = warnings;
+    first.notes = std::move(notes);
+    return out;
+}
+
+void HistoryReader::prepare(const std::vector<std::string>& upcoming, rules::EpochSeconds now) {
+    if (batch() < 2) return;
+    if (ahead_at_ != now) ahead_.clear();
+    std::vector<std::string> group;
+    for (const auto& p : upcoming) {
+        if (group.size() == batch()) break;
+        if (!ahead_.count(p)) group.push_back(p);
+    }
+    if (group.size() < 2) return;
+    try {
+        bool whole = true;
+        auto read = read_together(group, now, whole);
+        if (!whole) return;  // read alone, each patient gets its own problems
+        ahead_at_ = now;
+        for (auto& [p, h] : read) ahead_[p] = std::move(h);
+    } catch (const fhir::FhirError&) {
+        // read() asks again for each patient, and reports what fails for that patient.
+    }
+}
+
+PatientHistory HistoryReader::read(const std::string& patient, rules::EpochSeconds now) {
+    if (const auto it = ahead_.find(patient); it != ahead_.end() && ahead_at_ == now) {
+        PatientHistory h = std::move(it->second);
+        ahead_.erase(it);
+        return h;
+    }
+    bool whole = true;
+    auto read = read_together({patient}, now, whole);
+    PatientHistory h = std::move(read[patient]);
     h.notes.insert(h.notes.end(), notes_.begin(), notes_.end());
     notes_.clear();
     return h;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,8 @@ struct HistoryOptions {
     std::string evidence_hash_extension;     // the extension carrying the evidence hash
     std::size_t page_size = 200;
     LabCodeSearch lab_search = LabCodeSearch::combo_code;
+    // Patients read together by one set of searches (subject=a,b,...; 1: each alone).
+    std::size_t batch = 10;
 };
 
 // Where the poller's work stage gets what it decides on: the server's searches (HistoryReader), or
@@ -61,6 +64,10 @@ public:
     // calcalert's DetectedIssues for the patient as the server holds them now (also after a write
     // whose answer was lost, to decide again).
     virtual std::vector<ServerAlert> read_alerts(const std::string& patient) = 0;
+    // The patients about to be read, in order: a source may read them ahead, together.
+    virtual void prepare(const std::vector<std::string>& /*upcoming*/, rules::EpochSeconds /*now*/) {}
+    // How many patients prepare() reads together (1: it reads nothing ahead).
+    virtual std::size_t batch() const { return 1; }
 };
 
 class HistoryReader : public PatientSource {
@@ -71,10 +78,17 @@ public:
     PatientHistory read(const std::string& patient, rules::EpochSeconds now) override;
     // Notes on odd paging are kept for the next read().
     std::vector<ServerAlert> read_alerts(const std::string& patient) override;
+    // Reads up to `batch` of them with one set of searches; read() then hands each out. A group with
+    // a resource that cannot be read is not kept: its patients are read alone, where the problem is
+    // theirs. Failed requests are left to read(), which reports them per patient.
+    void prepare(const std::vector<std::string>& upcoming, rules::EpochSeconds now) override;
+    std::size_t batch() const override { return opt_.batch == 0 ? 1 : opt_.batch; }
 
 private:
-    // "subject=Patient/x,<base>/Patient/x"
-    std::string subject_param(const std::string& patient) const;
+    // The histories of `patients` from one set of searches; `whole` is false when a resource of the
+    // answers could not be read (its owner is then unknown).
+    std::map<std::string, PatientHistory> read_together(const std::vector<std::string>& patients, rules::EpochSeconds now,
+                                                        bool& whole);
 
     fhir::FhirClient& client_;
     const mappings::Terminology& term_;
@@ -83,6 +97,8 @@ private:
     std::string codes_;
     std::string procedure_codes_;
     std::vector<std::string> notes_;  // of read_alerts(), until handed out
+    std::map<std::string, PatientHistory> ahead_;  // read by prepare(), not yet handed out
+    rules::EpochSeconds ahead_at_ = 0;              // the `now` they were read for
 };
 
 // Reads one of calcalert's DetectedIssues (its identifier in `identifier_system`); false when the

@@ -301,8 +301,15 @@ void Poller::work_stage(PatientSource& reader, const std::set<std::string>& pati
         }
     };
 
+    const std::vector<std::string> order(patients.begin(), patients.end());
+    const std::size_t batch = std::max<std::size_t>(1, reader.batch());
     std::size_t done = 0;
-    for (const auto& patient : patients) {
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        const std::string& patient = order[i];
+        if (i % batch == 0 && batch > 1)
+            reader.prepare({order.begin() + static_cast<std::ptrdiff_t>(i),
+                            order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), i + batch))},
+                           now);
         work_on(reader, patient, sum, write_back, now);
         settle();
         ++done;
@@ -350,7 +357,8 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
         for (const auto& p : not_due) sum.open_alerts_not_due += patients.count(p) ? 0 : 1;
 
         HistoryReader reader(client_, term_, catalog_,
-                             {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_});
+                             {opt_.issue.identifier_system, opt_.issue.evidence_hash_extension, opt_.page_size, *lab_search_,
+                              opt_.history_batch});
         work_stage(reader, patients, sum, now);
         sum.requests = client_.stats().requests - before.requests;
         sum.retries = client_.stats().retries - before.retries;

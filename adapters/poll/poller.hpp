@@ -54,6 +54,7 @@ struct PollOptions {
     bool dry_run = false;
     std::chrono::seconds overlap{300};  // re-read this much before the watermark (clock skew, slow commits)
     std::size_t page_size = 200;
+    std::size_t history_batch = 10;     // patients whose histories are read by one set of searches
     WriteBackOptions write;             // Bundle type and size
     mappings::IssueOptions issue;
     // How lab codes are searched; nullopt = from the server's CapabilityStatement.
