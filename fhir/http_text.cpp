@@ -170,7 +170,8 @@ std::optional<std::chrono::system_clock::time_point> parse_http_date(const std::
     } else {
         return std::nullopt;
     }
-    if (month == 0) return std::nullopt;
+    // A year the clock's nanoseconds can hold (about 1678 to 2262), and no negative field ("-1").
+    if (month == 0 || year < 1900 || year > 2200 || hh < 0 || mm < 0 || ss < 0) return std::nullopt;
     const std::chrono::year_month_day ymd{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
                                           std::chrono::day(static_cast<unsigned>(day))};
     if (!ymd.ok() || hh > 23 || mm > 59 || ss > 60) return std::nullopt;

@@ -77,6 +77,10 @@ TEST_CASE("the status URL's answers: in progress with its wait, complete, failed
         {"202 with Retry-After 0: at least the minimum", answer(202, "", {{"retry-after", "0"}}), 1, ""},
         {"202 with an HTTP-date 20 s ahead", answer(202, "", {{"retry-after", "Mon, 01 Dec 2025 12:00:20 GMT"}}), 20, ""},
         {"202 with a malformed Retry-After: the default", answer(202, "", {{"retry-after", "soon"}}), 5, ""},
+        // Dates the clock cannot hold, or negative fields, are malformed (not an overflow).
+        {"an HTTP-date in the year 9999", answer(202, "", {{"retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"}}), 5, ""},
+        {"an HTTP-date in the year -999", answer(202, "", {{"retry-after", "Mon, 01 Jan -999 00:00:00 GMT"}}), 5, ""},
+        {"an asctime date with a negative hour", answer(202, "", {{"retry-after", "Sun Nov  6 -1:49:37 2026"}}), 5, ""},
         {"429 (polled too often) with Retry-After", answer(429, "", {{"retry-after", "30"}}), 30, ""},
         {"X-Progress with control bytes and 1 kB is made printable and short",
          answer(202, "", {{"x-progress", std::string("a\x01") + std::string(1000, 'b')}}), 5, nullptr},
