@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <vector>
 #include <stdexcept>
@@ -239,20 +240,24 @@ TEST_CASE("two processes' stores on one file: run and feedback ids never collide
     auto a = open_sqlite_store(file);
     auto b = open_sqlite_store(file);  // another connection, as another process would have
     std::vector<std::int64_t> ids_a, ids_b;
-    std::thread ta([&] {
-        for (int i = 0; i < 300; ++i) {
-            ids_a.push_back(a->begin_run("http://s/fhir", i));
-            a->record_feedback({"iss", "svc", "card", "Patient/1", "rule-x", "", "", "accepted", "", i, i});
+    // A failure inside a thread is kept and reported after the join (not a crash of the test program).
+    auto writer = [](StateStore& store, std::vector<std::int64_t>& ids, std::string& error) {
+        try {
+            for (int i = 0; i < 300; ++i) {
+                ids.push_back(store.begin_run("http://s/fhir", i));
+                store.record_feedback({"iss", "svc", "card", "Patient/1", "rule-x", "", "", "accepted", "", i, i});
+            }
+        } catch (const std::exception& e) {
+            error = e.what();
         }
-    });
-    std::thread tb([&] {
-        for (int i = 0; i < 300; ++i) {
-            ids_b.push_back(b->begin_run("http://s/fhir", i));
-            b->record_feedback({"iss", "svc", "card", "Patient/1", "rule-x", "", "", "accepted", "", i, i});
-        }
-    });
+    };
+    std::string error_a, error_b;
+    std::thread ta(writer, std::ref(*a), std::ref(ids_a), std::ref(error_a));
+    std::thread tb(writer, std::ref(*b), std::ref(ids_b), std::ref(error_b));
     ta.join();
     tb.join();
+    CHECK_MESSAGE(error_a.empty(), error_a);
+    CHECK_MESSAGE(error_b.empty(), error_b);
     std::set<std::int64_t> all(ids_a.begin(), ids_a.end());
     all.insert(ids_b.begin(), ids_b.end());
     CHECK(all.size() == 600);
