@@ -80,6 +80,12 @@ const char* markup_kind(const Response& r) {
 }
 
 // What a non-2xx body says, as ": ..." (empty when there is no body).
+std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
+
+std::string attempts_text(int n) { return std::to_string(n) + (n == 1 ? " attempt" : " attempts"); }
+
+}  // namespace
+
 std::string error_body_summary(const Response& r) {
     if (trim(r.body).empty()) return "";
     if (const char* kind = markup_kind(r)) return std::string(": the body is ") + kind + ": " + quoted_snippet(r.body);
@@ -104,12 +110,6 @@ std::string error_body_summary(const Response& r) {
     if (issues.size() > kMaxIssues) out += "; and " + std::to_string(issues.size() - kMaxIssues) + " more issues";
     return out;
 }
-
-std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
-
-std::string attempts_text(int n) { return std::to_string(n) + (n == 1 ? " attempt" : " attempts"); }
-
-}  // namespace
 
 FhirClient::FhirClient(ClientOptions options) : options_(std::move(options)) {
     auto bad = [](const std::string& what) { throw std::invalid_argument("FhirClient: " + what); };

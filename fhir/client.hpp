@@ -145,6 +145,11 @@ private:
     FhirErrorKind kind_;
 };
 
+// What an answer's body says, for an error message: "" for an empty body, else ": " and an
+// OperationOutcome's issues (bounded), or that it is HTML, another resource or not FHIR JSON, with a
+// printable snippet.
+std::string error_body_summary(const Response& response);
+
 // Whether a transaction or batch Bundle may be sent twice (see FhirClient::transaction).
 enum class Replay {
     unsafe,  // it may not: retried only when it cannot have been processed

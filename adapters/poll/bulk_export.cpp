@@ -23,29 +23,6 @@ bool is_fhir_id(const std::string& s) {
            std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '.'; });
 }
 
-// The text of an OperationOutcome's issues (bounded), or a snippet of what came instead.
-std::string outcome_text(const std::string& body) {
-    rapidjson::Document d;
-    if (fhir::parse_untrusted_json(d, body, fhir::JsonLimits{32, 1 << 20}) && d.IsObject() &&
-        fhir::string_or_empty(d, "resourceType") == "OperationOutcome") {
-        std::string out;
-        if (const Json* issues = fhir::member(d, "issue"); issues && issues->IsArray()) {
-            for (const auto& issue : issues->GetArray()) {
-                if (!issue.IsObject()) continue;
-                std::string text = fhir::string_or_empty(issue, "diagnostics");
-                if (const Json* details = fhir::member(issue, "details"); text.empty() && details && details->IsObject())
-                    text = fhir::string_or_empty(*details, "text");
-                if (text.empty()) text = fhir::string_or_empty(issue, "code");
-                if (!text.empty()) out += (out.empty() ? "" : "; ") + fhir::text::escaped(text, 200);
-                if (out.size() > 400) break;
-            }
-        }
-        return out.empty() ? "an OperationOutcome without text" : out;
-    }
-    if (fhir::text::trim(body).empty()) return "no body";
-    return "body " + fhir::text::quoted_snippet(body);
-}
-
 std::string header(const fhir::Response& r, const std::string& name) {
     const auto it = r.headers.find(name);
     return it == r.headers.end() ? std::string() : std::string(fhir::text::trim(it->second));
@@ -145,10 +122,9 @@ ExportStatus interpret_export_status(const fhir::Response& r, seconds default_wa
         return s;
     }
     if (r.status == 404 || r.status == 410)
-        throw ExportError(where + ": HTTP " + std::to_string(r.status) + ": the export job is gone (" + outcome_text(r.body) + ")",
-                          true);
+        throw ExportError(where + ": HTTP " + std::to_string(r.status) + ": the export job is gone" + fhir::error_body_summary(r), true);
     if (r.status >= 400)
-        throw ExportError(where + ": HTTP " + std::to_string(r.status) + ": the export failed: " + outcome_text(r.body));
+        throw ExportError(where + ": HTTP " + std::to_string(r.status) + ": the export failed" + fhir::error_body_summary(r));
     throw ExportError(where + ": HTTP " + std::to_string(r.status) + " is not an answer of the Bulk Data status URL");
 }
 
@@ -165,8 +141,9 @@ std::string BulkExportClient::kick_off(const ExportRequest& request) {
     const fhir::Response r = client_.get(target, {{"Accept", "application/fhir+json"}, {"Prefer", "respond-async, handling=lenient"}});
     const std::string where = "GET " + r.url;
     if (r.status != 202)
-        throw ExportError(where + ": HTTP " + std::to_string(r.status) + ": the server did not start the export (" +
-                          (r.status >= 200 && r.status <= 299 ? "a Bulk Data kick-off answers 202 Accepted" : outcome_text(r.body)) + ")");
+        throw ExportError(where + ": HTTP " + std::to_string(r.status) + ": the server did not start the export" +
+                          (r.status >= 200 && r.status <= 299 ? std::string(" (a Bulk Data kick-off answers 202 Accepted)")
+                                                              : fhir::error_body_summary(r)));
     const std::string location = header(r, "content-location");
     if (location.empty() || location.size() > kMaxUrlBytes)
         throw ExportError(where + ": HTTP 202 without a usable Content-Location (the status URL)");
@@ -191,8 +168,8 @@ ExportManifest BulkExportClient::wait_for(const std::string& status_url) {
 void BulkExportClient::download(const ExportFile& file, const fhir::FhirClient::Download& sink) {
     const fhir::Response r = client_.download(file.url, sink, {{"Accept", "application/fhir+ndjson, application/ndjson, application/gzip"}});
     if (r.status < 200 || r.status > 299)
-        throw ExportError("GET " + r.url + ": HTTP " + std::to_string(r.status) + ": cannot read the export file (" +
-                              outcome_text(r.body) + ")",
+        throw ExportError("GET " + r.url + ": HTTP " + std::to_string(r.status) + ": cannot read the export file" +
+                              fhir::error_body_summary(r),
                           r.status == 404 || r.status == 410);
 }
 

@@ -112,7 +112,7 @@ TEST_CASE("the status URL's answers: in progress with its wait, complete, failed
     };
     const std::vector<Failure> failures = {
         {"500 with an OperationOutcome", answer(500, R"({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"export worker crashed"}]})"),
-         "HTTP 500: the export failed: export worker crashed", false},
+         "HTTP 500: the export failed: OperationOutcome: error (exception): export worker crashed", false},
         {"404: the job is gone", answer(404), "the export job is gone", true},
         {"410: the job is gone", answer(410, "expired"), "the export job is gone", true},
         {"200 that is not JSON", answer(200, "<html>ok</html>"), "the export manifest is not JSON", false},
