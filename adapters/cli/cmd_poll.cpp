@@ -160,18 +160,13 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
 }
 
 // The backfill's own line: what the export gave.
-void print_backfill(std::ostream& out, const poll::PollSummary& s) {
-    rapidjson::Document d;
-    d.Parse(s.backfill.c_str());
-    if (!d.IsObject()) return;
-    auto n = [&](const char* k) { return d.HasMember(k) && d[k].IsUint64() ? d[k].GetUint64() : 0; };
-    out << "backfill: Bulk Data export" << (d["resumedJob"].GetBool() ? " (resumed job)" : "")
-        << (d["restartedJob"].GetBool() ? " (the saved job was gone: started again)" : "") << " as of "
-        << d["transactionTime"].GetString() << ": " << n("files") << " files, " << n("resources") << " resources ("
-        << n("bytes") << " bytes), " << n("patientsInExport") << " patients, " << n("patientsQueued")
-        << " with a finding or an alert; status polls " << n("statusPolls") << ", waited " << d["waitedSeconds"].GetInt64()
-        << " s";
-    if (n("linesRejected")) out << "; lines that cannot be read " << n("linesRejected");
+void print_backfill(std::ostream& out, const poll::BackfillReport& r) {
+    out << "backfill: Bulk Data export" << (r.resumed_job ? " (resumed job)" : "")
+        << (r.restarted_job ? " (the saved job was gone: started again)" : "") << " as of " << r.transaction_time << ": "
+        << r.files << " files, " << r.resources << " resources (" << r.bytes << " bytes), " << r.patients_in_export
+        << " patients, " << r.patients_queued << " with a finding or an alert; status polls " << r.status_polls << ", waited "
+        << r.waited_seconds << " s";
+    if (r.lines_rejected) out << "; lines that cannot be read " << r.lines_rejected;
     out << "\n";
 }
 
@@ -282,8 +277,8 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         try {
             const bool backfilling = backfill.has_value();
             const auto summary = backfilling ? backfill->run(now) : poller.run_once(now);
+            if (backfilling) print_backfill(out, backfill->report());
             backfill.reset();  // once: later passes are incremental
-            if (backfilling) print_backfill(out, summary);
             print_summary(out, summary, popts.dry_run);
             for (const auto& u : summary.unreadable)
                 err << "calcalert: warning: cannot read " << u.description << " (" << u.patient

@@ -156,29 +156,17 @@ Backfill::Backfill(Poller& poller, fhir::FhirClient& client, state::StateStore& 
                    BackfillOptions options)
     : poller_(poller), client_(client), store_(store), term_(terminology), opt_(std::move(options)) {}
 
-ExportRequest Backfill::request(LabCodeSearch search) const {
+ExportRequest Backfill::request() const {
     ExportRequest r;
     r.group = opt_.group;
     r.types = {"Observation", "Condition", "Procedure", "Patient"};
-    if (opt_.type_filter) {
-        // The same selection as the change feed's searches (Poller::feed_plan), unencoded.
-        std::string labs;
-        for (const auto& t : term_.lab_tokens()) labs += (labs.empty() ? "" : ",") + t;
-        switch (search) {
-            case LabCodeSearch::combo_code: r.type_filters.push_back("Observation?combo-code=" + labs); break;
-            case LabCodeSearch::code_and_component_code:
-                r.type_filters.push_back("Observation?code=" + labs);
-                r.type_filters.push_back("Observation?component-code=" + labs);
-                break;
-            case LabCodeSearch::code_and_panels:
-                r.type_filters.push_back("Observation?code=" + labs);
-                r.type_filters.push_back("Observation?category=laboratory");
-                break;
-        }
-        std::string procedures;
-        for (const auto& t : term_.procedure_tokens()) procedures += (procedures.empty() ? "" : ",") + t;
-        if (!procedures.empty()) r.type_filters.push_back("Procedure?code=" + procedures);
-    }
+    if (opt_.type_filter)
+        // The change feed's own selection of what the rules read (Poller::feed_plan): its filters
+        // are already queries with encoded values. The Condition feed reads every Condition, and
+        // the Patient feed (deceased) names changes, not what is read: neither filters the export.
+        for (const auto& feed : poller_.feed_plan())
+            if ((feed.type == "Observation" || feed.type == "Procedure") && !feed.filter.empty())
+                r.type_filters.push_back(feed.type + "?" + feed.filter);
     return r;
 }
 
@@ -187,7 +175,8 @@ std::string Backfill::job_key() const { return "bulk $export " + (opt_.group.emp
 PollSummary Backfill::run(rules::EpochSeconds now) {
     const PollOptions& popt = poller_.options();
     PollSummary sum;
-    BackfillReport report;
+    report_ = {};
+    BackfillReport& report = report_;
     const auto before = client_.stats();
     client_.reset_fault_budget();
     const std::int64_t run_id = popt.dry_run ? 0 : store_.begin_run(server(), now);
@@ -200,7 +189,7 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
     try {
         const LabCodeSearch search = poller_.lab_code_search();
         sum.lab_search = to_string(search);
-        const ExportRequest req = request(search);
+        const ExportRequest req = request();
         report.type_filter_sent = !req.type_filters.empty();
         BulkExportClient bulk(client_, opt_.wait, opt_.sleep, opt_.on_progress);
 

@@ -77,7 +77,9 @@ public:
     PollSummary run(rules::EpochSeconds now);
 
     // The export request for these options and this server's lab code search.
-    ExportRequest request(LabCodeSearch search) const;
+    ExportRequest request() const;
+    // What the last run() read and did (also when it failed).
+    const BackfillReport& report() const { return report_; }
 
 private:
     const std::string& server() const { return client_.base_url(); }
@@ -88,6 +90,7 @@ private:
     state::StateStore& store_;
     const mappings::Terminology& term_;
     BackfillOptions opt_;
+    BackfillReport report_;
 };
 
 }  // namespace calcalert::poll

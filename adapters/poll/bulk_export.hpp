@@ -43,7 +43,7 @@ private:
 struct ExportRequest {
     std::string group;                      // "" = Patient/$export, else Group/<group>/$export
     std::vector<std::string> types;         // _type
-    std::vector<std::string> type_filters;  // _typeFilter, each a query "Observation?code=..." (not encoded)
+    std::vector<std::string> type_filters;  // _typeFilter, each a query "Observation?code=..." (its values encoded)
     std::string since;                      // _since (a FHIR instant), "" = everything
 };
 
