@@ -203,7 +203,6 @@ std::map<std::string, PatientHistory> HistoryReader::read_together(const std::ve
     }, notes);
 
     std::map<std::string, PatientHistory> out;
-    whole = true;
     std::size_t warnings = 0;
     std::vector<fhir::Problem> errors;
     for (const auto& problem : builder.problems()) {
