@@ -79,6 +79,8 @@ Options:
                          after the backfill. Resumable: a killed run goes on with the same job
   --bulk-group ID        export only this Group's patients (their alerts only are decided)
   --bulk-type-filter on|off   send _typeFilter for the lab and dialysis codes (default on)
+  --shard K/N            with a shared state: this worker's share (K from 0) of the backfill's
+                         patients; one export for all, the last shard to finish hands over
   --bulk-max-wait DURATION    give up waiting for the export after this long (default 24h; the
                          job is kept, and the next run goes on waiting for it)
   --overlap DURATION     re-read this much before the watermark (default 5m)
@@ -173,6 +175,9 @@ void print_backfill(std::ostream& out, const poll::BackfillReport& r) {
         << " patients, " << r.patients_queued << " with a finding or an alert; status polls " << r.status_polls << ", waited "
         << r.waited_seconds << " s";
     if (r.lines_rejected) out << "; lines that cannot be read " << r.lines_rejected;
+    if (r.shards > 1)
+        out << "; shard " << r.shard << " of " << r.shards << ": " << r.patients_in_shard << " patients, shards finished "
+            << r.shards_finished << (r.handed_over ? " (handed over)" : " (the last shard to finish hands over)");
     out << "\n";
 }
 
@@ -184,7 +189,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
                                     "retries",   "fault-budget",   "request-deadline", "catalog",
                                     "terminology", "identifier-system", "time-zone", "backfill",
                                     "bulk-group", "bulk-type-filter", "bulk-max-wait", "history-batch",
-                                    "lease",     "worker-id"};
+                                    "lease",     "worker-id",      "shard"};
     std::set<std::string> flags = {"help", "once", "dry-run"};
     values.insert(server_value_options().begin(), server_value_options().end());
     flags.insert(server_flag_options().begin(), server_flag_options().end());
@@ -253,8 +258,17 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         backfill_options->on_progress = [&err](const std::string& progress) {
             log_json(err, "info", "backfill.waiting", {{"progress", progress}});
         };
-    } else if (opts.value("bulk-group") || opts.value("bulk-type-filter") || opts.value("bulk-max-wait")) {
-        throw UsageError("--bulk-group, --bulk-type-filter and --bulk-max-wait go with --backfill bulk");
+        if (auto shard = opts.value("shard")) {
+            const auto slash = shard->find('/');
+            if (slash == std::string::npos) throw UsageError("--shard must be K/N (this worker's index K of N, from 0), not '" + *shard + "'");
+            const long long n = static_cast<long long>(parse_count(shard->substr(slash + 1), "shard's N", 1, 1000));
+            const long long k = static_cast<long long>(parse_count(shard->substr(0, slash), "shard's K", 0, 999));
+            if (k >= n) throw UsageError("--shard K/N needs K below N (K counts from 0), not '" + *shard + "'");
+            backfill_options->shard = static_cast<int>(k);
+            backfill_options->shards = static_cast<int>(n);
+        }
+    } else if (opts.value("bulk-group") || opts.value("bulk-type-filter") || opts.value("bulk-max-wait") || opts.value("shard")) {
+        throw UsageError("--bulk-group, --bulk-type-filter, --bulk-max-wait and --shard go with --backfill bulk");
     }
     const bool fixed_now = opts.value("now").has_value();
     rules::EpochSeconds now = now_option(opts);
@@ -273,12 +287,19 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
         return input_error;
     }
     fhir::FhirClient client(copts);
+    if (backfill_options && backfill_options->shards > 1 && popts.worker_id.empty()) {
+        // Shards on one machine must not share a name (on Kubernetes, each pod has its own host name).
+        char host[256] = {};
+        popts.worker_id = std::string(gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "calcalert-poll") +
+                          "/shard-" + std::to_string(backfill_options->shard);
+    }
     poll::Poller poller(client, *store, engine.terminology, engine.catalog, popts);
     std::optional<poll::Backfill> backfill;
     if (backfill_options) {
         // Beside an SQLite state file; with a database server, a temporary file.
         if (backfill_options->spool_path.empty() && store->backend() == "sqlite" && store->location() != ":memory:")
-            backfill_options->spool_path = store->location() + ".export-part";
+            backfill_options->spool_path = store->location() + ".export-part" +
+                                           (backfill_options->shards > 1 ? "-" + std::to_string(backfill_options->shard) : "");
         backfill.emplace(poller, client, *store, engine.terminology, *backfill_options);
     }
 

@@ -89,6 +89,7 @@ const std::vector<PollConfigKey>& poll_config_keys() {
         {"bulk_group", "bulk-group", "string"},
         {"bulk_type_filter", "bulk-type-filter", "string"},
         {"bulk_max_wait", "bulk-max-wait", "duration"},
+        {"shard", "shard", "string"},
         {"smart.client_id", "smart-client-id", "string"},
         {"smart.key_file", "smart-key", "path"},
         {"smart.scope", "smart-scope", "string"},

@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <ctime>
 #include <set>
+#include <thread>
 
 #include <Poco/InflatingStream.h>
 #include <rapidjson/stringbuffer.h>
@@ -139,6 +141,12 @@ std::string BackfillReport::to_json() const {
     n("linesRejected", lines_rejected);
     n("patientsInExport", patients_in_export);
     n("patientsQueued", patients_queued);
+    n("shard", static_cast<std::uint64_t>(shard));
+    n("shards", static_cast<std::uint64_t>(shards));
+    n("patientsInShard", patients_in_shard);
+    n("shardsFinished", shards_finished);
+    w.Key("handedOver");
+    w.Bool(handed_over);
     n("statusPolls", status_polls);
     w.Key("waitedSeconds");
     w.Int64(waited_seconds);
@@ -170,6 +178,67 @@ ExportRequest Backfill::request() const {
     return r;
 }
 
+int shard_of(const std::string& patient, int shards) {
+    if (shards <= 1) return 0;
+    std::uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char c : patient) {
+        h ^= c;
+        h *= 1099511628211ULL;
+    }
+    return static_cast<int>(h % static_cast<std::uint64_t>(shards));
+}
+
+std::string Backfill::saved_job() {
+    const auto c = store_.feed_cursor(server(), job_key());
+    return c ? c->next_url : std::string();
+}
+
+void Backfill::pause(std::chrono::seconds s) {
+    if (opt_.sleep) opt_.sleep(s);
+    else std::this_thread::sleep_for(s);
+}
+
+std::string Backfill::start_job(BulkExportClient& bulk, const ExportRequest& req, const std::string& gone) {
+    const std::string key = job_key();
+    const bool shared = opt_.shards > 1 && !poller_.options().dry_run;
+    if (!shared) {
+        const std::string url = bulk.kick_off(req);
+        if (!poller_.options().dry_run) store_.set_feed_cursor(server(), key, {url, "", 0});
+        poller_.kill_point("export-started");
+        return url;
+    }
+    // Shards: whoever claims the job starts it; the others take the status URL it saves.
+    const auto give_up = std::chrono::steady_clock::now() + opt_.wait.give_up_after;
+    for (;;) {
+        if (poller_.claim(key)) {
+            std::string url = saved_job();
+            if (url.empty() || url == gone) {
+                try {
+                    url = bulk.kick_off(req);
+                    store_.set_feed_cursor(server(), key, {url, "", 0});
+                } catch (...) {
+                    poller_.release(key);
+                    throw;
+                }
+                poller_.kill_point("export-started");
+            } else {
+                report_.resumed_job = true;
+            }
+            poller_.release(key);
+            return url;
+        }
+        if (std::string url = saved_job(); !url.empty() && url != gone) {
+            report_.resumed_job = true;
+            return url;
+        }
+        if (std::chrono::steady_clock::now() > give_up)
+            throw ExportError("shard " + std::to_string(opt_.shard) + " of " + std::to_string(opt_.shards) + ": " +
+                              store_.lease_holder(server(), key, static_cast<state::EpochSeconds>(std::time(nullptr))) +
+                              " has been starting the export for longer than --bulk-max-wait");
+        pause(std::chrono::seconds(2));
+    }
+}
+
 std::string Backfill::job_key() const { return "bulk $export " + (opt_.group.empty() ? std::string("Patient") : "Group/" + opt_.group); }
 
 PollSummary Backfill::run(rules::EpochSeconds now) {
@@ -196,15 +265,16 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
         // 1. The export: the saved job, or a new one (also when the saved one is gone).
         const std::string key = job_key();
         ExportManifest manifest;
+        report.shard = opt_.shard;
+        report.shards = opt_.shards;
         for (int attempt = 0;; ++attempt) {
-            const auto saved = store_.feed_cursor(server(), key);
-            if (saved && !saved->next_url.empty() && attempt == 0) {
-                report.status_url = saved->next_url;
+            // The saved job; after one the server no longer knew, the one another shard started since.
+            const std::string saved = saved_job();
+            if (!saved.empty() && (attempt == 0 || saved != report.status_url)) {
+                report.status_url = saved;
                 report.resumed_job = true;
             } else {
-                report.status_url = bulk.kick_off(req);
-                if (!popt.dry_run) store_.set_feed_cursor(server(), key, {report.status_url, "", 0});
-                poller_.kill_point("export-started");
+                report.status_url = start_job(bulk, req, attempt == 0 ? std::string() : report.status_url);
             }
             try {
                 manifest = bulk.wait_for(report.status_url);
@@ -302,11 +372,19 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
         sum.input_problems += builder.problems().size();
         std::set<std::string> patients;
         const rules::RuleCatalog& catalog = poller_.catalog();
+        report.patients_in_export = builder.patients().size();
+        if (opt_.shards > 1) {
+            // This shard's patients only: the others' facts and alerts are dropped before the work.
+            for (auto it = builder.patients().begin(); it != builder.patients().end();)
+                it = shard_of(it->first, opt_.shards) == opt_.shard ? std::next(it) : builder.patients().erase(it);
+            for (auto it = alerts.begin(); it != alerts.end();)
+                it = shard_of(it->first, opt_.shards) == opt_.shard ? std::next(it) : alerts.erase(it);
+        }
+        report.patients_in_shard = builder.patients().size();
         for (const auto& [patient, facts] : builder.patients()) {
             if (patient.rfind("Patient/", 0) != 0) continue;  // another server's patient, or a urn: one
             if (alerts.count(patient) || !rules::evaluate(facts, now, catalog).findings.empty()) patients.insert(patient);
         }
-        report.patients_in_export = builder.patients().size();
         report.patients_queued = patients.size();
         sum.patients_changed = patients.size();
         sum.patients_queued = patients.size();
@@ -319,8 +397,32 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
         ExportSnapshot snapshot(std::move(builder.patients()), std::move(alerts), std::move(unreadable), live);
         poller_.work_stage(snapshot, patients, sum, now);
 
-        // 4. Hand over to incremental polling at transactionTime (never moving a watermark back).
-        if (!popt.dry_run) {
+        // 4. Hand over to incremental polling at transactionTime (never moving a watermark back):
+        //    with shards, once every shard has finished, by the last one (finishing is serialized
+        //    by a claim, so that the last one sees every other's record).
+        if (!popt.dry_run && opt_.shards > 1) {
+            const std::string hand_over = key + " hand-over";
+            const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+            while (!poller_.claim(hand_over)) {
+                if (std::chrono::steady_clock::now() > give_up)
+                    throw ExportError("another shard has held the hand-over claim for 10 minutes");
+                pause(std::chrono::seconds(1));
+            }
+            try {
+                store_.finish_shard(server(), report.status_url, opt_.shard, opt_.shards,
+                                    static_cast<state::EpochSeconds>(std::time(nullptr)));
+                report.shards_finished = store_.finished_shards(server(), report.status_url).size();
+            } catch (...) {
+                poller_.release(hand_over);
+                throw;
+            }
+            report.handed_over = report.shards_finished >= static_cast<std::size_t>(opt_.shards);
+            if (!report.handed_over) poller_.release(hand_over);
+        } else {
+            report.shards_finished = 1;
+            report.handed_over = !popt.dry_run;
+        }
+        if (report.handed_over) {
             store_.transaction([&] {
                 for (const auto& feed : poller_.feed_plan()) {
                     const auto mark = store_.watermark(server(), feed.watermark_key);
@@ -333,6 +435,7 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
                 store_.set_watermark(server(), key, manifest.transaction_time);
                 store_.clear_feed_cursor(server(), key);
             });
+            if (opt_.shards > 1) poller_.release(key + " hand-over");
             if (!bulk.finish(report.status_url)) sum.notes.push_back("the server did not accept DELETE on the export's status URL");
         }
         poller_.kill_point("pass-done");
@@ -341,6 +444,7 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
     } catch (...) {
         try {
             finish("failed");
+            if (opt_.shards > 1 && !popt.dry_run) poller_.release(job_key() + " hand-over");  // if this shard held it
         } catch (...) {
         }
         throw;

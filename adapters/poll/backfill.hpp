@@ -47,7 +47,16 @@ struct BackfillOptions {
     // Injected for tests: how to wait between status polls, and what to tell about progress.
     std::function<void(std::chrono::seconds)> sleep;
     std::function<void(const std::string&)> on_progress;
+    // One of `shards` workers sharing the state (a Kubernetes Indexed Job): one export job for all
+    // (started by whichever claims it first), every worker reading every file, each evaluating and
+    // writing the patients of its own shard (shard_of); the last one to finish hands over.
+    int shard = 0;
+    int shards = 1;
 };
+
+// The shard (0 .. shards-1) a patient's work belongs to: FNV-1a of "Patient/123", the same in every
+// worker and release.
+int shard_of(const std::string& patient, int shards);
 
 // What a backfill read and did, besides the pass summary it shares with incremental polling.
 struct BackfillReport {
@@ -63,6 +72,10 @@ struct BackfillReport {
     std::int64_t waited_seconds = 0;
     bool type_filter_sent = false;
     std::vector<std::string> watermarks_moved;  // feed keys handed over at transactionTime
+    int shard = 0, shards = 1;
+    std::size_t patients_in_shard = 0;
+    std::size_t shards_finished = 0;   // of the job, this one included, when it finished
+    bool handed_over = false;          // this run moved the watermarks (the last shard to finish)
     std::string to_json() const;
 };
 
@@ -84,6 +97,11 @@ public:
 private:
     const std::string& server() const { return client_.base_url(); }
     std::string job_key() const;
+    std::string saved_job();
+    // A new export job (or, with shards, the one another shard started meanwhile), `gone` the saved
+    // one the server no longer knows ("" when there was none).
+    std::string start_job(BulkExportClient& bulk, const ExportRequest& req, const std::string& gone);
+    void pause(std::chrono::seconds s);
 
     Poller& poller_;
     fhir::FhirClient& client_;

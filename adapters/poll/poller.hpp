@@ -143,6 +143,10 @@ public:
     void work_stage(PatientSource& source, const std::set<std::string>& patients, PollSummary& sum, rules::EpochSeconds now);
     // A test kill point (see KillPoint).
     void kill_point(const char* name);
+    // Claims (state::WorkLeases) on this server under this poller's worker id, for `lease`.
+    bool claim(const std::string& subject);
+    void release(const std::string& subject);
+    const std::string& worker_id() const { return worker_; }
     const PollOptions& options() const { return opt_; }
     const rules::RuleCatalog& catalog() const { return catalog_; }
 
@@ -162,8 +166,6 @@ private:
     void count(const Reconciliation& r, const std::string& patient, PollSummary& sum);
     // Wall-clock seconds, for leases.
     std::int64_t wall_clock() const;
-    bool claim(const std::string& subject);
-    void release(const std::string& subject);
     // Of `patients`, those this poller has claimed and that still need the work (another poller may
     // have finished one since the work list was made); the rest are counted and left.
     std::vector<std::string> claim_patients(const std::vector<std::string>& patients, PollSummary& sum,

@@ -374,6 +374,26 @@ public:
         });
     }
 
+    void finish_shard(const std::string& server, const std::string& job, int shard, int shards, EpochSeconds at) override {
+        locked([&] {
+            session_ << q("INSERT INTO backfill_shards (server, job, shard, shards, finished_at) VALUES (?, ?, ?, ?, ?)"
+                          " ON CONFLICT (server, job, shard) DO NOTHING"),
+                bind(server), bind(job), bind(shard), bind(shards), bind(static_cast<Poco::Int64>(at)), now;
+        });
+    }
+
+    std::set<int> finished_shards(const std::string& server, const std::string& job) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT shard FROM backfill_shards WHERE server = ? AND job = ?"), bind(server), bind(job);
+            s.execute();
+            RecordSet rs(s);
+            std::set<int> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) out.insert(rs.value(0, i).convert<int>());
+            return out;
+        });
+    }
+
     bool is_pending(const std::string& server, const std::string& patient) override {
         return locked([&] {
             Poco::Int64 n = 0;

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -183,6 +184,18 @@ public:
     virtual std::string lease_holder(const std::string& server, const std::string& subject, EpochSeconds now) = 0;
 };
 
+// poll: the shards of a whole-population backfill (one export job, its patients split among N
+// workers) that have finished.
+class BackfillShards {
+public:
+    virtual ~BackfillShards() = default;
+    // Records that `shard` of `shards` finished the export job `job` (its status URL); again is harmless.
+    virtual void finish_shard(const std::string& server, const std::string& job, int shard, int shards,
+                              EpochSeconds at) = 0;
+    // The shards of the job that have finished.
+    virtual std::set<int> finished_shards(const std::string& server, const std::string& job) = 0;
+};
+
 // The alert ledger: what calcalert wrote to each server.
 class AlertLedger {
 public:
@@ -237,6 +250,7 @@ class StateStore : public Transactional,
                    public FeedCheckpoints,
                    public WorkQueue,
                    public WorkLeases,
+                   public BackfillShards,
                    public AlertLedger,
                    public RunHistory,
                    public ReplayStore,

@@ -78,7 +78,8 @@ std::vector<std::string> backfill_args(const std::string& base, const std::strin
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 void remove_state(const std::string& state) {
-    for (const char* suffix : {"", "-wal", "-shm", ".log", ".export-part"}) fs::remove(state + suffix);
+    for (const char* suffix : {"", "-wal", "-shm", ".log", ".export-part", ".export-part-0", ".export-part-1", ".export-part-2"})
+        fs::remove(state + suffix);
 }
 
 }  // namespace
@@ -145,6 +146,54 @@ TEST_CASE("backfill: a seeded cohort ends with exactly its ground truth; increme
     // moves a watermark back.
     REQUIRE(exit_code(run_program(backfill_args(sandbox.server.base_url(), state), log)) == 0);
     CHECK(read_file(log).find("new 0, amended 0, cancelled 0, reopened 0") != std::string::npos);
+    remove_state(state);
+}
+
+TEST_CASE("backfill in 3 shards at once on one state: one export, each shard its own patients, the ground truth, one hand-over") {
+    const std::string state = temp_state("backfill-shards");
+    SeededSandbox sandbox({"--bulk-file-resources", "97", "--bulk-progress-polls", "2"}, 150, state);
+    fhir::FhirClient client(client_options(sandbox.server.base_url()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2200));  // past the overlap, as above
+
+    constexpr int kShards = 3;
+    std::vector<int> status(kShards, -1);
+    std::vector<std::thread> workers;
+    for (int k = 0; k < kShards; ++k)
+        workers.emplace_back([&, k] {
+            status[static_cast<std::size_t>(k)] = run_program(
+                backfill_args(sandbox.server.base_url(), state, {"--shard", std::to_string(k) + "/" + std::to_string(kShards)}),
+                state + ".shard" + std::to_string(k) + ".log");
+        });
+    for (auto& w : workers) w.join();
+
+    int handed_over = 0, resumed = 0;
+    std::size_t patients = 0;
+    for (int k = 0; k < kShards; ++k) {
+        const std::string log = state + ".shard" + std::to_string(k) + ".log";
+        const std::string out = read_file(log);
+        fs::remove(log);
+        CAPTURE(out);
+        REQUIRE(exit_code(status[static_cast<std::size_t>(k)]) == 0);
+        const std::string mine = "; shard " + std::to_string(k) + " of 3: ";
+        const auto at = out.find(mine);
+        REQUIRE(at != std::string::npos);
+        patients += std::stoul(out.substr(at + mine.size()));
+        handed_over += out.find("(handed over)") != std::string::npos;
+        resumed += out.find("(resumed job)") != std::string::npos;
+        CHECK(out.find("150 patients") != std::string::npos);  // every shard read the whole export
+    }
+    CHECK(patients == 150);   // each patient in exactly one shard
+    CHECK(handed_over == 1);  // the last to finish
+    CHECK(resumed == 2);      // one export job: the others took the first one's status URL
+    check_equal(sandbox.truth, open_alerts(client), 20);
+    {
+        auto store = state::open_sqlite_store(state);
+        const auto job = store->watermark(sandbox.server.base_url(), "bulk $export Patient");
+        REQUIRE(job);
+        for (const char* feed : {"Observation", "Condition", "Procedure"}) CHECK(store->watermark(sandbox.server.base_url(), feed) == *job);
+        CHECK_FALSE(store->feed_cursor(sandbox.server.base_url(), "bulk $export Patient"));
+        CHECK(store->pending_patients(sandbox.server.base_url()).empty());
+    }
     remove_state(state);
 }
 

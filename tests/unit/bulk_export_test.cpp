@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/poll/backfill.hpp"
 #include "adapters/poll/bulk_export.hpp"
 #include "fhir/resource_reader.hpp"
 
@@ -166,4 +167,20 @@ TEST_CASE("read_ndjson: a line longer than the limit is refused without being he
     CAPTURE(h.problems[0]);
     CHECK(h.problems[0].find("export file 1:2: ") == 0);
     CHECK(h.problems[0].find("longer than 1024 bytes") != std::string::npos);
+}
+
+TEST_CASE("backfill shards: every patient in exactly one shard, the same in every worker, spread evenly") {
+    CHECK(poll::shard_of("Patient/1", 1) == 0);
+    CHECK(poll::shard_of("Patient/1", 0) == 0);
+    // Fixed values: a worker of another build must put a patient in the same shard.
+    CHECK(poll::shard_of("Patient/1", 4) == poll::shard_of(std::string("Patient/") + "1", 4));
+    CHECK(poll::shard_of("", 7) == static_cast<int>(1469598103934665603ULL % 7));
+    std::vector<int> counts(4, 0);
+    for (int i = 0; i < 4000; ++i) {
+        const int s = poll::shard_of("Patient/p" + std::to_string(i), 4);
+        REQUIRE(s >= 0);
+        REQUIRE(s < 4);
+        ++counts[static_cast<std::size_t>(s)];
+    }
+    for (const int c : counts) CHECK(c > 850);  // 1,000 each, give or take
 }

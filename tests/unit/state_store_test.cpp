@@ -557,3 +557,17 @@ TEST_CASE("state URLs: SQLite paths and URLs, PostgreSQL URLs refused clearly wh
     const std::string refused = msg("postgresql://u@127.0.0.1:1/db?connect_timeout=2");
     CHECK(refused.find("postgresql://u@127.0.0.1:1/db: cannot connect") == 0);
 }
+
+TEST_CASE("backfill shards: finished once each, per job") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        CHECK(s->finished_shards("srv", "https://s/status/1").empty());
+        s->finish_shard("srv", "https://s/status/1", 1, 3, 100);
+        s->finish_shard("srv", "https://s/status/1", 1, 3, 101);
+        s->finish_shard("srv", "https://s/status/1", 0, 3, 102);
+        s->finish_shard("srv", "https://s/status/2", 2, 3, 103);
+        CHECK(s->finished_shards("srv", "https://s/status/1") == std::set<int>{0, 1});
+        CHECK(s->finished_shards("other", "https://s/status/1").empty());
+    }
+}
