@@ -168,10 +168,14 @@ TEST_CASE("backfill in 3 shards at once on one state: one export, each shard its
 
     int handed_over = 0, resumed = 0;
     std::size_t patients = 0;
-    for (int k = 0; k < kShards; ++k) {
+    std::vector<std::string> outputs;
+    for (int k = 0; k < kShards; ++k) {  // all read and removed before anything is checked
         const std::string log = state + ".shard" + std::to_string(k) + ".log";
-        const std::string out = read_file(log);
+        outputs.push_back(read_file(log));
         fs::remove(log);
+    }
+    for (int k = 0; k < kShards; ++k) {
+        const std::string& out = outputs[static_cast<std::size_t>(k)];
         CAPTURE(out);
         REQUIRE(exit_code(status[static_cast<std::size_t>(k)]) == 0);
         const std::string mine = "; shard " + std::to_string(k) + " of 3: ";
