@@ -333,6 +333,25 @@ public:
     bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
                       EpochSeconds now_s) override {
         return locked([&] {
+            // A replay record is needed only until its token expires (minutes), and is checked on
+            // every call: its commit does not wait for the disk. On SQLite (WAL) synchronous=NORMAL
+            // for this one commit: it survives a crash of the process, and is lost only with the
+            // machine's power within the last moments (a token presented again after that is
+            // accepted once more). On PostgreSQL synchronous_commit=off: the record is visible to
+            // every replica as soon as it commits; only its flush to disk is deferred.
+            const bool relaxed = depth_ == 0;
+            if (relaxed) relax_durability(true);
+            struct Restore {
+                SqlStore* self;
+                bool on;
+                ~Restore() {
+                    if (!on) return;
+                    try {
+                        self->relax_durability(false);
+                    } catch (...) {
+                    }
+                }
+            } restore{this, relaxed};
             session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
             // One statement, atomic on both databases: another process that recorded the same jti
             // first makes this one insert nothing.
@@ -517,6 +536,14 @@ public:
 
 private:
     std::string q(const std::string& portable) const { return sql_for(portable, backend_); }
+
+    // Commits that do not wait for the disk (true), or the store's usual durable commits (false).
+    void relax_durability(bool relaxed) {
+        if (backend_ == SqlBackend::postgresql)
+            session_ << (relaxed ? "SET synchronous_commit TO OFF" : "SET synchronous_commit TO ON"), now;
+        else if (location_ != ":memory:")
+            session_ << (relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL"), now;
+    }
 
     // Brings the schema to latest_schema_version(), in one transaction that holds off other processes
     // opening the same database at the same time.
