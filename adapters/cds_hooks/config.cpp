@@ -242,7 +242,7 @@ void apply_env(ServeConfig& c, const Key& k, const std::string& var, const std::
 }
 
 fs::path resolve(const fs::path& base, const std::string& p) {
-    if (p.empty() || p == ":memory:" || fs::path(p).is_absolute()) return p;
+    if (p.empty() || p == ":memory:" || fs::path(p).is_absolute() || p.find("://") != std::string::npos) return p;
     return base / p;
 }
 

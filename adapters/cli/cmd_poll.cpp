@@ -44,8 +44,12 @@ Options:
   --server URL           FHIR base URL, e.g. https://fhir.example.org/r4
   --once                 one pass, then exit
   --interval DURATION    a pass every DURATION (30s, 5m, 1h) until SIGTERM or SIGINT
-  --state FILE           the state file (default $CALCALERT_STATE, else
-                         $XDG_STATE_HOME/calcalert/state.sqlite, else ~/.local/state/calcalert/state.sqlite)
+  --state FILE|URL       where the state is: an SQLite file (default $CALCALERT_STATE, else
+                         $XDG_STATE_HOME/calcalert/state.sqlite, else ~/.local/state/calcalert/state.sqlite),
+                         or postgresql://USER@HOST:PORT/DB?password_file=FILE, shared by several pollers
+  --lease DURATION       with a shared state: how long a poller's claim on the change feed or on a
+                         patient lasts if it dies (default 10m; renewed while it works)
+  --worker-id ID         this poller's name in its claims (default HOST:PID)
   --dry-run              write nothing (neither server nor state); print what would be written
   --now RFC3339          evaluation time (default: the current time of each pass)
   --token-file FILE      bearer token for the server (else $CALCALERT_FHIR_TOKEN, else none); re-read
@@ -155,6 +159,8 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
     if (!s.unreadable.empty()) out << "; unreadable resources " << s.unreadable.size();
     if (s.patients_deferred) out << "; patients left queued " << s.patients_deferred;
     if (s.open_alerts_not_due) out << "; open alerts not due for re-evaluation " << s.open_alerts_not_due;
+    if (!s.feed_read_by.empty()) out << "; change feed read by " << s.feed_read_by;
+    if (s.patients_claimed_elsewhere) out << "; patients being worked on by another poller " << s.patients_claimed_elsewhere;
     out << "\n";
     out.flush();
 }
@@ -177,7 +183,8 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
                                     "batch",     "overlap",        "bundle-type", "lab-code-search",
                                     "retries",   "fault-budget",   "request-deadline", "catalog",
                                     "terminology", "identifier-system", "time-zone", "backfill",
-                                    "bulk-group", "bulk-type-filter", "bulk-max-wait", "history-batch"};
+                                    "bulk-group", "bulk-type-filter", "bulk-max-wait", "history-batch",
+                                    "lease",     "worker-id"};
     std::set<std::string> flags = {"help", "once", "dry-run"};
     values.insert(server_value_options().begin(), server_value_options().end());
     flags.insert(server_flag_options().begin(), server_flag_options().end());
@@ -213,6 +220,12 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
             throw UsageError("--lab-code-search must be auto, combo-code, component-code or panels, not '" + *v + "'");
     }
     if (auto v = opts.value("overlap")) popts.overlap = parse_duration(*v, "overlap");
+    if (auto v = opts.value("lease")) popts.lease = parse_duration(*v, "lease");
+    if (auto v = opts.value("worker-id")) {
+        if (v->empty() || v->size() > 200 || v->find_first_of(" \t\r\n") != std::string::npos)
+            throw UsageError("--worker-id must be 1 to 200 characters without spaces");
+        popts.worker_id = *v;
+    }
     if (auto v = opts.value("retries")) copts.max_retries = static_cast<int>(parse_count(*v, "retries", 0, 20));
     copts.fault_budget = 500;
     if (auto v = opts.value("fault-budget")) copts.fault_budget = parse_count(*v, "fault-budget", 0, 10000000);
@@ -254,7 +267,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     const std::string state_file = state_path(opts);
     std::unique_ptr<state::StateStore> store;
     try {
-        store = state::open_sqlite_store(state_file);
+        store = state::open_state_store(state_file);
     } catch (const std::exception& e) {
         err << "calcalert: error: " << e.what() << "\n";
         return input_error;
@@ -263,7 +276,9 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     poll::Poller poller(client, *store, engine.terminology, engine.catalog, popts);
     std::optional<poll::Backfill> backfill;
     if (backfill_options) {
-        if (backfill_options->spool_path.empty() && state_file != ":memory:") backfill_options->spool_path = state_file + ".export-part";
+        // Beside an SQLite state file; with a database server, a temporary file.
+        if (backfill_options->spool_path.empty() && store->backend() == "sqlite" && store->location() != ":memory:")
+            backfill_options->spool_path = store->location() + ".export-part";
         backfill.emplace(poller, client, *store, engine.terminology, *backfill_options);
     }
 

@@ -76,7 +76,7 @@ int serve_command(const std::vector<std::string>& args, std::ostream& out, std::
         lab_tokens = cds::lab_code_tokens(term_dir / "lab-codes.tsv");
         medications.emplace(mappings::Medications::load(term_dir));
         if (config.state_file.empty()) config.state_file = state::default_state_path();
-        store = state::open_sqlite_store(config.state_file);
+        store = state::open_state_store(config.state_file);
     } catch (const UsageError&) {
         throw;
     } catch (const std::exception& e) {

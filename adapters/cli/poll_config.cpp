@@ -54,7 +54,8 @@ void set(PollConfig& c, const PollConfigKey& k, const std::string& text, const f
     if (std::string(k.type) == "integer" &&
         (text.empty() || text.find_first_not_of("0123456789") != std::string::npos))
         throw ConfigError(where + ": expected a whole number, not '" + text + "'");
-    if (std::string(k.type) == "path" && !text.empty() && fs::path(text).is_relative() && !base.empty())
+    if (std::string(k.type) == "path" && !text.empty() && fs::path(text).is_relative() && !base.empty() &&
+        text.find("://") == std::string::npos && text != ":memory:")
         c.values[k.option] = (base / text).string();
     else
         c.values[k.option] = text;
@@ -72,6 +73,8 @@ const std::vector<PollConfigKey>& poll_config_keys() {
         {"insecure_skip_tls_verify", "insecure-skip-tls-verify", "boolean"},
         {"page_size", "page-size", "integer"},
         {"history_batch", "history-batch", "integer"},
+        {"lease", "lease", "duration"},
+        {"worker_id", "worker-id", "string"},
         {"batch", "batch", "integer"},
         {"bundle_type", "bundle-type", "string"},
         {"lab_code_search", "lab-code-search", "string"},

@@ -1,6 +1,9 @@
 #include "adapters/poll/poller.hpp"
 
+#include <unistd.h>
+
 #include <csignal>
+#include <ctime>
 
 #include <algorithm>
 #include <set>
@@ -48,6 +51,8 @@ std::string PollSummary::to_json() const {
     n("patientsEvaluated", patients_evaluated);
     n("patientsDeferred", patients_deferred);
     n("openAlertsNotDue", open_alerts_not_due);
+    n("patientsClaimedElsewhere", patients_claimed_elsewhere);
+    if (!feed_read_by.empty()) s("feedReadBy", feed_read_by);
     n("findings", findings);
     n("created", created);
     n("amended", amended);
@@ -99,7 +104,40 @@ std::string PollSummary::to_json() const {
 Poller::Poller(fhir::FhirClient& client, state::StateStore& store, const mappings::Terminology& terminology,
                const rules::RuleCatalog& catalog, PollOptions options)
     : client_(client), store_(store), term_(terminology), catalog_(catalog), opt_(std::move(options)),
-      lab_search_(opt_.lab_search), recheck_basis_(catalog.logic_fingerprint()) {}
+      lab_search_(opt_.lab_search), recheck_basis_(catalog.logic_fingerprint()), worker_(opt_.worker_id) {
+    if (worker_.empty()) {
+        char host[256] = {};
+        worker_ = gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "calcalert-poll";
+    }
+}
+
+std::int64_t Poller::wall_clock() const { return opt_.clock ? opt_.clock() : static_cast<std::int64_t>(std::time(nullptr)); }
+
+bool Poller::claim(const std::string& subject) {
+    const std::int64_t t = wall_clock();
+    return store_.claim(server(), subject, worker_, t + opt_.lease.count(), t);
+}
+
+void Poller::release(const std::string& subject) { store_.release(server(), subject, worker_); }
+
+std::vector<std::string> Poller::claim_patients(const std::vector<std::string>& patients, PollSummary& sum,
+                                                rules::EpochSeconds now) {
+    std::vector<std::string> mine;
+    for (const auto& p : patients) {
+        if (!claim(p)) {
+            ++sum.patients_claimed_elsewhere;
+            continue;
+        }
+        bool needed = store_.is_pending(server(), p);
+        if (!needed && due_by_recheck_.count(p)) {
+            const auto r = store_.recheck(server(), p);
+            needed = !r || r->basis != recheck_basis_ || r->at <= now;
+        }
+        if (needed) mine.push_back(p);
+        else release(p);  // finished by another poller since this pass listed it
+    }
+    return mine;
+}
 
 void Poller::kill_point(const char* name) {
     if (opt_.kill.n == 0 || opt_.kill.name != name) return;
@@ -147,11 +185,23 @@ std::vector<FeedOptions> Poller::feed_plan() {
 }
 
 void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std::string>& named) {
+    // One poller at a time reads the change feed; the others work on the queue it fills.
+    if (!opt_.dry_run && !claim("feed")) {
+        sum.feed_read_by = store_.lease_holder(server(), "feed", wall_clock());
+        if (sum.feed_read_by.empty()) sum.feed_read_by = "another poller";
+        return;
+    }
     ChangeFeed feed(client_, store_);
+    const auto renew = [this] {
+        if (!opt_.dry_run && !claim("feed"))
+            throw state::StateError("the change feed's claim expired and " + store_.lease_holder(server(), "feed", wall_clock()) +
+                                    " took it; this pass stops (a longer --lease avoids it)");
+        kill_point("feed-page");
+    };
     for (const auto& f : feed_plan()) {
         FeedResult r;
         try {
-            r = feed.sync(f, now, named, [this] { kill_point("feed-page"); });
+            r = feed.sync(f, now, named, renew);
         } catch (const fhir::FhirError& e) {
             if (!f.optional || !(e.status() == 400 || e.status() == 403 || e.status() == 404)) throw;
             sum.notes.push_back("the server refuses the search " + f.type + "?" + f.filter + " (HTTP " + std::to_string(e.status()) +
@@ -165,13 +215,18 @@ void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std:
         sum.notes.insert(sum.notes.end(), r.notes.begin(), r.notes.end());
     }
     sum.patients_changed = named.size();
+    if (!opt_.dry_run) release("feed");
     kill_point("feed-done");
 }
 
 void Poller::defer(const std::string& patient, const std::string& why, PollSummary& sum) {
     sum.deferred.emplace_back(patient, why);
     ++sum.patients_deferred;
-    if (!opt_.dry_run) store_.defer_patient(server(), patient, why);
+    if (opt_.dry_run) return;
+    store_.transaction([&] {
+        store_.defer_patient(server(), patient, why);
+        release(patient);
+    });
 }
 
 void Poller::count(const Reconciliation& r, const std::string& patient, PollSummary& sum) {
@@ -191,7 +246,12 @@ void Poller::count(const Reconciliation& r, const std::string& patient, PollSumm
 
 void Poller::close_patient(const std::string& patient, const InFlight& job, PollSummary& sum) {
     if (job.complete) {
-        if (!opt_.dry_run) store_.finish_patient(server(), patient);
+        if (!opt_.dry_run) {
+            store_.transaction([&] {
+                store_.finish_patient(server(), patient);
+                release(patient);
+            });
+        }
     } else {
         defer(patient, job.incomplete_reason, sum);
     }
@@ -303,17 +363,16 @@ void Poller::work_stage(PatientSource& reader, const std::set<std::string>& pati
 
     const std::vector<std::string> order(patients.begin(), patients.end());
     const std::size_t batch = std::max<std::size_t>(1, reader.batch());
-    std::size_t done = 0;
-    for (std::size_t i = 0; i < order.size(); ++i) {
-        const std::string& patient = order[i];
-        if (i % batch == 0 && batch > 1)
-            reader.prepare({order.begin() + static_cast<std::ptrdiff_t>(i),
-                            order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), i + batch))},
-                           now);
-        work_on(reader, patient, sum, write_back, now);
-        settle();
-        ++done;
-        if (opt_.progress) opt_.progress(done, patients.size());
+    for (std::size_t i = 0; i < order.size(); i += batch) {
+        std::vector<std::string> chunk(order.begin() + static_cast<std::ptrdiff_t>(i),
+                                       order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), i + batch)));
+        if (!opt_.dry_run) chunk = claim_patients(chunk, sum, now);
+        if (batch > 1 && !chunk.empty()) reader.prepare(chunk, now);
+        for (const auto& patient : chunk) {
+            work_on(reader, patient, sum, write_back, now);
+            settle();
+        }
+        if (opt_.progress) opt_.progress(std::min(order.size(), i + batch), patients.size());
     }
     if (!opt_.dry_run) {
         write_back.flush(now);
@@ -348,11 +407,15 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
         // computed under another rule catalog).
         const auto rechecks = store_.rechecks(server());
         std::set<std::string> not_due;
+        due_by_recheck_.clear();
         for (const auto& a : store_.alerts(server())) {
             if (a.status == "cancelled" || a.status == "entered-in-error") continue;
             const auto r = rechecks.find(a.patient);
-            if (r == rechecks.end() || r->second.basis != recheck_basis_ || r->second.at <= now) patients.insert(a.patient);
-            else not_due.insert(a.patient);
+            if (r == rechecks.end() || r->second.basis != recheck_basis_ || r->second.at <= now) {
+                if (patients.insert(a.patient).second) due_by_recheck_.insert(a.patient);
+            } else {
+                not_due.insert(a.patient);
+            }
         }
         for (const auto& p : not_due) sum.open_alerts_not_due += patients.count(p) ? 0 : 1;
 

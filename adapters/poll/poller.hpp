@@ -62,6 +62,14 @@ struct PollOptions {
     KillPoint kill;                     // test hook
     // Called with (done, total) while patients are evaluated (for a progress display).
     std::function<void(std::size_t, std::size_t)> progress;
+    // Pollers sharing one state database (state::WorkLeases): each claims the change feed, and each
+    // patient, before working on it, under this name ("" = the host name, which a restarted poller
+    // keeps, so that it takes its own claims back at once). A claim lasts `lease` by the wall clock
+    // (`clock`, epoch seconds; the system clock when empty) and is given up when the work is done;
+    // the feed's claim is renewed at every page.
+    std::string worker_id;
+    std::chrono::seconds lease{600};
+    std::function<std::int64_t()> clock;
 };
 
 // One DetectedIssue write (or, in a dry run, one that would be made).
@@ -92,6 +100,10 @@ struct PollSummary {
     // Patients with an open alert not evaluated: nothing changed, and time alone cannot change their
     // findings before their recheck time (rules::next_time_change).
     std::size_t open_alerts_not_due = 0;
+    // Pollers sharing the state: patients left to the poller that holds their claim, and who read the
+    // change feed when another poller did ("" when this one did).
+    std::size_t patients_claimed_elsewhere = 0;
+    std::string feed_read_by;
     std::size_t findings = 0;
     std::size_t created = 0, amended = 0, cancelled = 0, reopened = 0, retired = 0, unchanged = 0;
     std::size_t kept_while_incomplete = 0;
@@ -148,6 +160,14 @@ private:
     void close_patient(const std::string& patient, const InFlight& job, PollSummary& sum);
     void defer(const std::string& patient, const std::string& why, PollSummary& sum);
     void count(const Reconciliation& r, const std::string& patient, PollSummary& sum);
+    // Wall-clock seconds, for leases.
+    std::int64_t wall_clock() const;
+    bool claim(const std::string& subject);
+    void release(const std::string& subject);
+    // Of `patients`, those this poller has claimed and that still need the work (another poller may
+    // have finished one since the work list was made); the rest are counted and left.
+    std::vector<std::string> claim_patients(const std::vector<std::string>& patients, PollSummary& sum,
+                                            rules::EpochSeconds now);
 
     fhir::FhirClient& client_;
     state::StateStore& store_;
@@ -157,6 +177,9 @@ private:
     std::optional<LabCodeSearch> lab_search_;
     std::map<std::string, std::size_t> kill_counts_;
     std::string recheck_basis_;  // catalog_.logic_fingerprint()
+    std::string worker_;         // opt_.worker_id, or the host name
+    // Patients in this pass's work only because their open alert's recheck time has come.
+    std::set<std::string> due_by_recheck_;
     // Per patient with writes in flight: the findings and whether its data was read whole.
     struct InFlight {
         std::vector<DesiredAlert> desired;

@@ -1,8 +1,8 @@
-// Everything calcalert remembers between runs and across replicas, behind one small interface:
-// poll watermarks and seen resource versions, the alert ledger, run history, CDS Hooks replay
-// protection (jti), the cards issued to each CDS client, feedback and overrides. SQLite now
-// (open_sqlite_store); the same tables and SQL are meant to run on PostgreSQL later, so there is no
-// in-process cache that must be the only copy.
+// Everything calcalert remembers between runs and across replicas, in role interfaces: poll
+// watermarks and seen resource versions, the work queue and its leases, the alert ledger, run
+// history, CDS Hooks replay protection (jti), the cards issued to each CDS client, feedback and
+// overrides. On SQLite (one machine) or PostgreSQL (shared by several pollers and serve replicas),
+// opened by URL (open_state_store); there is no in-process cache that must be the only copy.
 // Implementations are safe to call from several threads (calls are serialized).
 #pragma once
 
@@ -117,58 +117,105 @@ struct FeedbackRecord {
     EpochSeconds received_at = 0;
 };
 
-class StateStore {
-public:
-    virtual ~StateStore() = default;
+// The state is split by role, so that each part of the program depends only on what it uses; one
+// store (StateStore) implements them all on one database.
 
+// Runs work atomically. Every role below that is implemented on the same database shares it.
+class Transactional {
+public:
+    virtual ~Transactional() = default;
     // Runs `work` in one database transaction: all of its writes land, or none (on an exception,
     // which is rethrown). A call inside another is a savepoint: its exception undoes only its own
     // writes, and they land only when the outer transaction commits.
     virtual void transaction(const std::function<void()>& work) = 0;
+};
 
-    // --- poll: watermarks per (server, resource type), as the server's own lastUpdated text ---
+// poll: where each change feed stands, and the resource versions already processed.
+class FeedCheckpoints {
+public:
+    virtual ~FeedCheckpoints() = default;
+    // Watermarks per (server, resource type), as the server's own lastUpdated text.
     virtual std::optional<std::string> watermark(const std::string& server, const std::string& type) = 0;
     virtual void set_watermark(const std::string& server, const std::string& type, const std::string& value) = 0;
-
-    // --- poll: resource versions already processed, to dedupe the overlap window ---
+    // Resource versions already processed, to dedupe the overlap window.
     virtual bool seen_version(const std::string& server, const std::string& reference, const std::string& version) = 0;
     virtual void mark_seen(const std::string& server, const std::string& reference, const std::string& version,
                            EpochSeconds last_updated) = 0;
     // Forgets versions last updated before `before` (outside any future overlap window).
     virtual void forget_seen_before(const std::string& server, EpochSeconds before) = 0;
-
-    // --- poll: the work of a pass, checkpointed as it completes (a killed pass resumes) ---
-    virtual void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now) = 0;
-    virtual std::vector<PendingPatient> pending_patients(const std::string& server) = 0;  // by patient
-    virtual void finish_patient(const std::string& server, const std::string& patient) = 0;
-    // Keeps the patient queued, one attempt more, with the reason.
-    virtual void defer_patient(const std::string& server, const std::string& patient, const std::string& error) = 0;
+    // An unfinished feed read (a killed pass resumes from it).
     virtual std::optional<FeedCursor> feed_cursor(const std::string& server, const std::string& type) = 0;
     virtual void set_feed_cursor(const std::string& server, const std::string& type, const FeedCursor& cursor) = 0;
     virtual void clear_feed_cursor(const std::string& server, const std::string& type) = 0;
+};
+
+// poll: the patients a pass has to evaluate, checkpointed as they complete, and when patients with an
+// open alert are due again.
+class WorkQueue {
+public:
+    virtual ~WorkQueue() = default;
+    virtual void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now) = 0;
+    virtual std::vector<PendingPatient> pending_patients(const std::string& server) = 0;  // by patient
+    virtual bool is_pending(const std::string& server, const std::string& patient) = 0;
+    virtual void finish_patient(const std::string& server, const std::string& patient) = 0;
+    // Keeps the patient queued, one attempt more, with the reason.
+    virtual void defer_patient(const std::string& server, const std::string& patient, const std::string& error) = 0;
     // Insert or replace by (server, patient).
     virtual void set_recheck(const std::string& server, const std::string& patient, const Recheck& recheck) = 0;
     virtual std::map<std::string, Recheck> rechecks(const std::string& server) = 0;  // by patient
+    virtual std::optional<Recheck> recheck(const std::string& server, const std::string& patient) = 0;
+};
 
-    // --- the alert ledger ---
+// poll: leases with expiry, so that pollers sharing a database never work on the same thing at once
+// ("feed" for reading the change feed, "Patient/123" for a patient). A poller that dies loses its
+// leases when they expire. Times are wall-clock seconds, whatever time a pass evaluates at.
+class WorkLeases {
+public:
+    virtual ~WorkLeases() = default;
+    // Takes (server, subject) for `owner` until `until` when nobody holds it, its lease has expired
+    // (expires_at <= now), or `owner` holds it already (then the lease is extended). Returns whether
+    // `owner` holds it now.
+    virtual bool claim(const std::string& server, const std::string& subject, const std::string& owner,
+                       EpochSeconds until, EpochSeconds now) = 0;
+    // Gives the lease up, if `owner` holds it.
+    virtual void release(const std::string& server, const std::string& subject, const std::string& owner) = 0;
+    // Who holds the subject's lease at `now` ("" when nobody).
+    virtual std::string lease_holder(const std::string& server, const std::string& subject, EpochSeconds now) = 0;
+};
+
+// The alert ledger: what calcalert wrote to each server.
+class AlertLedger {
+public:
+    virtual ~AlertLedger() = default;
     virtual std::optional<AlertRecord> alert(const std::string& server, const std::string& identifier) = 0;
     virtual std::vector<AlertRecord> alerts_for_patient(const std::string& server, const std::string& patient) = 0;
     virtual std::vector<AlertRecord> alerts(const std::string& server) = 0;
     virtual void put_alert(const AlertRecord& record) = 0;  // insert or replace by (server, identifier)
+};
 
-    // --- run history ---
+class RunHistory {
+public:
+    virtual ~RunHistory() = default;
     virtual std::int64_t begin_run(const std::string& server, EpochSeconds started_at) = 0;
     virtual void finish_run(std::int64_t run_id, EpochSeconds finished_at, const std::string& outcome,
                             const std::string& summary_json) = 0;
     virtual std::vector<RunRecord> runs(const std::string& server, std::size_t limit) = 0;  // newest first
+};
 
-    // --- CDS Hooks: replay protection ---
+// CDS Hooks: replay protection, shared by every serve process on the database.
+class ReplayStore {
+public:
+    virtual ~ReplayStore() = default;
     // Records (issuer, jti) until `expires_at`. Returns false when it was already recorded and has
     // not expired (a replay). Expired records are purged as a side effect.
     virtual bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
                               EpochSeconds now) = 0;
+};
 
-    // --- CDS Hooks: issued cards, feedback and overrides ---
+// CDS Hooks: issued cards, feedback and overrides.
+class CardFeedback {
+public:
+    virtual ~CardFeedback() = default;
     // Insert or replace by (issuer, service_id, card_uuid).
     virtual void put_issued_card(const IssuedCard& card) = 0;
     virtual std::optional<IssuedCard> issued_card(const std::string& issuer, const std::string& service_id,
@@ -185,8 +232,34 @@ public:
                                                          EpochSeconds now) = 0;
 };
 
-// Opens (creating when missing) an SQLite state file; ":memory:" for a private in-memory store.
-// Throws StateError naming the file when it cannot be opened or is not a calcalert state file.
+// Every role on one database.
+class StateStore : public Transactional,
+                   public FeedCheckpoints,
+                   public WorkQueue,
+                   public WorkLeases,
+                   public AlertLedger,
+                   public RunHistory,
+                   public ReplayStore,
+                   public CardFeedback {
+public:
+    // "sqlite" or "postgresql".
+    virtual std::string backend() const = 0;
+    // Where the state is, for messages (a PostgreSQL URL without its password).
+    virtual std::string location() const = 0;
+};
+
+// Opens the state at `url`, applying the schema migrations it lacks (state/migrations/*.sql):
+//   /path/to/state.sqlite, sqlite:///path/to/state.sqlite, :memory:   an SQLite file (created when
+//       missing; ":memory:" a private in-memory store)
+//   postgresql://user@host:port/database?sslmode=...&password_file=/run/secrets/pg-password
+//       (also postgres://) a PostgreSQL database that several pollers and serve processes may share;
+//       password_file names a file holding the password (one line), else libpq's own ways apply
+//       ($PGPASSWORD, ~/.pgpass); every other parameter goes to libpq unchanged.
+// Throws StateError naming the location (never a password) when it cannot be opened, is not
+// calcalert's, or was written by a newer program.
+std::unique_ptr<StateStore> open_state_store(const std::string& url);
+
+// An SQLite file (open_state_store of a path).
 std::unique_ptr<StateStore> open_sqlite_store(const std::string& path);
 
 // Where poll and serve keep their state when no file is given: $CALCALERT_STATE, else

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <vector>
 #include <stdexcept>
@@ -14,6 +15,7 @@
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/Session.h>
 
+#include "adapters/state/migrations.hpp"
 #include "adapters/state/state_store.hpp"
 #include "old_state_file.hpp"
 
@@ -42,6 +44,39 @@ struct TempFile {
 };
 AlertRecord record(const char* id, const char* patient, const char* status, const char* hash) {
     return AlertRecord{"http://s/fhir", id, patient, "rule-x", hash, status, "srv-" + std::string(id), "1", 100};
+}
+
+// The backends the contract tests below run on: SQLite always, and PostgreSQL when
+// CALCALERT_TEST_POSTGRES_URL names a database (tests/support/with-postgres starts a throwaway
+// server and sets it); each test starts from an empty database.
+struct Backend {
+    std::string name;
+    std::string url;  // "" : SQLite
+    std::unique_ptr<TempFile> file;
+    // A store on an emptied database.
+    std::unique_ptr<StateStore> open_fresh() const {
+        if (url.empty()) {
+            file->remove();
+            return open_state_store(file->path);
+        }
+        const std::string reset = "psql -q -v ON_ERROR_STOP=1 '" + url +
+                                  "' -c 'DROP SCHEMA public CASCADE' -c 'CREATE SCHEMA public' >/dev/null 2>&1";
+        INFO("emptying the test database " << url);
+        REQUIRE(std::system(reset.c_str()) == 0);
+        return open_state_store(url);
+    }
+    // Another connection to the same database, as another process would have.
+    std::unique_ptr<StateStore> open_again() const { return open_state_store(url.empty() ? file->path : url); }
+};
+const std::vector<Backend>& contract_backends() {
+    static const std::vector<Backend> backends = [] {
+        std::vector<Backend> b;
+        b.push_back({"sqlite", "", std::make_unique<TempFile>("contract")});
+        if (const char* pg = std::getenv("CALCALERT_TEST_POSTGRES_URL"); pg && *pg) b.push_back({"postgresql", pg, nullptr});
+        else MESSAGE("state contract tests: PostgreSQL skipped (no CALCALERT_TEST_POSTGRES_URL)");
+        return b;
+    }();
+    return backends;
 }
 }  // namespace
 
@@ -74,109 +109,124 @@ TEST_CASE("state survives reopening the file: watermarks, ledger, runs") {
 }
 
 TEST_CASE("a transaction lands whole or not at all") {
-    auto s = open_sqlite_store(":memory:");
-    CHECK_THROWS_AS(s->transaction([&] {
-        s->put_alert(record("a1", "Patient/1", "final", "h1"));
-        s->set_watermark("x", "Condition", "w1");
-        throw std::runtime_error("killed mid-way");
-    }),
-                    std::runtime_error);
-    CHECK_FALSE(s->alert("http://s/fhir", "a1"));
-    CHECK_FALSE(s->watermark("x", "Condition"));
-    s->transaction([&] {
-        s->put_alert(record("a1", "Patient/1", "final", "h1"));
-        s->set_watermark("x", "Condition", "w1");
-    });
-    CHECK(s->alert("http://s/fhir", "a1"));
-    CHECK(s->watermark("x", "Condition") == "w1");
-    // (A transaction inside one is a savepoint: see the test below.)
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        CHECK_THROWS_AS(s->transaction([&] {
+            s->put_alert(record("a1", "Patient/1", "final", "h1"));
+            s->set_watermark("x", "Condition", "w1");
+            throw std::runtime_error("killed mid-way");
+        }),
+                        std::runtime_error);
+        CHECK_FALSE(s->alert("http://s/fhir", "a1"));
+        CHECK_FALSE(s->watermark("x", "Condition"));
+        s->transaction([&] {
+            s->put_alert(record("a1", "Patient/1", "final", "h1"));
+            s->set_watermark("x", "Condition", "w1");
+        });
+        CHECK(s->alert("http://s/fhir", "a1"));
+        CHECK(s->watermark("x", "Condition") == "w1");
+        // (A transaction inside one is a savepoint: see the test below.)
+    }
 }
 
 TEST_CASE("seen versions dedupe the overlap window and are forgotten after it") {
-    auto s = open_sqlite_store(":memory:");
-    CHECK_FALSE(s->seen_version("srv", "Observation/1", "2"));
-    s->mark_seen("srv", "Observation/1", "2", 1000);
-    s->mark_seen("srv", "Observation/1", "2", 1000);
-    CHECK(s->seen_version("srv", "Observation/1", "2"));
-    CHECK_FALSE(s->seen_version("srv", "Observation/1", "3"));
-    s->forget_seen_before("srv", 1001);
-    CHECK_FALSE(s->seen_version("srv", "Observation/1", "2"));
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        CHECK_FALSE(s->seen_version("srv", "Observation/1", "2"));
+        s->mark_seen("srv", "Observation/1", "2", 1000);
+        s->mark_seen("srv", "Observation/1", "2", 1000);
+        CHECK(s->seen_version("srv", "Observation/1", "2"));
+        CHECK_FALSE(s->seen_version("srv", "Observation/1", "3"));
+        s->forget_seen_before("srv", 1001);
+        CHECK_FALSE(s->seen_version("srv", "Observation/1", "2"));
+    }
 }
 
 TEST_CASE("jti replay protection until expiry") {
-    auto s = open_sqlite_store(":memory:");
-    CHECK(s->remember_jti("iss", "j1", 200, 100));
-    CHECK_FALSE(s->remember_jti("iss", "j1", 200, 150));   // replay
-    CHECK(s->remember_jti("other-iss", "j1", 200, 150));   // per issuer
-    CHECK(s->remember_jti("iss", "j1", 400, 250));         // expired record purged
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        CHECK(s->remember_jti("iss", "j1", 200, 100));
+        CHECK_FALSE(s->remember_jti("iss", "j1", 200, 150));   // replay
+        CHECK(s->remember_jti("other-iss", "j1", 200, 150));   // per issuer
+        CHECK(s->remember_jti("iss", "j1", 400, 250));         // expired record purged
+    }
 }
 
 TEST_CASE("feedback records keep the issuer and the card they are about") {
-    auto s = open_sqlite_store(":memory:");
-    FeedbackRecord f;
-    f.issuer = "https://ehr-a.example.org";
-    f.service_id = "calcalert-order-sign";
-    f.card_uuid = "uuid-1";
-    f.patient = "Patient/1";
-    f.rule_id = "rule-x";
-    f.order = "MedicationRequest/7";
-    f.evidence_hash = "h1";
-    f.outcome = "overridden";
-    f.override_reason = "not-relevant";
-    f.outcome_at = 90;
-    f.received_at = 91;
-    s->record_feedback(f);
-    auto fb = s->feedback("Patient/1", "rule-x");
-    REQUIRE(fb.size() == 1);
-    CHECK(fb[0].override_reason == "not-relevant");
-    CHECK(fb[0].issuer == "https://ehr-a.example.org");
-    CHECK(fb[0].order == "MedicationRequest/7");
-    CHECK(fb[0].evidence_hash == "h1");
-    CHECK(fb[0].received_at == 91);
-    CHECK(s->feedback("Patient/1", "rule-y").empty());
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        FeedbackRecord f;
+        f.issuer = "https://ehr-a.example.org";
+        f.service_id = "calcalert-order-sign";
+        f.card_uuid = "uuid-1";
+        f.patient = "Patient/1";
+        f.rule_id = "rule-x";
+        f.order = "MedicationRequest/7";
+        f.evidence_hash = "h1";
+        f.outcome = "overridden";
+        f.override_reason = "not-relevant";
+        f.outcome_at = 90;
+        f.received_at = 91;
+        s->record_feedback(f);
+        auto fb = s->feedback("Patient/1", "rule-x");
+        REQUIRE(fb.size() == 1);
+        CHECK(fb[0].override_reason == "not-relevant");
+        CHECK(fb[0].issuer == "https://ehr-a.example.org");
+        CHECK(fb[0].order == "MedicationRequest/7");
+        CHECK(fb[0].evidence_hash == "h1");
+        CHECK(fb[0].received_at == 91);
+        CHECK(s->feedback("Patient/1", "rule-y").empty());
+    }
 }
 
 TEST_CASE("issued cards are per (issuer, service, card uuid); overrides per (issuer, patient, rule, order)") {
-    auto s = open_sqlite_store(":memory:");
-    const IssuedCard a{"iss-a", "svc", "u1", "Patient/1", "rule-x", "", "high", "h1", 10};
-    s->put_issued_card(a);
-    s->put_issued_card({"iss-a", "svc", "u2", "Patient/1", "rule-o", "MedicationRequest/1", "low", "h2", 10});
-    s->put_issued_card({"iss-a", "svc", "u3", "Patient/2", "rule-x", "", "high", "h3", 10});
-    CHECK_FALSE(s->issued_card("iss-b", "svc", "u1"));
-    CHECK_FALSE(s->issued_card("iss-a", "other-svc", "u1"));
-    auto got = s->issued_card("iss-a", "svc", "u1");
-    REQUIRE(got);
-    CHECK(got->severity == "high");
-    CHECK(got->evidence_hash == "h1");
-    IssuedCard changed = a;
-    changed.evidence_hash = "h9";
-    changed.issued_at = 20;
-    s->put_issued_card(changed);
-    CHECK(s->issued_card("iss-a", "svc", "u1")->evidence_hash == "h9");
-    const auto cards = s->issued_cards_for_patient("iss-a", "svc", "Patient/1");
-    REQUIRE(cards.size() == 2);
-    CHECK(cards[1].order == "MedicationRequest/1");
-    CHECK(s->issued_cards_for_patient("iss-b", "svc", "Patient/1").empty());
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        const IssuedCard a{"iss-a", "svc", "u1", "Patient/1", "rule-x", "", "high", "h1", 10};
+        s->put_issued_card(a);
+        s->put_issued_card({"iss-a", "svc", "u2", "Patient/1", "rule-o", "MedicationRequest/1", "low", "h2", 10});
+        s->put_issued_card({"iss-a", "svc", "u3", "Patient/2", "rule-x", "", "high", "h3", 10});
+        CHECK_FALSE(s->issued_card("iss-b", "svc", "u1"));
+        CHECK_FALSE(s->issued_card("iss-a", "other-svc", "u1"));
+        auto got = s->issued_card("iss-a", "svc", "u1");
+        REQUIRE(got);
+        CHECK(got->severity == "high");
+        CHECK(got->evidence_hash == "h1");
+        IssuedCard changed = a;
+        changed.evidence_hash = "h9";
+        changed.issued_at = 20;
+        s->put_issued_card(changed);
+        CHECK(s->issued_card("iss-a", "svc", "u1")->evidence_hash == "h9");
+        const auto cards = s->issued_cards_for_patient("iss-a", "svc", "Patient/1");
+        REQUIRE(cards.size() == 2);
+        CHECK(cards[1].order == "MedicationRequest/1");
+        CHECK(s->issued_cards_for_patient("iss-b", "svc", "Patient/1").empty());
 
-    s->put_override({"iss-a", "Patient/1", "rule-x", "", "u1", "h9", 1000});
-    s->put_override({"iss-a", "Patient/1", "rule-o", "MedicationRequest/1", "u2", "h2", 500});
-    s->put_override({"iss-b", "Patient/1", "rule-x", "", "u1", "h9", 2000});
-    auto in_force = s->overrides_in_force("iss-a", "Patient/1", 100);
-    REQUIRE(in_force.size() == 2);
-    CHECK(in_force[0].rule_id == "rule-o");
-    CHECK(in_force[0].order == "MedicationRequest/1");
-    CHECK(in_force[1].evidence_hash == "h9");
-    CHECK(in_force[1].until == 1000);
-    CHECK(s->overrides_in_force("iss-a", "Patient/1", 500).size() == 1);  // until is exclusive
-    CHECK(s->overrides_in_force("iss-a", "Patient/1", 1000).empty());
-    CHECK(s->overrides_in_force("iss-a", "Patient/2", 100).empty());
-    CHECK(s->overrides_in_force("iss-c", "Patient/1", 100).empty());
-    // The latest override of the same (issuer, patient, rule, order) replaces the earlier one.
-    s->put_override({"iss-a", "Patient/1", "rule-x", "", "u1", "h10", 300});
-    in_force = s->overrides_in_force("iss-a", "Patient/1", 100);
-    REQUIRE(in_force.size() == 2);
-    CHECK(in_force[1].evidence_hash == "h10");
-    CHECK(in_force[1].until == 300);
+        s->put_override({"iss-a", "Patient/1", "rule-x", "", "u1", "h9", 1000});
+        s->put_override({"iss-a", "Patient/1", "rule-o", "MedicationRequest/1", "u2", "h2", 500});
+        s->put_override({"iss-b", "Patient/1", "rule-x", "", "u1", "h9", 2000});
+        auto in_force = s->overrides_in_force("iss-a", "Patient/1", 100);
+        REQUIRE(in_force.size() == 2);
+        CHECK(in_force[0].rule_id == "rule-o");
+        CHECK(in_force[0].order == "MedicationRequest/1");
+        CHECK(in_force[1].evidence_hash == "h9");
+        CHECK(in_force[1].until == 1000);
+        CHECK(s->overrides_in_force("iss-a", "Patient/1", 500).size() == 1);  // until is exclusive
+        CHECK(s->overrides_in_force("iss-a", "Patient/1", 1000).empty());
+        CHECK(s->overrides_in_force("iss-a", "Patient/2", 100).empty());
+        CHECK(s->overrides_in_force("iss-c", "Patient/1", 100).empty());
+        // The latest override of the same (issuer, patient, rule, order) replaces the earlier one.
+        s->put_override({"iss-a", "Patient/1", "rule-x", "", "u1", "h10", 300});
+        in_force = s->overrides_in_force("iss-a", "Patient/1", 100);
+        REQUIRE(in_force.size() == 2);
+        CHECK(in_force[1].evidence_hash == "h10");
+        CHECK(in_force[1].until == 300);
+    }
 }
 
 TEST_CASE("a schema-2 state file is upgraded in place: feedback kept, unbound suppressions dropped") {
@@ -214,7 +264,7 @@ TEST_CASE("a schema-2 state file is upgraded in place: feedback kept, unbound su
     int suppressions = -1;
     session << "SELECT value FROM calcalert_meta WHERE key = 'schema_version'", into(version), now;
     session << "SELECT COUNT(*) FROM sqlite_master WHERE name = 'cds_suppressions'", into(suppressions), now;
-    CHECK(version == "3");
+    CHECK(version == std::to_string(latest_schema_version()));
     CHECK(suppressions == 0);
 }
 
@@ -225,20 +275,24 @@ TEST_CASE("a state file of a newer schema is refused") {
 }
 
 TEST_CASE("calls from several threads are serialized") {
-    auto s = open_sqlite_store(":memory:");
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 4; ++t)
-        threads.emplace_back([&, t] {
-            for (int i = 0; i < 50; ++i) s->remember_jti("iss", std::to_string(t) + "-" + std::to_string(i), 10, 1);
-        });
-    for (auto& th : threads) th.join();
-    CHECK_FALSE(s->remember_jti("iss", "3-49", 10, 1));
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 4; ++t)
+            threads.emplace_back([&, t] {
+                for (int i = 0; i < 50; ++i) s->remember_jti("iss", std::to_string(t) + "-" + std::to_string(i), 10, 1);
+            });
+        for (auto& th : threads) th.join();
+        CHECK_FALSE(s->remember_jti("iss", "3-49", 10, 1));
+    }
 }
 
-TEST_CASE("two processes' stores on one file: run and feedback ids never collide") {
-    const TempFile file("shared-ids");
-    auto a = open_sqlite_store(file);
-    auto b = open_sqlite_store(file);  // another connection, as another process would have
+TEST_CASE("two processes' stores on one database: run and feedback ids never collide") {
+  for (const auto& backend : contract_backends()) {
+    CAPTURE(backend.name);
+    auto a = backend.open_fresh();
+    auto b = backend.open_again();  // another connection, as another process would have
     std::vector<std::int64_t> ids_a, ids_b;
     // A failure inside a thread is kept and reported after the join (not a crash of the test program).
     auto writer = [](StateStore& store, std::vector<std::int64_t>& ids, std::string& error) {
@@ -263,6 +317,7 @@ TEST_CASE("two processes' stores on one file: run and feedback ids never collide
     CHECK(all.size() == 600);
     CHECK(a->runs("http://s/fhir", 1000).size() == 600);
     CHECK(a->feedback("Patient/1", "rule-x").size() == 600);
+  }
 }
 
 TEST_CASE("a file that is not a state file is a clear error") {
@@ -324,31 +379,181 @@ TEST_CASE("the default state file is under the user's state directory, never the
 }
 
 TEST_CASE("a transaction inside a transaction is a savepoint: its failure undoes only its own writes") {
-    auto s = open_sqlite_store(":memory:");
-    auto alert = [](const std::string& id) {
-        AlertRecord a;
-        a.server = "http://s/fhir";
-        a.identifier = id;
-        a.patient = "Patient/p";
-        a.rule_id = "r";
-        a.status = "final";
-        return a;
-    };
-    s->transaction([&] {
-        s->put_alert(alert("outer"));
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        auto alert = [](const std::string& id) {
+            AlertRecord a;
+            a.server = "http://s/fhir";
+            a.identifier = id;
+            a.patient = "Patient/p";
+            a.rule_id = "r";
+            a.status = "final";
+            return a;
+        };
+        s->transaction([&] {
+            s->put_alert(alert("outer"));
+            CHECK_THROWS_AS(s->transaction([&] {
+                s->put_alert(alert("inner"));
+                throw std::runtime_error("inner fails");
+            }), std::runtime_error);
+            s->transaction([&] { s->put_alert(alert("inner-ok")); });
+        });
+        CHECK(s->alert("http://s/fhir", "outer"));
+        CHECK_FALSE(s->alert("http://s/fhir", "inner"));
+        CHECK(s->alert("http://s/fhir", "inner-ok"));
+        // An outer failure undoes its savepoints' writes too.
         CHECK_THROWS_AS(s->transaction([&] {
-            s->put_alert(alert("inner"));
-            throw std::runtime_error("inner fails");
+            s->transaction([&] { s->put_alert(alert("nested-then-outer-fails")); });
+            throw std::runtime_error("outer fails");
         }), std::runtime_error);
-        s->transaction([&] { s->put_alert(alert("inner-ok")); });
-    });
-    CHECK(s->alert("http://s/fhir", "outer"));
-    CHECK_FALSE(s->alert("http://s/fhir", "inner"));
-    CHECK(s->alert("http://s/fhir", "inner-ok"));
-    // An outer failure undoes its savepoints' writes too.
-    CHECK_THROWS_AS(s->transaction([&] {
-        s->transaction([&] { s->put_alert(alert("nested-then-outer-fails")); });
-        throw std::runtime_error("outer fails");
-    }), std::runtime_error);
-    CHECK_FALSE(s->alert("http://s/fhir", "nested-then-outer-fails"));
+        CHECK_FALSE(s->alert("http://s/fhir", "nested-then-outer-fails"));
+    }
+}
+
+TEST_CASE("leases: one holder at a time, taken over once expired, extended and given up by the holder") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        CHECK(s->claim("srv", "feed", "poller-a", 160, 100));
+        CHECK(s->lease_holder("srv", "feed", 100) == "poller-a");
+        CHECK_FALSE(s->claim("srv", "feed", "poller-b", 170, 110));  // held
+        CHECK(s->claim("srv", "feed", "poller-a", 200, 150));        // the holder extends it
+        CHECK_FALSE(s->claim("srv", "feed", "poller-b", 260, 199));
+        CHECK(s->claim("srv", "Patient/1", "poller-b", 260, 199));   // another subject
+        CHECK(s->claim("other-srv", "feed", "poller-b", 260, 199));  // another server
+        CHECK(s->claim("srv", "feed", "poller-b", 300, 200));        // expired at 200: taken over
+        CHECK(s->lease_holder("srv", "feed", 250) == "poller-b");
+        CHECK(s->lease_holder("srv", "feed", 300).empty());          // expired
+        s->release("srv", "feed", "poller-a");                       // not the holder: nothing
+        CHECK(s->lease_holder("srv", "feed", 250) == "poller-b");
+        s->release("srv", "feed", "poller-b");
+        CHECK(s->lease_holder("srv", "feed", 250).empty());
+        CHECK(s->claim("srv", "feed", "poller-a", 400, 250));
+    }
+}
+
+TEST_CASE("leases and jti across connections: of many claiming at once, exactly one wins") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto first = backend.open_fresh();
+        std::vector<std::unique_ptr<StateStore>> stores;
+        for (int i = 0; i < 4; ++i) stores.push_back(backend.open_again());
+        std::vector<int> leases(stores.size(), 0), jtis(stores.size(), 0);
+        std::vector<std::string> errors(stores.size());
+        std::vector<std::thread> threads;
+        for (std::size_t t = 0; t < stores.size(); ++t)
+            threads.emplace_back([&, t] {
+                try {
+                    for (int i = 0; i < 40; ++i) {
+                        leases[t] += stores[t]->claim("srv", "Patient/" + std::to_string(i), "poller-" + std::to_string(t),
+                                                      1000, 100);
+                        jtis[t] += stores[t]->remember_jti("iss", "jti-" + std::to_string(i), 1000, 100);
+                    }
+                } catch (const std::exception& e) {
+                    errors[t] = e.what();
+                }
+            });
+        for (auto& th : threads) th.join();
+        for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);
+        int lease_total = 0, jti_total = 0;
+        for (std::size_t t = 0; t < stores.size(); ++t) {
+            lease_total += leases[t];
+            jti_total += jtis[t];
+        }
+        CHECK(lease_total == 40);
+        CHECK(jti_total == 40);
+        CHECK_FALSE(first->remember_jti("iss", "jti-7", 1000, 100));  // a replay to another connection
+    }
+}
+
+TEST_CASE("the work queue: pending patients, deferral, rechecks one by one") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        s->enqueue_patient("srv", "Patient/2", 10);
+        s->enqueue_patient("srv", "Patient/1", 11);
+        s->enqueue_patient("srv", "Patient/1", 12);
+        CHECK(s->is_pending("srv", "Patient/1"));
+        CHECK_FALSE(s->is_pending("other", "Patient/1"));
+        s->defer_patient("srv", "Patient/2", "HTTP 503");
+        const auto pending = s->pending_patients("srv");
+        REQUIRE(pending.size() == 2);
+        CHECK(pending[0].patient == "Patient/1");
+        CHECK(pending[1].attempts == 1);
+        CHECK(pending[1].last_error == "HTTP 503");
+        s->finish_patient("srv", "Patient/1");
+        CHECK_FALSE(s->is_pending("srv", "Patient/1"));
+        CHECK_FALSE(s->recheck("srv", "Patient/1"));
+        s->set_recheck("srv", "Patient/1", {500, "basis-1"});
+        s->set_recheck("srv", "Patient/1", {kNoRecheck, "basis-2"});
+        const auto r = s->recheck("srv", "Patient/1");
+        REQUIRE(r);
+        CHECK(r->at == kNoRecheck);
+        CHECK(r->basis == "basis-2");
+        CHECK(s->rechecks("srv").size() == 1);
+    }
+}
+
+TEST_CASE("a new database gets every migration; opening it again changes nothing") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        { auto s = backend.open_fresh(); s->set_watermark("srv", "Observation", "w"); }
+        auto again = backend.open_again();
+        CHECK(again->watermark("srv", "Observation") == "w");
+        CHECK(again->backend() == backend.name);
+    }
+}
+
+TEST_CASE("migration files: statements split at ';' ending a line, comments dropped, tokens per backend") {
+    const char* sql = "-- a comment\nCREATE TABLE t (id {{auto_id}},\n  v TEXT NOT NULL);\n\nCREATE INDEX i ON t (v);\n";
+    const auto lite = migration_statements(sql, SqlBackend::sqlite);
+    REQUIRE(lite.size() == 2);
+    CHECK(lite[0] == "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+    CHECK(lite[1] == "CREATE INDEX i ON t (v)");
+    const auto pg = migration_statements(sql, SqlBackend::postgresql);
+    CHECK(pg[0] == "CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v TEXT NOT NULL)");
+    CHECK_THROWS_AS(migration_statements("CREATE TABLE t (x {{nope}});\n", SqlBackend::sqlite), std::invalid_argument);
+    CHECK_THROWS_AS(migration_statements("CREATE TABLE t (x TEXT)\n", SqlBackend::sqlite), std::invalid_argument);
+    // The embedded migrations are in order, and the latest is the schema version written.
+    int last = 0;
+    for (const auto& m : schema_migrations()) {
+        CHECK(m.version > last);
+        last = m.version;
+        CHECK_NOTHROW(migration_statements(m.sql, SqlBackend::postgresql));
+    }
+    CHECK(latest_schema_version() == last);
+    CHECK(last >= 4);
+}
+
+TEST_CASE("parameters are numbered for PostgreSQL, outside quoted literals") {
+    CHECK(sql_for("SELECT a FROM t WHERE b = ? AND c = '?' AND d = ?", SqlBackend::postgresql) ==
+          "SELECT a FROM t WHERE b = $1 AND c = '?' AND d = $2");
+    CHECK(sql_for("SELECT ? ", SqlBackend::sqlite) == "SELECT ? ");
+}
+
+TEST_CASE("state URLs: SQLite paths and URLs, PostgreSQL URLs refused clearly when wrong") {
+    const TempFile file("url");
+    CHECK(open_state_store("sqlite://" + file.path)->backend() == "sqlite");
+    CHECK(open_state_store(":memory:")->location() == ":memory:");
+    auto msg = [](const std::string& url) {
+        try {
+            open_state_store(url);
+        } catch (const StateError& e) {
+            return std::string(e.what());
+        }
+        return std::string("(opened)");
+    };
+    CHECK(msg("sqlite://relative/state.sqlite").find("absolute path") != std::string::npos);
+    CHECK(msg("mysql://db/x").find("unknown state backend") != std::string::npos);
+    const std::string with_password = msg("postgresql://u:s3cret@127.0.0.1:1/db");
+    CHECK(with_password.find("password") != std::string::npos);
+    CHECK(with_password.find("s3cret") == std::string::npos);
+    CHECK(msg("postgresql://u@127.0.0.1:1/db?password=s3cret").find("s3cret") == std::string::npos);
+    CHECK(msg("postgresql://u@127.0.0.1:1/db?password_file=/nonexistent/pw").find("cannot read the password file") !=
+          std::string::npos);
+    CHECK(msg("postgresql://u@127.0.0.1:1/db?bad-key=1").find("not a libpq connection parameter") != std::string::npos);
+    // Nothing listens on port 1: a clear error naming the database, promptly.
+    const std::string refused = msg("postgresql://u@127.0.0.1:1/db?connect_timeout=2");
+    CHECK(refused.find("postgresql://u@127.0.0.1:1/db: cannot connect") == 0);
 }

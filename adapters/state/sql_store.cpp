@@ -1,0 +1,750 @@
+// The StateStore in SQL, on SQLite (an embedded file, Poco::Data::SQLite) or PostgreSQL
+// (Poco::Data::PostgreSQL over libpq). The statements are the same on both (INSERT ... ON CONFLICT
+// ... DO UPDATE, no backend-only types); sql_for numbers the parameters for PostgreSQL, and the
+// schema comes from the versioned migrations (migrations.hpp). The rest is opening: the SQLite file
+// checks and pragmas, the PostgreSQL URL.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <stdexcept>
+
+#include <Poco/Data/PostgreSQL/Connector.h>
+#include <Poco/Data/RecordSet.h>
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/Session.h>
+#include <Poco/Data/Statement.h>
+#include <Poco/Exception.h>
+#include <Poco/URI.h>
+
+#include "adapters/state/migrations.hpp"
+#include "adapters/state/state_store.hpp"
+
+namespace calcalert::state {
+namespace {
+
+using namespace Poco::Data::Keywords;
+using Poco::Data::RecordSet;
+using Poco::Data::Session;
+using Poco::Data::Statement;
+
+// SQLite files of versions 1 and 2 predate the migration files:
+//   1 lacked the poll work queue and the feed cursors (0003_baseline.sql creates them);
+//   2 (and 1) had CDS Hooks suppressions per (patient, rule) only, bound to no client, card or
+//     evidence, in cds_suppressions: upgrade_sqlite_to_3 drops that table (those cards show again until
+//     they are overridden anew) and adds issuer, order_ref and evidence_hash to cds_feedback, before
+//     0003_baseline.sql, in the same transaction.
+constexpr int kSqliteUpgradableFrom[] = {1, 2};
+
+const char* const kFeedbackColumnsOf3[] = {
+    "ALTER TABLE cds_feedback ADD COLUMN issuer TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE cds_feedback ADD COLUMN order_ref TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE cds_feedback ADD COLUMN evidence_hash TEXT NOT NULL DEFAULT ''",
+};
+
+// Key of the PostgreSQL advisory lock that serializes migrations between processes starting at once.
+constexpr long long kMigrationLock = 7274000301LL;
+
+struct Connection {
+    SqlBackend backend;
+    std::string location;  // for messages; never a password
+    Session session;
+};
+
+class SqlStore final : public StateStore {
+public:
+    explicit SqlStore(Connection c) : backend_(c.backend), location_(std::move(c.location)), session_(std::move(c.session)) {
+        try {
+            if (backend_ == SqlBackend::postgresql) {
+                // Notices ("relation already exists, skipping") would go to stderr through libpq.
+                session_ << "SET client_min_messages TO WARNING", now;
+            } else {
+                session_ << "PRAGMA busy_timeout = 5000", now;
+                if (location_ != ":memory:") {
+                    session_ << "PRAGMA journal_mode = WAL", now;
+                    session_ << "PRAGMA synchronous = FULL", now;
+                }
+            }
+            migrate();
+        } catch (const Poco::Exception& e) {
+            throw StateError(location_ + ": " + e.displayText());
+        }
+    }
+
+    std::string backend() const override { return backend_ == SqlBackend::sqlite ? "sqlite" : "postgresql"; }
+    std::string location() const override { return location_; }
+
+    void transaction(const std::function<void()>& work) override {
+        std::lock_guard lock(mutex_);
+        if (depth_ > 0) {
+            // Nested: a savepoint inside the open transaction; an exception undoes only its writes.
+            const std::string name = "nested_" + std::to_string(depth_);
+            run([&] { session_ << "SAVEPOINT " + name, now; });
+            ++depth_;
+            try {
+                work();
+            } catch (...) {
+                --depth_;
+                try {
+                    session_ << "ROLLBACK TO SAVEPOINT " + name, now;
+                    session_ << "RELEASE SAVEPOINT " + name, now;
+                } catch (...) {
+                }
+                throw;
+            }
+            --depth_;
+            run([&] { session_ << "RELEASE SAVEPOINT " + name, now; });
+            return;
+        }
+        run([&] { session_.begin(); });
+        depth_ = 1;
+        try {
+            work();
+            run([&] { session_.commit(); });
+        } catch (...) {
+            depth_ = 0;
+            try {
+                session_.rollback();
+            } catch (...) {
+            }
+            throw;
+        }
+        depth_ = 0;
+    }
+
+    std::optional<std::string> watermark(const std::string& server, const std::string& type) override {
+        return locked([&]() -> std::optional<std::string> {
+            std::string value;
+            Statement s(session_);
+            s << q("SELECT value FROM watermarks WHERE server = ? AND resource_type = ?"), bind(server), bind(type),
+                into(value);
+            if (s.execute() == 0) return std::nullopt;
+            return value;
+        });
+    }
+
+    void set_watermark(const std::string& server, const std::string& type, const std::string& value) override {
+        locked([&] {
+            session_ << q("INSERT INTO watermarks (server, resource_type, value) VALUES (?, ?, ?)"
+                        " ON CONFLICT (server, resource_type) DO UPDATE SET value = excluded.value"),
+                bind(server), bind(type), bind(value), now;
+        });
+    }
+
+    bool seen_version(const std::string& server, const std::string& reference, const std::string& version) override {
+        return locked([&] {
+            Poco::Int64 n = 0;
+            session_ << q("SELECT COUNT(*) FROM seen_versions WHERE server = ? AND reference = ? AND version = ?"),
+                bind(server), bind(reference), bind(version), into(n), now;
+            return n > 0;
+        });
+    }
+
+    void mark_seen(const std::string& server, const std::string& reference, const std::string& version,
+                   EpochSeconds last_updated) override {
+        locked([&] {
+            session_ << q("INSERT INTO seen_versions (server, reference, version, last_updated) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (server, reference, version) DO NOTHING"),
+                bind(server), bind(reference), bind(version), bind(static_cast<Poco::Int64>(last_updated)), now;
+        });
+    }
+
+    void forget_seen_before(const std::string& server, EpochSeconds before) override {
+        locked([&] {
+            session_ << q("DELETE FROM seen_versions WHERE server = ? AND last_updated < ?"), bind(server),
+                bind(static_cast<Poco::Int64>(before)), now;
+        });
+    }
+
+    void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now_s) override {
+        locked([&] {
+            session_ << q("INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at) VALUES (?, ?, 0, '', ?)"
+                        " ON CONFLICT (server, patient) DO NOTHING"),
+                bind(server), bind(patient), bind(static_cast<Poco::Int64>(now_s)), now;
+        });
+    }
+
+    std::vector<PendingPatient> pending_patients(const std::string& server) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT patient, attempts, last_error, queued_at FROM poll_pending WHERE server = ? ORDER BY patient"),
+                bind(server);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<PendingPatient> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                PendingPatient p;
+                p.patient = rs.value(0, i).convert<std::string>();
+                p.attempts = rs.value(1, i).convert<int>();
+                p.last_error = rs.value(2, i).convert<std::string>();
+                p.queued_at = rs.value(3, i).convert<Poco::Int64>();
+                out.push_back(std::move(p));
+            }
+            return out;
+        });
+    }
+
+    void finish_patient(const std::string& server, const std::string& patient) override {
+        locked([&] {
+            session_ << q("DELETE FROM poll_pending WHERE server = ? AND patient = ?"), bind(server), bind(patient), now;
+        });
+    }
+
+    void defer_patient(const std::string& server, const std::string& patient, const std::string& error) override {
+        locked([&] {
+            session_ << q("INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at) VALUES (?, ?, 1, ?, 0)"
+                        " ON CONFLICT (server, patient) DO UPDATE SET attempts = poll_pending.attempts + 1,"
+                        " last_error = excluded.last_error"),
+                bind(server), bind(patient), bind(error), now;
+        });
+    }
+
+    std::optional<FeedCursor> feed_cursor(const std::string& server, const std::string& type) override {
+        return locked([&]() -> std::optional<FeedCursor> {
+            FeedCursor c;
+            Poco::Int64 at = 0;
+            Statement s(session_);
+            s << q("SELECT next_url, max_last_updated, max_last_updated_at FROM poll_feed_cursors"
+                 " WHERE server = ? AND resource_type = ?"),
+                bind(server), bind(type), into(c.next_url), into(c.max_last_updated), into(at);
+            if (s.execute() == 0) return std::nullopt;
+            c.max_last_updated_at = at;
+            return c;
+        });
+    }
+
+    void set_recheck(const std::string& server, const std::string& patient, const Recheck& r) override {
+        locked([&] {
+            session_ << q("INSERT INTO poll_rechecks (server, patient, recheck_at, basis) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (server, patient) DO UPDATE SET recheck_at = excluded.recheck_at, basis = excluded.basis"),
+                bind(server), bind(patient), bind(static_cast<Poco::Int64>(r.at)), bind(r.basis), now;
+        });
+    }
+
+    std::map<std::string, Recheck> rechecks(const std::string& server) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT patient, recheck_at, basis FROM poll_rechecks WHERE server = ?"), bind(server);
+            s.execute();
+            RecordSet rs(s);
+            std::map<std::string, Recheck> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i)
+                out[rs.value(0, i).convert<std::string>()] =
+                    Recheck{rs.value(1, i).convert<Poco::Int64>(), rs.value(2, i).convert<std::string>()};
+            return out;
+        });
+    }
+
+    void set_feed_cursor(const std::string& server, const std::string& type, const FeedCursor& c) override {
+        locked([&] {
+            session_ << q("INSERT INTO poll_feed_cursors (server, resource_type, next_url, max_last_updated,"
+                        " max_last_updated_at) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (server, resource_type) DO UPDATE SET next_url = excluded.next_url,"
+                        " max_last_updated = excluded.max_last_updated, max_last_updated_at = excluded.max_last_updated_at"),
+                bind(server), bind(type), bind(c.next_url), bind(c.max_last_updated),
+                bind(static_cast<Poco::Int64>(c.max_last_updated_at)), now;
+        });
+    }
+
+    void clear_feed_cursor(const std::string& server, const std::string& type) override {
+        locked([&] {
+            session_ << q("DELETE FROM poll_feed_cursors WHERE server = ? AND resource_type = ?"), bind(server), bind(type),
+                now;
+        });
+    }
+
+    std::optional<AlertRecord> alert(const std::string& server, const std::string& identifier) override {
+        auto rows = select_alerts("WHERE server = ? AND identifier = ?", {server, identifier});
+        if (rows.empty()) return std::nullopt;
+        return rows.front();
+    }
+
+    std::vector<AlertRecord> alerts_for_patient(const std::string& server, const std::string& patient) override {
+        return select_alerts("WHERE server = ? AND patient = ? ORDER BY rule_id", {server, patient});
+    }
+
+    std::vector<AlertRecord> alerts(const std::string& server) override {
+        return select_alerts("WHERE server = ? ORDER BY patient, rule_id", {server});
+    }
+
+    void put_alert(const AlertRecord& r) override {
+        locked([&] {
+            session_ << q("INSERT INTO alerts (server, identifier, patient, rule_id, evidence_hash, status, server_id,"
+                        " server_version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (server, identifier) DO UPDATE SET patient = excluded.patient,"
+                        " rule_id = excluded.rule_id, evidence_hash = excluded.evidence_hash, status = excluded.status,"
+                        " server_id = excluded.server_id, server_version = excluded.server_version,"
+                        " updated_at = excluded.updated_at"),
+                bind(r.server), bind(r.identifier), bind(r.patient), bind(r.rule_id), bind(r.evidence_hash),
+                bind(r.status), bind(r.server_id), bind(r.server_version),
+                bind(static_cast<Poco::Int64>(r.updated_at)), now;
+        });
+    }
+
+    std::int64_t begin_run(const std::string& server, EpochSeconds started_at) override {
+        return locked([&] {
+            // The database assigns the id (another process may share the file): never MAX(id) + 1.
+            const std::string insert =
+                "INSERT INTO runs (server, started_at, finished_at, outcome, summary) VALUES (?, ?, 0, 'running', '{}')";
+            Poco::Int64 id = 0;
+            if (backend_ == SqlBackend::postgresql) {
+                session_ << q(insert + " RETURNING id"), bind(server), bind(static_cast<Poco::Int64>(started_at)), into(id), now;
+            } else {
+                session_ << q(insert), bind(server), bind(static_cast<Poco::Int64>(started_at)), now;
+                session_ << "SELECT last_insert_rowid()", into(id), now;
+            }
+            return static_cast<std::int64_t>(id);
+        });
+    }
+
+    void finish_run(std::int64_t run_id, EpochSeconds finished_at, const std::string& outcome,
+                    const std::string& summary_json) override {
+        locked([&] {
+            session_ << q("UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?"),
+                bind(static_cast<Poco::Int64>(finished_at)), bind(outcome), bind(summary_json),
+                bind(static_cast<Poco::Int64>(run_id)), now;
+        });
+    }
+
+    std::vector<RunRecord> runs(const std::string& server, std::size_t limit) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT id, server, started_at, finished_at, outcome, summary FROM runs WHERE server = ?"
+                 " ORDER BY id DESC LIMIT ?"),
+                bind(server), bind(static_cast<Poco::Int64>(limit));
+            s.execute();
+            RecordSet rs(s);
+            std::vector<RunRecord> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                RunRecord r;
+                r.id = rs.value(0, i).convert<Poco::Int64>();
+                r.server = rs.value(1, i).convert<std::string>();
+                r.started_at = rs.value(2, i).convert<Poco::Int64>();
+                r.finished_at = rs.value(3, i).convert<Poco::Int64>();
+                r.outcome = rs.value(4, i).convert<std::string>();
+                r.summary_json = rs.value(5, i).convert<std::string>();
+                out.push_back(std::move(r));
+            }
+            return out;
+        });
+    }
+
+    bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
+                      EpochSeconds now_s) override {
+        return locked([&] {
+            session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
+            // One statement, atomic on both databases: another process that recorded the same jti
+            // first makes this one insert nothing.
+            Statement s(session_);
+            s << q("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti) DO NOTHING"),
+                bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at));
+            return s.execute() == 1;
+        });
+    }
+
+    bool claim(const std::string& server, const std::string& subject, const std::string& owner, EpochSeconds until,
+               EpochSeconds now_s) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("INSERT INTO poll_leases (server, subject, owner, expires_at) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT (server, subject) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
+                   " WHERE poll_leases.owner = excluded.owner OR poll_leases.expires_at <= ?"),
+                bind(server), bind(subject), bind(owner), bind(static_cast<Poco::Int64>(until)),
+                bind(static_cast<Poco::Int64>(now_s));
+            return s.execute() == 1;
+        });
+    }
+
+    void release(const std::string& server, const std::string& subject, const std::string& owner) override {
+        locked([&] {
+            session_ << q("DELETE FROM poll_leases WHERE server = ? AND subject = ? AND owner = ?"), bind(server),
+                bind(subject), bind(owner), now;
+        });
+    }
+
+    std::string lease_holder(const std::string& server, const std::string& subject, EpochSeconds now_s) override {
+        return locked([&] {
+            std::string owner;
+            Statement s(session_);
+            s << q("SELECT owner FROM poll_leases WHERE server = ? AND subject = ? AND expires_at > ?"), bind(server),
+                bind(subject), bind(static_cast<Poco::Int64>(now_s)), into(owner);
+            s.execute();
+            return owner;
+        });
+    }
+
+    bool is_pending(const std::string& server, const std::string& patient) override {
+        return locked([&] {
+            Poco::Int64 n = 0;
+            session_ << q("SELECT COUNT(*) FROM poll_pending WHERE server = ? AND patient = ?"), bind(server),
+                bind(patient), into(n), now;
+            return n > 0;
+        });
+    }
+
+    std::optional<Recheck> recheck(const std::string& server, const std::string& patient) override {
+        return locked([&]() -> std::optional<Recheck> {
+            Poco::Int64 at = 0;
+            std::string basis;
+            Statement s(session_);
+            s << q("SELECT recheck_at, basis FROM poll_rechecks WHERE server = ? AND patient = ?"), bind(server),
+                bind(patient), into(at), into(basis);
+            if (s.execute() == 0) return std::nullopt;
+            return Recheck{at, basis};
+        });
+    }
+
+    void record_feedback(const FeedbackRecord& f) override {
+        locked([&] {
+            session_ << q("INSERT INTO cds_feedback (service_id, card_uuid, patient, rule_id, outcome,"
+                        " override_reason, outcome_at, received_at, issuer, order_ref, evidence_hash)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                bind(f.service_id), bind(f.card_uuid), bind(f.patient), bind(f.rule_id), bind(f.outcome),
+                bind(f.override_reason), bind(static_cast<Poco::Int64>(f.outcome_at)),
+                bind(static_cast<Poco::Int64>(f.received_at)), bind(f.issuer), bind(f.order), bind(f.evidence_hash), now;
+        });
+    }
+
+    std::vector<FeedbackRecord> feedback(const std::string& patient, const std::string& rule_id) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT service_id, card_uuid, patient, rule_id, outcome, override_reason, outcome_at, received_at,"
+                 " issuer, order_ref, evidence_hash FROM cds_feedback WHERE patient = ? AND rule_id = ? ORDER BY id"),
+                bind(patient), bind(rule_id);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<FeedbackRecord> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                FeedbackRecord f;
+                f.service_id = rs.value(0, i).convert<std::string>();
+                f.card_uuid = rs.value(1, i).convert<std::string>();
+                f.patient = rs.value(2, i).convert<std::string>();
+                f.rule_id = rs.value(3, i).convert<std::string>();
+                f.outcome = rs.value(4, i).convert<std::string>();
+                f.override_reason = rs.value(5, i).convert<std::string>();
+                f.outcome_at = rs.value(6, i).convert<Poco::Int64>();
+                f.received_at = rs.value(7, i).convert<Poco::Int64>();
+                f.issuer = rs.value(8, i).convert<std::string>();
+                f.order = rs.value(9, i).convert<std::string>();
+                f.evidence_hash = rs.value(10, i).convert<std::string>();
+                out.push_back(std::move(f));
+            }
+            return out;
+        });
+    }
+
+    void put_issued_card(const IssuedCard& c) override {
+        locked([&] {
+            session_ << q("INSERT INTO cds_issued_cards (issuer, service_id, card_uuid, patient, rule_id, order_ref, severity,"
+                        " evidence_hash, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (issuer, service_id, card_uuid) DO UPDATE SET patient = excluded.patient,"
+                        " rule_id = excluded.rule_id, order_ref = excluded.order_ref, severity = excluded.severity,"
+                        " evidence_hash = excluded.evidence_hash, issued_at = excluded.issued_at"),
+                bind(c.issuer), bind(c.service_id), bind(c.card_uuid), bind(c.patient), bind(c.rule_id), bind(c.order),
+                bind(c.severity), bind(c.evidence_hash), bind(static_cast<Poco::Int64>(c.issued_at)), now;
+        });
+    }
+
+    std::optional<IssuedCard> issued_card(const std::string& issuer, const std::string& service_id,
+                                          const std::string& card_uuid) override {
+        auto rows = select_issued("WHERE issuer = ? AND service_id = ? AND card_uuid = ?", {issuer, service_id, card_uuid});
+        if (rows.empty()) return std::nullopt;
+        return rows.front();
+    }
+
+    std::vector<IssuedCard> issued_cards_for_patient(const std::string& issuer, const std::string& service_id,
+                                                     const std::string& patient) override {
+        return select_issued("WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid",
+                             {issuer, service_id, patient});
+    }
+
+    void put_override(const CardOverride& o) override {
+        locked([&] {
+            session_ << q("INSERT INTO cds_overrides (issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (issuer, patient, rule_id, order_ref) DO UPDATE SET card_uuid = excluded.card_uuid,"
+                        " evidence_hash = excluded.evidence_hash, until_at = excluded.until_at"),
+                bind(o.issuer), bind(o.patient), bind(o.rule_id), bind(o.order), bind(o.card_uuid), bind(o.evidence_hash),
+                bind(static_cast<Poco::Int64>(o.until)), now;
+        });
+    }
+
+    std::vector<CardOverride> overrides_in_force(const std::string& issuer, const std::string& patient,
+                                                 EpochSeconds now_s) override {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
+                 " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref"),
+                bind(issuer), bind(patient), bind(static_cast<Poco::Int64>(now_s));
+            s.execute();
+            RecordSet rs(s);
+            std::vector<CardOverride> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                CardOverride o;
+                o.issuer = rs.value(0, i).convert<std::string>();
+                o.patient = rs.value(1, i).convert<std::string>();
+                o.rule_id = rs.value(2, i).convert<std::string>();
+                o.order = rs.value(3, i).convert<std::string>();
+                o.card_uuid = rs.value(4, i).convert<std::string>();
+                o.evidence_hash = rs.value(5, i).convert<std::string>();
+                o.until = rs.value(6, i).convert<Poco::Int64>();
+                out.push_back(std::move(o));
+            }
+            return out;
+        });
+    }
+
+private:
+    std::string q(const std::string& portable) const { return sql_for(portable, backend_); }
+
+    // Brings the schema to latest_schema_version(), in one transaction that holds off other processes
+    // opening the same database at the same time.
+    void migrate() {
+        if (backend_ == SqlBackend::sqlite) {
+            session_ << "BEGIN IMMEDIATE", now;
+        } else {
+            session_ << "BEGIN", now;
+            session_ << "SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLock) + ")", now;
+        }
+        try {
+            session_ << "CREATE TABLE IF NOT EXISTS calcalert_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", now;
+            std::string text;
+            Statement s(session_);
+            s << "SELECT value FROM calcalert_meta WHERE key = 'schema_version'", into(text);
+            const bool fresh = s.execute() == 0;
+            int version = 0;
+            if (!fresh) {
+                try {
+                    std::size_t used = 0;
+                    version = std::stoi(text, &used);
+                    if (used != text.size()) version = -1;
+                } catch (const std::exception&) {
+                    version = -1;
+                }
+            }
+            const int latest = latest_schema_version();
+            if (version < 0 || version > latest)
+                throw StateError(location_ + ": state schema version " + text + ", this program knows up to " +
+                                 std::to_string(latest));
+            if (backend_ == SqlBackend::sqlite &&
+                std::any_of(std::begin(kSqliteUpgradableFrom), std::end(kSqliteUpgradableFrom),
+                            [&](int v) { return v == version; }))
+                upgrade_sqlite_to_3();
+            for (const auto& m : schema_migrations()) {
+                if (m.version <= version) continue;
+                for (const auto& statement : migration_statements(m.sql, backend_)) session_ << statement, now;
+            }
+            if (fresh)
+                session_ << q("INSERT INTO calcalert_meta (key, value) VALUES ('schema_version', ?)"),
+                    bind(std::to_string(latest)), now;
+            else if (version != latest)
+                session_ << q("UPDATE calcalert_meta SET value = ? WHERE key = 'schema_version'"),
+                    bind(std::to_string(latest)), now;
+            session_ << "COMMIT", now;
+        } catch (...) {
+            try {
+                session_ << "ROLLBACK", now;
+            } catch (...) {
+            }
+            throw;
+        }
+    }
+
+    template <typename F>
+    void run(F&& f) {
+        try {
+            f();
+        } catch (const Poco::Exception& e) {
+            throw StateError(location_ + ": " + e.displayText());
+        }
+    }
+
+    // Serializes calls; inside transaction() the lock is already held by this thread.
+    template <typename F>
+    auto locked(F&& f) -> decltype(f()) {
+        std::lock_guard lock(mutex_);  // recursive: transaction() on this thread may hold it already
+        try {
+            return f();
+        } catch (const Poco::Exception& e) {
+            throw StateError(location_ + ": " + e.displayText());
+        }
+    }
+
+    // An SQLite file of version 1 or 2 (kSqliteUpgradableFrom), inside the migration transaction.
+    void upgrade_sqlite_to_3() {
+        Poco::Int64 n = 0;
+        session_ << "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'cds_feedback'", into(n), now;
+        if (n > 0)
+            for (const char* sql : kFeedbackColumnsOf3) session_ << sql, now;
+        session_ << "DROP TABLE IF EXISTS cds_suppressions", now;
+    }
+
+    std::vector<IssuedCard> select_issued(const std::string& where, const std::vector<std::string>& args) {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
+                   " FROM cds_issued_cards " + where);
+            for (const auto& a : args) s, bind(a);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<IssuedCard> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                IssuedCard c;
+                c.issuer = rs.value(0, i).convert<std::string>();
+                c.service_id = rs.value(1, i).convert<std::string>();
+                c.card_uuid = rs.value(2, i).convert<std::string>();
+                c.patient = rs.value(3, i).convert<std::string>();
+                c.rule_id = rs.value(4, i).convert<std::string>();
+                c.order = rs.value(5, i).convert<std::string>();
+                c.severity = rs.value(6, i).convert<std::string>();
+                c.evidence_hash = rs.value(7, i).convert<std::string>();
+                c.issued_at = rs.value(8, i).convert<Poco::Int64>();
+                out.push_back(std::move(c));
+            }
+            return out;
+        });
+    }
+
+    std::vector<AlertRecord> select_alerts(const std::string& where, const std::vector<std::string>& args) {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT server, identifier, patient, rule_id, evidence_hash, status, server_id, server_version,"
+                   " updated_at FROM alerts " + where);
+            for (const auto& a : args) s, bind(a);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<AlertRecord> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                AlertRecord r;
+                r.server = rs.value(0, i).convert<std::string>();
+                r.identifier = rs.value(1, i).convert<std::string>();
+                r.patient = rs.value(2, i).convert<std::string>();
+                r.rule_id = rs.value(3, i).convert<std::string>();
+                r.evidence_hash = rs.value(4, i).convert<std::string>();
+                r.status = rs.value(5, i).convert<std::string>();
+                r.server_id = rs.value(6, i).convert<std::string>();
+                r.server_version = rs.value(7, i).convert<std::string>();
+                r.updated_at = rs.value(8, i).convert<Poco::Int64>();
+                out.push_back(std::move(r));
+            }
+            return out;
+        });
+    }
+
+    SqlBackend backend_;
+    std::string location_;
+    Session session_;
+    std::recursive_mutex mutex_;
+    int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
+};
+
+Connection open_sqlite(const std::string& path) {
+    // A file that is there but is not SQLite: say so at once (SQLite itself only notices at the
+    // first statement, after Poco's busy retries).
+    if (path != ":memory:") {
+        const auto dir = std::filesystem::absolute(path).parent_path();
+        std::error_code ec;
+        if (!std::filesystem::is_directory(dir, ec))
+            throw StateError(path + ": cannot open the state file: directory " + dir.string() + " does not exist");
+        std::ifstream in(path, std::ios::binary);
+        char header[16] = {};
+        if (in && in.read(header, sizeof header).gcount() > 0 &&
+            std::string(header, static_cast<std::size_t>(in.gcount())) != std::string("SQLite format 3\0", 16))
+            throw StateError(path + ": not a calcalert state file (not an SQLite database)");
+    }
+    static std::once_flag registered;
+    std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
+    try {
+        return {SqlBackend::sqlite, path, Session(Poco::Data::SQLite::Connector::KEY, path)};
+    } catch (const Poco::Exception& e) {
+        throw StateError(path + ": cannot open the state file: " + e.displayText());
+    }
+}
+
+// A libpq keyword=value value. Poco's connector splits its connection string at spaces and does not
+// unquote, so a value cannot hold a space, a quote or a backslash.
+std::string conninfo_value(const std::string& where, const std::string& key, const std::string& value) {
+    if (value.empty() || value.find_first_of(" \t\r\n'\\") != std::string::npos)
+        throw StateError(where + ": the " + key + " " + (value.empty() ? "is empty" : "holds a space, a quote or a backslash") +
+                         (key == "password" ? " (give it in a password file of ~/.pgpass or $PGPASSFILE instead)" : ""));
+    return value;
+}
+
+Connection open_postgresql(const std::string& url) {
+    Poco::URI uri;
+    try {
+        uri = Poco::URI(url);
+    } catch (const Poco::Exception& e) {
+        throw StateError("the state URL is not a URL: " + e.displayText());
+    }
+    const std::string user = uri.getUserInfo().substr(0, uri.getUserInfo().find(':'));
+    std::string shown = uri.getScheme() + "://" + (user.empty() ? "" : user + "@") + uri.getHost() +
+                        (uri.getPort() && uri.getPort() != 5432 ? ":" + std::to_string(uri.getPort()) : "") + uri.getPath();
+    if (uri.getUserInfo().find(':') != std::string::npos)
+        throw StateError(shown + ": a password in the state URL would show in process lists and logs; give password_file, "
+                                 "$PGPASSWORD or ~/.pgpass");
+    std::vector<std::pair<std::string, std::string>> params;
+    if (!uri.getHost().empty()) params.emplace_back("host", uri.getHost());
+    if (uri.getPort()) params.emplace_back("port", std::to_string(uri.getPort()));
+    const std::string db = uri.getPath().empty() ? "" : uri.getPath().substr(1);
+    if (!db.empty()) params.emplace_back("dbname", db);
+    if (!user.empty()) params.emplace_back("user", user);
+    for (const auto& [k, v] : uri.getQueryParameters()) {
+        if (k == "password_file") {
+            std::ifstream in(v, std::ios::binary);
+            if (!in) throw StateError(shown + ": cannot read the password file " + v);
+            std::string password;
+            std::getline(in, password);
+            if (!password.empty() && password.back() == '\r') password.pop_back();
+            if (password.size() > 1024) throw StateError(shown + ": the password file " + v + " is not one short line");
+            params.emplace_back("password", password);
+        } else if (k == "password") {
+            throw StateError(shown + ": a password in the state URL would show in process lists and logs; give password_file, "
+                                     "$PGPASSWORD or ~/.pgpass");
+        } else {
+            if (k.empty() || k.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") != std::string::npos)
+                throw StateError(shown + ": '" + k + "' is not a libpq connection parameter");
+            params.emplace_back(k, v);
+        }
+    }
+    bool timeout = false;
+    std::string conninfo;
+    for (const auto& [k, v] : params) {
+        timeout = timeout || k == "connect_timeout";
+        conninfo += (conninfo.empty() ? "" : " ") + k + "=" + conninfo_value(shown, k, v);
+    }
+    if (!timeout) conninfo += " connect_timeout=10";
+    static std::once_flag registered;
+    std::call_once(registered, [] { Poco::Data::PostgreSQL::Connector::registerConnector(); });
+    try {
+        return {SqlBackend::postgresql, shown, Session(Poco::Data::PostgreSQL::Connector::KEY, conninfo)};
+    } catch (const Poco::Exception& e) {
+        std::string why = e.displayText();
+        // libpq's message may repeat the connection string; never show a password.
+        for (const auto& [k, v] : params)
+            if (k == "password")
+                for (auto at = why.find(v); !v.empty() && at != std::string::npos; at = why.find(v)) why.replace(at, v.size(), "***");
+        throw StateError(shown + ": cannot connect: " + why);
+    }
+}
+
+}  // namespace
+
+std::unique_ptr<StateStore> open_sqlite_store(const std::string& path) { return std::make_unique<SqlStore>(open_sqlite(path)); }
+
+std::unique_ptr<StateStore> open_state_store(const std::string& url) {
+    if (url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0)
+        return std::make_unique<SqlStore>(open_postgresql(url));
+    if (url.rfind("sqlite://", 0) == 0) {
+        const std::string path = url.substr(9);
+        if (path.empty() || (path[0] != '/' && path != ":memory:"))
+            throw StateError(url + ": a sqlite URL names an absolute path (sqlite:///var/lib/calcalert/state.sqlite)");
+        return open_sqlite_store(path);
+    }
+    if (const auto colon = url.find("://"); colon != std::string::npos)
+        throw StateError(url.substr(0, colon) + "://...: unknown state backend (sqlite:// or postgresql://)");
+    return open_sqlite_store(url);
+}
+
+}  // namespace calcalert::state
