@@ -4,6 +4,9 @@
 //
 //   node tests/deploy/cds-call.mjs --base URL --key PEM --jwks JSON --iss ISS --cohort FILE --patient ID
 //   node tests/deploy/cds-call.mjs --base URL ... --discovery
+// The JWT's audience is the called URL, or the service's URL under --aud BASE (the public_base_url
+// of replicas behind one address); --save-token FILE writes the JWT it sent, --token FILE sends that
+// one again instead of signing a new one (a replay, to another replica).
 // Prints the response body; exit 0 on HTTP 200, 1 otherwise (the status on stderr).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -50,7 +53,11 @@ function patientView() {
 const path = opt.discovery ? '/cds-services' : '/cds-services/calcalert-patient-view';
 const url = opt.base.replace(/\/$/, '') + path;
 const headers = { 'content-type': 'application/json' };
-if (!opt['no-auth']) headers.authorization = `Bearer ${jwt(url)}`;
+if (!opt['no-auth']) {
+  const token = opt.token ? fs.readFileSync(opt.token, 'utf8').trim() : jwt((opt.aud ?? opt.base).replace(/\/$/, '') + path);
+  if (opt['save-token']) fs.writeFileSync(opt['save-token'], token + '\n');
+  headers.authorization = `Bearer ${token}`;
+}
 const res = await fetch(url, opt.discovery ? { headers } : { method: 'POST', headers, body: JSON.stringify(patientView()) });
 const text = await res.text();
 process.stdout.write(text + '\n');

@@ -1,8 +1,9 @@
 // For scripts/test-deploy: compares the DetectedIssues on a FHIR server with the expected findings
 // of `calcalert sandbox seed --expected FILE`, as sorted "Patient/id rule" lines.
 //   node tests/deploy/detected-issues.mjs FHIR_BASE EXPECTED_JSON
-// Prints "N of M" (DetectedIssues found of those expected); exit 0 when the two sets are equal,
-// 1 otherwise (the differences on stderr).
+// Prints "N of M" (DetectedIssues found of those expected); exit 0 when the two are equal, each
+// expected finding written once, 1 otherwise (the differences and any finding written twice on
+// stderr).
 import fs from 'node:fs';
 
 const [base, expectedFile] = process.argv.slice(2);
@@ -27,4 +28,6 @@ const missing = expected.filter((e) => !found.includes(e));
 const extra = found.filter((f) => !expected.includes(f));
 for (const m of missing) console.error(`missing: ${m}`);
 for (const x of extra) console.error(`not expected: ${x}`);
-process.exit(expected.length > 0 && missing.length === 0 && extra.length === 0 ? 0 : 1);
+const twice = [...new Set(found.filter((f, i) => i > 0 && found[i - 1] === f))];
+for (const t of twice) console.error(`written more than once: ${t} (${found.filter((f) => f === t).length} DetectedIssues)`);
+process.exit(expected.length > 0 && missing.length === 0 && extra.length === 0 && twice.length === 0 ? 0 : 1);

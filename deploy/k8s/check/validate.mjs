@@ -4,9 +4,12 @@
 //      package (types, enums, required fields, formats);
 //   2. every field known to the API: a field that is not in the kind's type (a misspelling, a
 //      field at the wrong level) is an error, read from the package's type declarations;
-//   3. the deployment rules of calcalert (--policy): every pod runs as non-root with a read-only
-//      root filesystem, no privilege escalation, all capabilities dropped, resource requests and
-//      limits; every HTTP container has readiness and liveness probes.
+//   3. the deployment rules of calcalert (--policy): every pod runs as non-root under the seccomp
+//      profile RuntimeDefault, without a service account token, with a read-only root filesystem,
+//      no privilege escalation, all capabilities dropped, resource requests and limits; every
+//      container that listens has readiness and liveness probes, GET /healthz (calcalert's HTTP
+//      port) but for the workloads of NON_HTTP_PROBES; a Deployment of more than one replica mounts
+//      no PersistentVolumeClaim (a claim holds SQLite state, which replicas cannot share).
 //
 //   node deploy/k8s/check/validate.mjs [--policy] FILE...
 // Prints one line per problem ("FILE#N Kind/name: path: what") and a summary line; exit 0 when
@@ -109,6 +112,12 @@ function modelPath(apiVersion, kind) {
 }
 
 // ---- calcalert's rules for its pods
+// The one exception to "every container that listens probes GET /healthz": a workload that speaks
+// another protocol than HTTP, named here with the probe handlers it must use instead.
+const NON_HTTP_PROBES = new Map([
+  // deploy/k8s/scaled/postgres.yaml: PostgreSQL's protocol on 5432; pg_isready in the image.
+  ['StatefulSet/calcalert-postgres', ['exec', 'tcpSocket']],
+]);
 function podSpecOf(doc) {
   if (doc.kind === 'Deployment' || doc.kind === 'StatefulSet' || doc.kind === 'DaemonSet' || doc.kind === 'Job')
     return ['spec.template.spec', doc.spec?.template?.spec];
@@ -122,9 +131,17 @@ function policyProblems(doc) {
   if (!pod) return out;
   if (pod.securityContext?.runAsNonRoot !== true) out.push(`${where}.securityContext.runAsNonRoot: must be true`);
   if (pod.automountServiceAccountToken !== false) out.push(`${where}.automountServiceAccountToken: must be false`);
+  const podSeccomp = pod.securityContext?.seccompProfile?.type;
+  const nonHttp = NON_HTTP_PROBES.get(`${doc.kind}/${doc.metadata?.name}`);
+  if (doc.kind === 'Deployment' && (doc.spec?.replicas ?? 1) > 1)
+    for (const [n, v] of (pod.volumes ?? []).entries())
+      if (v.persistentVolumeClaim)
+        out.push(`${where}.volumes[${n}].persistentVolumeClaim: replicas ${doc.spec.replicas} cannot share a claim (state of several replicas: PostgreSQL)`);
   for (const [n, c] of (pod.containers ?? []).entries()) {
     const at = `${where}.containers[${n}]`;
     const sc = c.securityContext ?? {};
+    const seccomp = sc.seccompProfile?.type ?? podSeccomp;
+    if (seccomp !== 'RuntimeDefault') out.push(`${at}.securityContext.seccompProfile.type: must be RuntimeDefault (here or in the pod's)`);
     if (sc.readOnlyRootFilesystem !== true) out.push(`${at}.securityContext.readOnlyRootFilesystem: must be true`);
     if (sc.allowPrivilegeEscalation !== false) out.push(`${at}.securityContext.allowPrivilegeEscalation: must be false`);
     if (!(sc.capabilities?.drop ?? []).includes('ALL')) out.push(`${at}.securityContext.capabilities.drop: must include ALL`);
@@ -134,8 +151,13 @@ function policyProblems(doc) {
       if (!c.resources?.limits?.[r]) out.push(`${at}.resources.limits.${r}: missing`);
     }
     if ((c.ports ?? []).length) {
-      for (const probe of ['readinessProbe', 'livenessProbe'])
-        if (c[probe]?.httpGet?.path !== '/healthz') out.push(`${at}.${probe}: must GET /healthz`);
+      for (const probe of ['readinessProbe', 'livenessProbe']) {
+        if (!nonHttp) {
+          if (c[probe]?.httpGet?.path !== '/healthz') out.push(`${at}.${probe}: must GET /healthz`);
+        } else if (!nonHttp.some((handler) => c[probe]?.[handler])) {
+          out.push(`${at}.${probe}: must be ${nonHttp.join(' or ')} (${doc.kind}/${doc.metadata.name} is not HTTP)`);
+        }
+      }
     }
   }
   return out;
