@@ -77,6 +77,10 @@ struct CdsServer::Impl {
 
     std::string base_url() const {
         if (!config.public_base_url.empty()) return normalize_base_url(config.public_base_url);
+        return listen_url();
+    }
+
+    std::string listen_url() const {
         const std::string host = config.bind_address.find(':') != std::string::npos ? "[" + config.bind_address + "]"
                                                                                       : config.bind_address;
         return "http://" + host + ":" + std::to_string(http ? http->port() : 0);
@@ -307,7 +311,7 @@ void CdsServer::start() {
     if (i.config.insecure_dev)
         i.log.write("warning", "INSECURE DEVELOPMENT MODE: no JWT is checked; every caller on this machine is trusted",
                     {{"bind", i.config.bind_address}});
-    i.log.write("info", "listening", {{"url", base_url()}});
+    i.log.write("info", "listening", {{"url", base_url()}, {"listen", i.listen_url()}});
 }
 
 void CdsServer::stop(int grace_ms) {
@@ -320,6 +324,7 @@ void CdsServer::stop(int grace_ms) {
 
 int CdsServer::port() const { return impl_->http ? impl_->http->port() : 0; }
 std::string CdsServer::base_url() const { return impl_->base_url(); }
+std::string CdsServer::listen_url() const { return impl_->listen_url(); }
 Metrics& CdsServer::metrics() { return impl_->metrics; }
 JwtVerifier& CdsServer::verifier() { return impl_->verifier; }
 ExplainPages* CdsServer::explain() { return impl_->explain.get(); }

@@ -74,7 +74,8 @@ public:
     void start();                          // binds and accepts (throws on bind failure)
     void stop(int grace_ms = 10000);       // stops accepting; waits for calls in flight; then closes
     int port() const;                      // the bound port (after start)
-    std::string base_url() const;          // public_base_url, else http://<bind>:<port>
+    std::string base_url() const;          // public_base_url, else listen_url()
+    std::string listen_url() const;        // http://<bind>:<port>: where it listens (after start)
     Metrics& metrics();
     JwtVerifier& verifier();
     ExplainPages* explain();  // null when explain_pages is off

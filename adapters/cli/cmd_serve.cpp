@@ -23,7 +23,8 @@ Runs the CDS Hooks 2.0 service: discovery at /cds-services, the services calcale
 calcalert-order-select and calcalert-order-sign, feedback at /cds-services/{id}/feedback, plus
 /healthz and /metrics (Prometheus). Every CDS call must carry a JWT (ES384 or RS384) from a
 configured issuer. Stops gracefully on SIGTERM or SIGINT (calls in flight finish).
-Prints one line "listening URL" on stdout once it accepts calls; logs JSON lines on stderr.
+Prints one line "listening URL" on stdout once it accepts calls: the address it is bound to, and the
+public_base_url in parentheses when one is set. Logs JSON lines on stderr.
 
 Options:
   --config FILE       the JSON configuration (see docs/cds-hooks.md and deploy/serve.example.json);
@@ -127,7 +128,8 @@ int serve_command(const std::vector<std::string>& args, std::ostream& out, std::
         err << "calcalert: cannot start the server: " << e.what() << "\n";
         return internal_error;
     }
-    out << "listening " << server->base_url() << std::endl;
+    out << "listening " << server->listen_url()
+        << (server->base_url() != server->listen_url() ? " (public " + server->base_url() + ")" : std::string()) << std::endl;
     int received = 0;
     sigwait(&signals, &received);
     err << "{\"level\":\"info\",\"msg\":\"stopping\",\"signal\":\"" << (received == SIGTERM ? "SIGTERM" : "SIGINT")

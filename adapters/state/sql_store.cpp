@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include <Poco/Data/PostgreSQL/Connector.h>
+#include <Poco/Data/PostgreSQL/SessionImpl.h>
 #include <Poco/Data/RecordSet.h>
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/Session.h>
@@ -50,15 +51,35 @@ struct Connection {
     SqlBackend backend;
     std::string location;  // for messages; never a password
     Session session;
+    std::string conninfo;  // PostgreSQL: libpq's connection string, to connect again (may hold the password)
+    std::string password;  // PostgreSQL: from password_file ("" if none), kept out of every message
 };
+
+// A session on PostgreSQL; StateError naming `shown`, with libpq's reason (never the password).
+Session postgresql_session(const std::string& shown, const std::string& conninfo, const std::string& password) {
+    static std::once_flag registered;
+    std::call_once(registered, [] { Poco::Data::PostgreSQL::Connector::registerConnector(); });
+    try {
+        return Session(Poco::Data::PostgreSQL::Connector::KEY, conninfo);
+    } catch (const Poco::Exception& e) {
+        std::string why = e.displayText();
+        // libpq's message may repeat the connection string; never show a password.
+        for (auto at = why.find(password); !password.empty() && at != std::string::npos; at = why.find(password))
+            why.replace(at, password.size(), "***");
+        throw StateError(shown + ": cannot connect: " + why);
+    }
+}
 
 class SqlStore final : public StateStore {
 public:
-    explicit SqlStore(Connection c) : backend_(c.backend), location_(std::move(c.location)), session_(std::move(c.session)) {
+    explicit SqlStore(Connection c)
+        : backend_(c.backend), location_(std::move(c.location)), session_(std::move(c.session)), conninfo_(std::move(c.conninfo)),
+          password_(std::move(c.password)) {
         try {
             if (backend_ == SqlBackend::postgresql) {
                 // Notices ("relation already exists, skipping") would go to stderr through libpq.
                 session_ << "SET client_min_messages TO WARNING", now;
+                quiet(session_);
             } else {
                 session_ << "PRAGMA busy_timeout = 5000", now;
                 if (location_ != ":memory:") {
@@ -97,6 +118,7 @@ public:
             run([&] { session_ << "RELEASE SAVEPOINT " + name, now; });
             return;
         }
+        reconnect_if_dropped();
         run([&] { session_.begin(); });
         depth_ = 1;
         try {
@@ -607,10 +629,50 @@ private:
         }
     }
 
+    // A PostgreSQL connection the server dropped (a restart, a failover, a terminated backend) is
+    // opened again before the next call outside a transaction; the call that met the dropped
+    // connection has failed with a StateError. While the server is away each call fails at once
+    // (connect_timeout when it does not answer) and the next one tries again. libpq reopens the
+    // dropped connection in place (PQreset: nothing is left behind by an attempt that fails); once
+    // it is up, a new session replaces it, because Poco's state of the old one (a transaction it
+    // still believes open, prepared statements of the old server process) is stale. The old session
+    // closes its connection as it goes.
+    void reconnect_if_dropped() {
+        if (backend_ != SqlBackend::postgresql || depth_ > 0 || session_.isConnected()) return;
+        auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session_.impl());
+        if (impl == nullptr) throw StateError(location_ + ": the connection was lost");
+        if (!impl->handle().reset())
+            throw StateError(location_ + ": the connection was lost and cannot be opened again: " +
+                             first_line(PQerrorMessage(impl->handle())));
+        Session fresh = postgresql_session(location_, conninfo_, password_);
+        try {
+            fresh << "SET client_min_messages TO WARNING", now;
+            quiet(fresh);
+        } catch (const Poco::Exception& e) {
+            throw StateError(location_ + ": " + e.displayText());
+        }
+        session_ = std::move(fresh);
+    }
+
+    // Warnings the server sends outside an answer ("terminating connection due to immediate shutdown
+    // command" as it goes down) are dropped: libpq would print them raw on stderr, between the JSON
+    // log lines; the failed statement reports the error itself.
+    static void quiet(Session& session) {
+        if (auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session.impl()))
+            PQsetNoticeProcessor(impl->handle(), [](void*, const char*) {}, nullptr);
+    }
+
+    static std::string first_line(const char* text) {
+        const std::string all = text == nullptr ? "" : text;
+        std::string line = all.substr(0, all.find('\n'));
+        return line.empty() ? "no answer" : line;
+    }
+
     // Serializes calls; inside transaction() the lock is already held by this thread.
     template <typename F>
     auto locked(F&& f) -> decltype(f()) {
         std::lock_guard lock(mutex_);  // recursive: transaction() on this thread may hold it already
+        reconnect_if_dropped();
         try {
             return f();
         } catch (const Poco::Exception& e) {
@@ -682,6 +744,7 @@ private:
     SqlBackend backend_;
     std::string location_;
     Session session_;
+    std::string conninfo_, password_;  // PostgreSQL: to connect again
     std::recursive_mutex mutex_;
     int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
 };
@@ -703,7 +766,7 @@ Connection open_sqlite(const std::string& path) {
     static std::once_flag registered;
     std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
     try {
-        return {SqlBackend::sqlite, path, Session(Poco::Data::SQLite::Connector::KEY, path)};
+        return {SqlBackend::sqlite, path, Session(Poco::Data::SQLite::Connector::KEY, path), "", ""};
     } catch (const Poco::Exception& e) {
         throw StateError(path + ": cannot open the state file: " + e.displayText());
     }
@@ -762,18 +825,10 @@ Connection open_postgresql(const std::string& url) {
         conninfo += (conninfo.empty() ? "" : " ") + k + "=" + conninfo_value(shown, k, v);
     }
     if (!timeout) conninfo += " connect_timeout=10";
-    static std::once_flag registered;
-    std::call_once(registered, [] { Poco::Data::PostgreSQL::Connector::registerConnector(); });
-    try {
-        return {SqlBackend::postgresql, shown, Session(Poco::Data::PostgreSQL::Connector::KEY, conninfo)};
-    } catch (const Poco::Exception& e) {
-        std::string why = e.displayText();
-        // libpq's message may repeat the connection string; never show a password.
-        for (const auto& [k, v] : params)
-            if (k == "password")
-                for (auto at = why.find(v); !v.empty() && at != std::string::npos; at = why.find(v)) why.replace(at, v.size(), "***");
-        throw StateError(shown + ": cannot connect: " + why);
-    }
+    std::string password;
+    for (const auto& [k, v] : params)
+        if (k == "password") password = v;
+    return {SqlBackend::postgresql, shown, postgresql_session(shown, conninfo, password), conninfo, password};
 }
 
 }  // namespace

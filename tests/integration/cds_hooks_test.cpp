@@ -32,11 +32,13 @@
 #include <Poco/StreamCopier.h>
 #include <rapidjson/document.h>
 
+#include "../support/postgres_server.hpp"
 #include "../support/sandbox_server.hpp"
 #include "../support/shell.hpp"
 #include "../unit/cds_test_support.hpp"
 #include "adapters/cds_hooks/server.hpp"
 #include "adapters/poll/poller.hpp"
+#include "adapters/state/migrations.hpp"
 #include "fhir/client.hpp"
 #include "fhir/datetime.hpp"
 #include "mappings/medications.hpp"
@@ -549,16 +551,22 @@ TEST_CASE("feedback: overridden hides the card for that issuer and patient; /met
     g_now = kNow;
 }
 
-// `calcalert serve --config FILE --port 0` as a child process (stderr to /dev/null); the port from
-// the first line it prints. Stopped with SIGTERM when it goes out of scope.
+// `calcalert serve --config FILE --port 0` as a child process (stderr to NAME.err beside the config,
+// in the test's directory); the port from the first line it prints. Stopped with SIGTERM when it goes
+// out of scope. With Start::later the constructor only starts it, and listening() waits for that line:
+// several can then start at once.
 struct ServeProcess {
+    enum class Start { now, later };
     pid_t pid = -1;
     Poco::UInt16 port = 0;
     std::string first_line;
+    fs::path err_path;
+    int out_fd = -1;
 
-    ServeProcess(const std::string& name, const std::string& config_json) {
+    ServeProcess(const std::string& name, const std::string& config_json, Start start = Start::now) {
         const fs::path bin = fs::path(CALCALERT_BINARY);
         const fs::path cfg = env().dir / name;
+        err_path = env().dir / (name + ".err");
         std::ofstream(cfg) << config_json;
         int out_pipe[2];
         REQUIRE(::pipe(out_pipe) == 0);
@@ -567,24 +575,48 @@ struct ServeProcess {
         if (pid == 0) {
             ::dup2(out_pipe[1], 1);
             ::close(out_pipe[0]);
-            const int devnull = ::open("/dev/null", O_WRONLY);
-            ::dup2(devnull, 2);
+            const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            ::dup2(err, 2);
             ::execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), "--port", "0", static_cast<char*>(nullptr));
             ::_exit(127);
         }
         ::close(out_pipe[1]);
-        char ch = 0;
-        while (::read(out_pipe[0], &ch, 1) == 1 && ch != '\n') first_line += ch;
-        ::close(out_pipe[0]);
-        REQUIRE_MESSAGE(first_line.rfind("listening http://127.0.0.1:", 0) == 0, first_line);
-        port = static_cast<Poco::UInt16>(std::stoi(first_line.substr(first_line.rfind(':') + 1)));
+        out_fd = out_pipe[0];
+        if (start == Start::now) listening();
     }
-    ~ServeProcess() { stop(); }
+    // Waits for the first line ("listening http://127.0.0.1:PORT") and reads the port from it.
+    void listening() {
+        if (out_fd < 0) return;
+        char ch = 0;
+        while (::read(out_fd, &ch, 1) == 1 && ch != '\n') first_line += ch;
+        ::close(out_fd);
+        out_fd = -1;
+        REQUIRE_MESSAGE(first_line.rfind("listening http://127.0.0.1:", 0) == 0, first_line, "\n", stderr_text());
+        port = static_cast<Poco::UInt16>(std::stoi(first_line.substr(std::string("listening http://127.0.0.1:").size())));
+    }
+    std::string stderr_text() const {
+        std::ifstream in(err_path);
+        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    // Still running (not exited, not killed)?
+    bool running() {
+        if (pid <= 0) return false;
+        int status = 0;
+        if (::waitpid(pid, &status, WNOHANG) == 0) return true;
+        pid = -1;
+        exit_status = status;
+        return false;
+    }
+    int exit_status = -1;  // waitpid's, once it has ended
+    ~ServeProcess() {
+        if (out_fd >= 0) ::close(out_fd);
+        stop();
+    }
     ServeProcess(const ServeProcess&) = delete;
     ServeProcess& operator=(const ServeProcess&) = delete;
-    // SIGTERM and wait: the exit status (waitpid's), or -1 when already stopped.
+    // SIGTERM and wait: the exit status (waitpid's); when it had already ended, how it ended (-1: stopped before).
     int stop() {
-        if (pid <= 0) return -1;
+        if (pid <= 0) return exit_status;
         ::kill(pid, SIGTERM);
         int status = 0;
         ::waitpid(pid, &status, 0);
@@ -661,6 +693,46 @@ long long metric(const std::string& text, const std::string& series) {
     return std::stoll(text.substr(at + series.size() + 2));
 }
 
+// A call's answer in the replica test (status, and the cards' rules when 200), as doctest prints it.
+using Answer = std::pair<int, std::vector<std::string>>;
+namespace doctest {
+template <>
+struct StringMaker<Answer> {
+    static String convert(const Answer& a) {
+        std::string text = std::to_string(a.first) + " [";
+        for (const auto& r : a.second) text += (text.back() == '[' ? "" : ", ") + r;
+        return (text + "]").c_str();
+    }
+};
+}  // namespace doctest
+
+// A JWT for `calcalert serve` as a child process, which runs on the system clock: iat now, a fresh jti.
+std::string system_clock_token(const std::string& iss, const jose::PrivateKey& key, const std::string& aud) {
+    static int jti = 0;
+    cdstest::Claims c;
+    c.iss = iss;
+    c.aud = aud;
+    c.iat = static_cast<std::int64_t>(::time(nullptr));
+    c.exp = c.iat + 300;
+    c.jti = "serve-" + std::to_string(::getpid()) + "-" + std::to_string(++jti);
+    return cdstest::sign(key, c);
+}
+
+// A patient-view call for harold-kim (one card: metastatic-calcification-risk) with his calcium and
+// phosphate taken at `labs_at` (for the system clock: recent enough; another time is other evidence).
+std::string harold_call_with_labs_at(const std::string& labs_at) {
+    const auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
+    return cdstest::replace_all(cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)), "2026-11-14T07:50:00Z",
+                                labs_at);
+}
+
+// CDS Hooks feedback: `uuid` overridden with a coded reason at `at`.
+std::string override_feedback(const std::string& uuid, const std::string& at) {
+    return R"({"feedback":[{"card":")" + uuid +
+           R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"not-clinically-relevant"}},"outcomeTimestamp":")" +
+           at + R"("}]})";
+}
+
 TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") {
     // The real program with two JWT issuers, each with its own key file; it runs on the system clock,
     // so the patient's labs are dated yesterday.
@@ -673,33 +745,21 @@ TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") 
         << (e.dir / "other-jwks.json").string() << R"("}]})";
     ServeProcess serve("serve-issuers.json", cfg.str());
     const std::string base = serve.first_line.substr(std::string("listening ").size());
-    int jti = 0;
     auto signed_by = [&](const std::string& iss, const jose::PrivateKey& key, const std::string& path) {
-        cdstest::Claims c;
-        c.iss = iss;
-        c.aud = base + path;
-        c.iat = static_cast<std::int64_t>(::time(nullptr));
-        c.exp = c.iat + 300;
-        c.jti = "serve-" + std::to_string(::getpid()) + "-" + std::to_string(++jti);
-        return cdstest::sign(key, c);
+        return system_clock_token(iss, key, base + path);
     };
     auto post = [&](const std::string& path, const std::string& body, const std::string& tok) {
         return serve.request("POST", path, body, tok);
     };
     const std::string yesterday = fhir::format_datetime(static_cast<std::int64_t>(::time(nullptr)) - 86400);
-    auto harold = cdstest::cohort_patient(kCohort, "harold-kim");
-    const std::string body = cdstest::replace_all(cdstest::call_body("patient-view", "harold-kim", prefetch_of(harold)),
-                                                  "2026-11-14T07:50:00Z", yesterday);
+    const std::string body = harold_call_with_labs_at(yesterday);
     auto call_as = [&](const std::string& iss, const jose::PrivateKey& key) {
         const Resp c = post(kPV, body, signed_by(iss, key, kPV));
         CHECK_MESSAGE(c.status == 200, c.body);
         return rules_of(c);
     };
     auto override_as = [&](const std::string& iss, const jose::PrivateKey& key, const std::string& uuid) {
-        const std::string fb = R"({"feedback":[{"card":")" + uuid +
-                               R"(","outcome":"overridden","overrideReason":{"reason":{"system":"urn:calcalert:override-reason","code":"not-clinically-relevant"}},"outcomeTimestamp":")" +
-                               yesterday + R"("}]})";
-        return post(kPV + "/feedback", fb, signed_by(iss, key, kPV + "/feedback")).status;
+        return post(kPV + "/feedback", override_feedback(uuid, yesterday), signed_by(iss, key, kPV + "/feedback")).status;
     };
     const std::vector<std::string> card = {"metastatic-calcification-risk"};
     const std::string uuid = mappings::alert_identifier("Patient/harold-kim", "metastatic-calcification-risk");
@@ -720,6 +780,99 @@ TEST_CASE("calcalert serve: issuer B's override does not hide issuer A's card") 
     const int status = serve.stop();
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("calcalert serve: two replicas on one PostgreSQL state share jtis and overrides; a database outage fails closed and passes") {
+    if (auto why = test::PostgresServer::unavailable()) {
+        std::printf("cds_hooks: serve replicas on PostgreSQL skipped: %s\n", why->c_str());
+        return;
+    }
+    Env& e = env();
+    test::PostgresServer pg;
+    // Two processes behind one load balancer: the JWTs' aud is its URL, whichever replica answers.
+    const std::string lb = "https://cds.hospital.example.org";
+    std::ostringstream cfg;
+    cfg << R"({"state_file": ")" << pg.url() << R"(", "public_base_url": ")" << lb << R"(", "issuers": [{"iss": ")" << kIss
+        << R"(", "jwks_file": ")" << (e.dir / "ehr-jwks.json").string() << R"("}]})";
+    // Both at once on an empty database: one applies the migrations, the other waits for it.
+    ServeProcess a("replica-a.json", cfg.str(), ServeProcess::Start::later);
+    ServeProcess b("replica-b.json", cfg.str(), ServeProcess::Start::later);
+    a.listening();
+    b.listening();
+    REQUIRE(a.port != b.port);
+    CHECK(a.request("GET", "/healthz").status == 200);
+    CHECK(b.request("GET", "/healthz").status == 200);
+    CHECK(pg.psql("SELECT value FROM calcalert_meta WHERE key = 'schema_version'") ==
+          std::to_string(state::latest_schema_version()) + "\n");
+
+    auto tok = [&](const std::string& path) { return system_clock_token(kIss, e.ec, lb + path); };
+    const std::int64_t t = static_cast<std::int64_t>(::time(nullptr));
+    const std::string body = harold_call_with_labs_at(fhir::format_datetime(t - 86400));
+    const std::vector<std::string> card = {"metastatic-calcification-risk"};
+    auto call = [&](ServeProcess& replica, const std::string& call_body, const std::string& token) {
+        const Resp r = replica.request("POST", kPV, call_body, token);
+        return Answer{r.status, r.status == 200 ? rules_of(r) : std::vector<std::string>{}};
+    };
+
+    // A jti is accepted once across the replicas, whichever sees it first.
+    const std::string once = tok(kPV);
+    const Resp first = a.request("POST", kPV, body, once);
+    REQUIRE_MESSAGE(first.status == 200, first.body);
+    REQUIRE(rules_of(first) == card);
+    const Resp replay = b.request("POST", kPV, body, once);
+    CHECK(replay.status == 401);
+    CHECK(replay.body.empty());
+    CHECK(metric(b.request("GET", "/metrics").body, "calcalert_cds_auth_failures_total") == 1);
+    const std::string other = tok(kPV);
+    CHECK(call(b, body, other) == Answer{200, card});
+    CHECK(call(a, body, other).first == 401);
+
+    // A card returned by A and overridden through A is hidden from B (same issuer, same patient) ...
+    const std::string uuid = json(first.body)["cards"][0]["uuid"].GetString();
+    const Resp fb = a.request("POST", kPV + "/feedback", override_feedback(uuid, fhir::format_datetime(t)), tok(kPV + "/feedback"));
+    CHECK_MESSAGE(fb.status == 200, fb.body);
+    CHECK(call(b, body, tok(kPV)) == Answer{200, {}});
+    CHECK(call(a, body, tok(kPV)) == Answer{200, {}});
+    // ... until the evidence changes (newer labs): then B shows it again; overridden through B, A hides it.
+    const std::string newer = harold_call_with_labs_at(fhir::format_datetime(t - 3600));
+    CHECK(call(b, newer, tok(kPV)) == Answer{200, card});
+    CHECK(b.request("POST", kPV + "/feedback", override_feedback(uuid, fhir::format_datetime(t)), tok(kPV + "/feedback")).status == 200);
+    CHECK(call(a, newer, tok(kPV)) == Answer{200, {}});
+    CHECK(pg.psql("SELECT count(*) FROM cds_feedback WHERE outcome = 'overridden'") == "2\n");
+
+    // The database away: calls that need it are refused (401: no replay check, no acceptance), the
+    // replicas stay up and answer /healthz; once it is back, the next call is answered.
+    pg.stop_server();
+    for (ServeProcess* replica : {&a, &b}) {
+        CHECK(call(*replica, newer, tok(kPV)).first == 401);
+        CHECK(replica->request("POST", kPV + "/feedback", override_feedback(uuid, fhir::format_datetime(t)), tok(kPV + "/feedback"))
+                  .status == 401);
+        CHECK(replica->request("GET", "/healthz").status == 200);
+    }
+    pg.start_server();
+    CHECK(call(a, newer, tok(kPV)) == Answer{200, {}});  // the override is still there
+    CHECK(call(b, newer, tok(kPV)) == Answer{200, {}});
+    CHECK(call(a, body, once).first == 401);  // and so are the jtis
+    // A restart between two calls: the call that meets the dropped connection is refused (libpq
+    // learns of it only then), the next one is answered.
+    pg.restart();
+    for (ServeProcess* replica : {&a, &b}) {
+        CHECK(call(*replica, newer, tok(kPV)).first == 401);
+        CHECK(call(*replica, newer, tok(kPV)) == Answer{200, {}});
+        CHECK(call(*replica, body, tok(kPV)) == Answer{200, card});  // the evidence overridden before
+    }
+    CHECK(a.running());
+    CHECK(b.running());
+    for (ServeProcess* replica : {&a, &b}) {
+        const std::string err = replica->stderr_text();
+        CHECK_MESSAGE(err.find("replay check failed") != std::string::npos, err.substr(0, 2000));
+        std::istringstream lines(err);
+        for (std::string line; std::getline(lines, line);)
+            CHECK_MESSAGE(line.rfind("{\"", 0) == 0, line);  // JSON lines only (no libpq notice among them)
+        const int status = replica->stop();
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 0);
+    }
 }
 
 TEST_CASE("a card and the DetectedIssue the poller writes for the same patient agree") {

@@ -19,7 +19,8 @@
 // thread that started it end (PR_SET_PDEATHSIG: start it from a thread that lives as long as the
 // server is needed, main). Destruction sends SIGQUIT (immediate shutdown) and waits; after 10 s
 // SIGKILL to it and to its children; then the directory is removed. The constructor cleans up the
-// same way when it throws. The port is picked by binding port 0 and read back; should another
+// same way when it throws. stop_server() and start_server() (restart()) make an outage: the same
+// server stopped and started again on its port with its data. The port is picked by binding port 0 and read back; should another
 // process take it before the postmaster binds it, the start is retried on a new port. Linux only.
 #pragma once
 
@@ -293,6 +294,12 @@ private:
         return pid;
     }
 
+    pid_t spawn_postmaster(int port) {
+        return spawn({options_.bin_dir + "/postgres", "-D", data_dir().string(), "-k", dir_.string(), "-c", "listen_addresses=127.0.0.1",
+                      "-p", std::to_string(port), "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"},
+                     true);
+    }
+
     void start() {
         namespace fs = std::filesystem;
         if (::geteuid() == 0) {
@@ -329,9 +336,7 @@ private:
         for (int attempt = 1;; ++attempt) {
             const int port = free_port();
             const std::size_t log_before = read_file(log_path().string()).size();
-            pid_ = spawn({options_.bin_dir + "/postgres", "-D", data_dir().string(), "-k", dir_.string(), "-c", "listen_addresses=127.0.0.1", "-p",
-                          std::to_string(port), "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"},
-                         true);
+            pid_ = spawn_postmaster(port);
             port_ = port;
             const std::string why = wait_ready(deadline);
             if (why.empty()) break;
@@ -387,6 +392,25 @@ private:
 public:
     // The postmaster's child processes now (backends, checkpointer, ...): for tests that check they end.
     std::vector<pid_t> server_processes() const { return pid_ > 0 ? children_of(pid_) : std::vector<pid_t>{}; }
+
+    // An outage: stops the server as a crash would (immediate shutdown; every client connection is
+    // dropped), keeping what was committed (a CHECKPOINT first: this server commits asynchronously).
+    // start_server() brings it back on the same port.
+    void stop_server() {
+        if (pid_ > 0) psql_on("postgres", "CHECKPOINT");
+        stop();
+    }
+    void start_server() {
+        if (pid_ > 0) return;
+        pid_ = spawn_postmaster(port_);
+        const std::string why = wait_ready(std::chrono::steady_clock::now() + options_.start_timeout);
+        if (!why.empty()) fail("restarting on port " + std::to_string(port_) + ": " + why);
+    }
+    // Both: the clients' connections are gone, the data is still there.
+    void restart() {
+        stop_server();
+        start_server();
+    }
 
 private:
     void stop() {
