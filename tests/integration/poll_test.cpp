@@ -214,10 +214,10 @@ TEST_CASE("poll: a cohort seeded by `calcalert sandbox seed` ends with exactly i
                                    log);
     REQUIRE(WIFEXITED(seeded));
     REQUIRE_MESSAGE(WEXITSTATUS(seeded) == 0, read_file(log));
-    const SeededTruth seeded = seeded_truth(expected_path);
-    const Truth& truth = seeded.truth;
-    const std::size_t expected_alerts = seeded.alerts;
-    CHECK(seeded.patients == 262);
+    const SeededTruth seeded_cohort = seeded_truth(expected_path);
+    const Truth& truth = seeded_cohort.truth;
+    const std::size_t expected_alerts = seeded_cohort.alerts;
+    CHECK(seeded_cohort.patients == 262);
 
     auto first = poll_once(sandbox.base_url(), state_path);
     MESSAGE("seeded cohort, first poll: " << first.to_json());
