@@ -49,7 +49,8 @@ Options:
                          or postgresql://USER@HOST:PORT/DB?password_file=FILE, shared by several pollers
   --lease DURATION       with a shared state: how long a poller's claim on the change feed or on a
                          patient lasts if it dies (default 10m; renewed while it works)
-  --worker-id ID         this poller's name in its claims (default HOST:PID)
+  --worker-id ID         this poller's name in its claims and run records (default: the host name;
+                         pollers on one machine need distinct ids)
   --dry-run              write nothing (neither server nor state); print what would be written
   --now RFC3339          evaluation time (default: the current time of each pass)
   --token-file FILE      bearer token for the server (else $CALCALERT_FHIR_TOKEN, else none); re-read

@@ -53,6 +53,7 @@ std::string PollSummary::to_json() const {
     n("openAlertsNotDue", open_alerts_not_due);
     n("patientsClaimedElsewhere", patients_claimed_elsewhere);
     if (!feed_read_by.empty()) s("feedReadBy", feed_read_by);
+    if (!worker.empty()) s("worker", worker);
     n("findings", findings);
     n("created", created);
     n("amended", amended);
@@ -386,6 +387,7 @@ void Poller::work_stage(PatientSource& reader, const std::set<std::string>& pati
 
 PollSummary Poller::run_once(rules::EpochSeconds now) {
     PollSummary sum;
+    sum.worker = worker_;
     const auto before = client_.stats();
     client_.reset_fault_budget();
     in_flight_.clear();

@@ -104,6 +104,7 @@ struct PollSummary {
     // change feed when another poller did ("" when this one did).
     std::size_t patients_claimed_elsewhere = 0;
     std::string feed_read_by;
+    std::string worker;                 // the poller that ran the pass (PollOptions::worker_id or the host name)
     std::size_t findings = 0;
     std::size_t created = 0, amended = 0, cancelled = 0, reopened = 0, retired = 0, unchanged = 0;
     std::size_t kept_while_incomplete = 0;

@@ -214,18 +214,10 @@ TEST_CASE("poll: a cohort seeded by `calcalert sandbox seed` ends with exactly i
                                    log);
     REQUIRE(WIFEXITED(seeded));
     REQUIRE_MESSAGE(WEXITSTATUS(seeded) == 0, read_file(log));
-    Truth truth;
-    rapidjson::Document d;
-    d.Parse(read_file(expected_path).c_str());
-    REQUIRE_FALSE(d.HasParseError());
-    std::size_t expected_alerts = 0;
-    for (const auto& p : d["patients"].GetArray()) {
-        std::set<std::string> rules;
-        for (const auto& r : p["expect"].GetArray()) rules.insert(r.GetString());
-        expected_alerts += rules.size();
-        if (!rules.empty()) truth[p["patient"].GetString()] = rules;
-    }
-    CHECK(d["patients"].Size() == 262);
+    const SeededTruth seeded_cohort = seeded_truth(expected_path);
+    const Truth& truth = seeded_cohort.truth;
+    const std::size_t expected_alerts = seeded_cohort.alerts;
+    CHECK(seeded_cohort.patients == 262);
 
     auto first = poll_once(sandbox.base_url(), state_path);
     MESSAGE("seeded cohort, first poll: " << first.to_json());

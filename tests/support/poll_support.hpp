@@ -1,10 +1,12 @@
-// Helpers shared by the polling integration tests (poll_test.cpp, poll_reliability_test.cpp): the
-// fixture files and their ground truth, loading Bundles into a server, reading calcalert's
-// DetectedIssues back, temporary state files, and running the calcalert program.
+// Helpers shared by the polling integration tests (poll_test.cpp, poll_reliability_test.cpp,
+// poll_shared_state_test.cpp): the fixture files and their ground truth, a seeded cohort's ground
+// truth, loading Bundles into a server, reading calcalert's DetectedIssues back, temporary state
+// files, and running the calcalert program (one at a time or several at once).
 // Needs CALCALERT_SOURCE_ROOT, CALCALERT_TEST_DIR and CALCALERT_BINARY.
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -114,6 +116,29 @@ inline Truth ground_truth() {
         }
     }
     return t;
+}
+
+// The ground truth written by `calcalert sandbox seed --expected FILE`: the patients with a finding
+// (patient -> rules), how many patients it names (`patients`) and how many alerts it expects.
+struct SeededTruth {
+    Truth truth;
+    std::size_t patients = 0;
+    std::size_t alerts = 0;
+};
+
+inline SeededTruth seeded_truth(const std::string& expected_path) {
+    SeededTruth out;
+    rapidjson::Document d;
+    d.Parse(read_file(expected_path).c_str());
+    REQUIRE_FALSE(d.HasParseError());
+    for (const auto& p : d["patients"].GetArray()) {
+        std::set<std::string> rules;
+        for (const auto& r : p["expect"].GetArray()) rules.insert(r.GetString());
+        out.alerts += rules.size();
+        if (!rules.empty()) out.truth[p["patient"].GetString()] = rules;
+    }
+    out.patients = d["patients"].Size();
+    return out;
 }
 
 struct ServerIssue {
@@ -250,8 +275,9 @@ struct ProgramRun {
     std::function<void(pid_t)> before_start;
 };
 
-// Runs the calcalert program with stdout and stderr to `out_path`; returns the raw wait status.
-inline int run_program(const std::vector<std::string>& args, const std::string& out_path, const ProgramRun& how) {
+// Starts the calcalert program with stdout and stderr to `out_path` and returns its pid (wait for it
+// with waitpid); it runs several at once.
+inline pid_t start_program(const std::vector<std::string>& args, const std::string& out_path, const ProgramRun& how) {
     int go[2];
     REQUIRE(::pipe(go) == 0);
     const pid_t pid = fork();
@@ -281,9 +307,19 @@ inline int run_program(const std::vector<std::string>& args, const std::string& 
     const char byte = 1;
     const bool started = ::write(go[1], &byte, 1) == 1;
     ::close(go[1]);
+    if (!started) {
+        ::kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+    }
+    REQUIRE(started);
+    return pid;
+}
+
+// Runs the calcalert program with stdout and stderr to `out_path`; returns the raw wait status.
+inline int run_program(const std::vector<std::string>& args, const std::string& out_path, const ProgramRun& how) {
+    const pid_t pid = start_program(args, out_path, how);
     int status = 0;
     waitpid(pid, &status, 0);
-    REQUIRE(started);
     return status;
 }
 
