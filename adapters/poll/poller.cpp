@@ -129,7 +129,10 @@ std::vector<std::string> Poller::claim_patients(const std::vector<std::string>& 
             ++sum.patients_claimed_elsewhere;
             continue;
         }
-        bool needed = store_.is_pending(server(), p);
+        const auto queued = store_.pending_patient(server(), p);
+        bool needed = queued.has_value();
+        if (queued) claimed_generation_[p] = queued->generation;
+        else claimed_generation_.erase(p);
         if (!needed && due_by_recheck_.count(p)) {
             const auto r = store_.recheck(server(), p);
             needed = !r || r->basis != recheck_basis_ || r->at <= now;
@@ -248,8 +251,12 @@ void Poller::count(const Reconciliation& r, const std::string& patient, PollSumm
 void Poller::close_patient(const std::string& patient, const InFlight& job, PollSummary& sum) {
     if (job.complete) {
         if (!opt_.dry_run) {
+            // Off the queue only as it was read: queued again meanwhile (the feed saw a newer change
+            // while this poller worked), or queued only since (it was due by its recheck time), it
+            // stays for the next pass.
             store_.transaction([&] {
-                store_.finish_patient(server(), patient);
+                if (const auto g = claimed_generation_.find(patient); g != claimed_generation_.end())
+                    store_.finish_patient(server(), patient, g->second);
                 release(patient);
             });
         }

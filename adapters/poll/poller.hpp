@@ -183,6 +183,8 @@ private:
     std::string worker_;         // opt_.worker_id, or the host name
     // Patients in this pass's work only because their open alert's recheck time has come.
     std::set<std::string> due_by_recheck_;
+    // The queue generation of each claimed patient as read when it was claimed (none: not queued).
+    std::map<std::string, std::int64_t> claimed_generation_;
     // Per patient with writes in flight: the findings and whether its data was read whole.
     struct InFlight {
         std::vector<DesiredAlert> desired;

@@ -181,35 +181,27 @@ public:
 
     void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now_s) override {
         locked([&] {
-            session_ << q("INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at) VALUES (?, ?, 0, '', ?)"
-                        " ON CONFLICT (server, patient) DO NOTHING"),
+            session_ << q("INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at, generation)"
+                          " VALUES (?, ?, 0, '', ?, 0)"
+                          " ON CONFLICT (server, patient) DO UPDATE SET generation = poll_pending.generation + 1"),
                 bind(server), bind(patient), bind(static_cast<Poco::Int64>(now_s)), now;
         });
     }
 
     std::vector<PendingPatient> pending_patients(const std::string& server) override {
-        return locked([&] {
-            Statement s(session_);
-            s << q("SELECT patient, attempts, last_error, queued_at FROM poll_pending WHERE server = ? ORDER BY patient"),
-                bind(server);
-            s.execute();
-            RecordSet rs(s);
-            std::vector<PendingPatient> out;
-            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
-                PendingPatient p;
-                p.patient = rs.value(0, i).convert<std::string>();
-                p.attempts = rs.value(1, i).convert<int>();
-                p.last_error = rs.value(2, i).convert<std::string>();
-                p.queued_at = rs.value(3, i).convert<Poco::Int64>();
-                out.push_back(std::move(p));
-            }
-            return out;
-        });
+        return select_pending("WHERE server = ? ORDER BY patient", {server});
     }
 
-    void finish_patient(const std::string& server, const std::string& patient) override {
+    std::optional<PendingPatient> pending_patient(const std::string& server, const std::string& patient) override {
+        auto rows = select_pending("WHERE server = ? AND patient = ?", {server, patient});
+        if (rows.empty()) return std::nullopt;
+        return rows.front();
+    }
+
+    void finish_patient(const std::string& server, const std::string& patient, std::int64_t generation) override {
         locked([&] {
-            session_ << q("DELETE FROM poll_pending WHERE server = ? AND patient = ?"), bind(server), bind(patient), now;
+            session_ << q("DELETE FROM poll_pending WHERE server = ? AND patient = ? AND generation = ?"), bind(server),
+                bind(patient), bind(static_cast<Poco::Int64>(generation)), now;
         });
     }
 
@@ -432,15 +424,6 @@ public:
             std::set<int> out;
             for (std::size_t i = 0; i < rs.rowCount(); ++i) out.insert(rs.value(0, i).convert<int>());
             return out;
-        });
-    }
-
-    bool is_pending(const std::string& server, const std::string& patient) override {
-        return locked([&] {
-            Poco::Int64 n = 0;
-            session_ << q("SELECT COUNT(*) FROM poll_pending WHERE server = ? AND patient = ?"), bind(server),
-                bind(patient), into(n), now;
-            return n > 0;
         });
     }
 
@@ -687,6 +670,27 @@ private:
         if (n > 0)
             for (const char* sql : kFeedbackColumnsOf3) session_ << sql, now;
         session_ << "DROP TABLE IF EXISTS cds_suppressions", now;
+    }
+
+    std::vector<PendingPatient> select_pending(const std::string& where, const std::vector<std::string>& args) {
+        return locked([&] {
+            Statement s(session_);
+            s << q("SELECT patient, attempts, last_error, queued_at, generation FROM poll_pending " + where);
+            for (const auto& a : args) s, bind(a);
+            s.execute();
+            RecordSet rs(s);
+            std::vector<PendingPatient> out;
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
+                PendingPatient p;
+                p.patient = rs.value(0, i).convert<std::string>();
+                p.attempts = rs.value(1, i).convert<int>();
+                p.last_error = rs.value(2, i).convert<std::string>();
+                p.queued_at = rs.value(3, i).convert<Poco::Int64>();
+                p.generation = rs.value(4, i).convert<Poco::Int64>();
+                out.push_back(std::move(p));
+            }
+            return out;
+        });
     }
 
     std::vector<IssuedCard> select_issued(const std::string& where, const std::vector<std::string>& args) {

@@ -49,6 +49,7 @@ struct PendingPatient {
     int attempts = 0;         // passes that tried and could not finish it
     std::string last_error;   // why the last attempt did not finish ("" before the first)
     EpochSeconds queued_at = 0;
+    std::int64_t generation = 0;  // counted up each time it is queued again while queued
 };
 
 // Where an unfinished change-feed read stands: the next page to read and the largest
@@ -155,10 +156,13 @@ public:
 class WorkQueue {
 public:
     virtual ~WorkQueue() = default;
+    // Queues the patient; one already queued gets a new generation (its work must be done again).
     virtual void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now) = 0;
     virtual std::vector<PendingPatient> pending_patients(const std::string& server) = 0;  // by patient
-    virtual bool is_pending(const std::string& server, const std::string& patient) = 0;
-    virtual void finish_patient(const std::string& server, const std::string& patient) = 0;
+    virtual std::optional<PendingPatient> pending_patient(const std::string& server, const std::string& patient) = 0;
+    // Takes the patient off the queue if it is still at `generation` (the one read before the work):
+    // one queued again meanwhile stays queued.
+    virtual void finish_patient(const std::string& server, const std::string& patient, std::int64_t generation) = 0;
     // Keeps the patient queued, one attempt more, with the reason.
     virtual void defer_patient(const std::string& server, const std::string& patient, const std::string& error) = 0;
     // Insert or replace by (server, patient).

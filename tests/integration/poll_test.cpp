@@ -121,6 +121,39 @@ TEST_CASE("poll: ground truth, idempotent second poll, cancel, amend") {
     for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(state_path + suffix);
 }
 
+TEST_CASE("poll: a patient queued again while its writes are in flight stays queued for the next pass") {
+    // Another poller's feed (a second connection to the same state) queues every patient with a
+    // finding again right after this pass has read its first ten patients, whose writes have not
+    // landed yet: those ten must not be taken off the queue by this pass.
+    test::SandboxServer sandbox;
+    fhir::FhirClient client(client_options(sandbox.base_url()));
+    for (const auto& [dir, file] : fixture_files()) load_bundle(client, dir + "/" + file);
+    const Truth truth = ground_truth();
+    const std::string state_path = temp_state("requeued");
+    poll::PollOptions opt;
+    bool requeued = false;
+    opt.progress = [&](std::size_t, std::size_t) {
+        if (requeued) return;
+        requeued = true;
+        auto other = state::open_sqlite_store(state_path);
+        for (const auto& [patient, rules] : truth)
+            if (!rules.empty()) other->enqueue_patient(sandbox.base_url(), patient, kNow);
+    };
+    const auto first = poll_once(sandbox.base_url(), state_path, opt);
+    REQUIRE(requeued);
+    check_equal(truth, open_alerts(client));
+    const auto pending = state::open_sqlite_store(state_path)->pending_patients(sandbox.base_url());
+    CHECK_FALSE(pending.empty());
+    CHECK(pending.size() <= 10);
+    for (const auto& p : pending) CHECK_MESSAGE(truth.count(p.patient), p.patient);
+    // The next pass evaluates them again (nothing to write) and empties the queue.
+    const auto second = poll_once(sandbox.base_url(), state_path);
+    CHECK(second.patients_evaluated >= pending.size());
+    CHECK(second.writes.empty());
+    CHECK(state::open_sqlite_store(state_path)->pending_patients(sandbox.base_url()).empty());
+    MESSAGE("queued again and kept: " << pending.size() << " of the first pass's " << first.patients_evaluated);
+}
+
 TEST_CASE("poll: a dialysis Procedure makes ESRD; a deceased Patient cancels that patient's open alert") {
     test::SandboxServer sandbox;
     fhir::FhirClient client(client_options(sandbox.base_url()));

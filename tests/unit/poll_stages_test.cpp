@@ -178,7 +178,7 @@ TEST_CASE("state: the work queue and feed cursors survive reopening; a deferred 
     CHECK(pending[1].last_error == "cannot read Observation/2");
     CHECK(pending[2].patient == "Patient/c");
     CHECK(pending[2].attempts == 1);
-    store->finish_patient(s, "Patient/b");
+    store->finish_patient(s, "Patient/b", pending[1].generation);
     CHECK(store->pending_patients(s).size() == 2);
     CHECK(store->pending_patients("http://other/fhir").size() == 1);
     const auto c = store->feed_cursor(s, "Observation");

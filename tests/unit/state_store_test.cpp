@@ -474,16 +474,23 @@ TEST_CASE("the work queue: pending patients, deferral, rechecks one by one") {
         s->enqueue_patient("srv", "Patient/2", 10);
         s->enqueue_patient("srv", "Patient/1", 11);
         s->enqueue_patient("srv", "Patient/1", 12);
-        CHECK(s->is_pending("srv", "Patient/1"));
-        CHECK_FALSE(s->is_pending("other", "Patient/1"));
+        REQUIRE(s->pending_patient("srv", "Patient/1"));
+        CHECK(s->pending_patient("srv", "Patient/1")->generation == 1);  // queued twice
+        CHECK_FALSE(s->pending_patient("other", "Patient/1"));
         s->defer_patient("srv", "Patient/2", "HTTP 503");
         const auto pending = s->pending_patients("srv");
         REQUIRE(pending.size() == 2);
         CHECK(pending[0].patient == "Patient/1");
         CHECK(pending[1].attempts == 1);
         CHECK(pending[1].last_error == "HTTP 503");
-        s->finish_patient("srv", "Patient/1");
-        CHECK_FALSE(s->is_pending("srv", "Patient/1"));
+        // A poller that read generation 1 finishes, but the feed queued the patient again meanwhile:
+        // it stays queued; finished at the generation it is at, it goes.
+        s->enqueue_patient("srv", "Patient/1", 13);
+        s->finish_patient("srv", "Patient/1", 1);
+        REQUIRE(s->pending_patient("srv", "Patient/1"));
+        CHECK(s->pending_patient("srv", "Patient/1")->generation == 2);
+        s->finish_patient("srv", "Patient/1", 2);
+        CHECK_FALSE(s->pending_patient("srv", "Patient/1"));
         CHECK_FALSE(s->recheck("srv", "Patient/1"));
         s->set_recheck("srv", "Patient/1", {500, "basis-1"});
         s->set_recheck("srv", "Patient/1", {kNoRecheck, "basis-2"});
