@@ -54,15 +54,9 @@ struct SeededSandbox {
                                        log);
         REQUIRE(WIFEXITED(seeded));
         REQUIRE_MESSAGE(WEXITSTATUS(seeded) == 0, read_file(log));
-        rapidjson::Document d;
-        d.Parse(read_file(expected).c_str());
-        REQUIRE_FALSE(d.HasParseError());
-        for (const auto& p : d["patients"].GetArray()) {
-            std::set<std::string> rules;
-            for (const auto& r : p["expect"].GetArray()) rules.insert(r.GetString());
-            alerts += rules.size();
-            if (!rules.empty()) truth[p["patient"].GetString()] = rules;
-        }
+        SeededTruth cohort = seeded_truth(expected);
+        truth = std::move(cohort.truth);
+        alerts = cohort.alerts;
         fs::remove(expected);
         fs::remove(log);
     }

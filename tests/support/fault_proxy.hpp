@@ -56,6 +56,8 @@
 #include <utility>
 #include <vector>
 
+#include "shell.hpp"
+
 namespace test {
 
 struct FaultProxyOptions {
@@ -383,13 +385,7 @@ private:
     void stop() {
         if (pid_ > 0) {
             ::kill(-pid_, SIGTERM);
-            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-            bool reaped = false;
-            while (!reaped && std::chrono::steady_clock::now() < deadline) {
-                const pid_t w = ::waitpid(pid_, nullptr, WNOHANG);
-                if (w == pid_ || (w < 0 && errno == ECHILD)) reaped = true;
-                else std::this_thread::sleep_for(std::chrono::milliseconds(20));
-            }
+            const bool reaped = reap_within(pid_, std::chrono::seconds(5));
             if (!reaped) {
                 ::kill(-pid_, SIGKILL);
                 while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {

@@ -55,6 +55,8 @@
 #include <utility>
 #include <vector>
 
+#include "shell.hpp"
+
 extern char** environ;
 
 namespace test {
@@ -416,13 +418,7 @@ private:
     void stop() {
         if (pid_ <= 0) return;
         ::kill(pid_, SIGQUIT);  // immediate shutdown: the postmaster ends its children, then itself
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-        bool reaped = false;
-        while (!reaped && std::chrono::steady_clock::now() < deadline) {
-            const pid_t w = ::waitpid(pid_, nullptr, WNOHANG);
-            if (w == pid_ || (w < 0 && errno == ECHILD)) reaped = true;
-            else std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
+        const bool reaped = reap_within(pid_, std::chrono::seconds(10));
         if (!reaped) {
             // Its children are session leaders of their own (not in its group): each by pid.
             for (pid_t kid : children_of(pid_)) ::kill(kid, SIGKILL);

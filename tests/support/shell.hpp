@@ -5,13 +5,27 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 namespace test {
+
+// Waits up to `timeout` for the child `pid` to end, and reaps it; false when it is still running.
+inline bool reap_within(pid_t pid, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        const pid_t w = ::waitpid(pid, nullptr, WNOHANG);
+        if (w == pid || (w < 0 && errno == ECHILD)) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+}
 
 // Runs `command` with sh -c, stderr into stdout: (exit code, output); (-1, "") when it cannot run.
 inline std::pair<int, std::string> run_shell(const std::string& command) {
