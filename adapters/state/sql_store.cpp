@@ -10,6 +10,8 @@
 #include <mutex>
 #include <stdexcept>
 
+#include <libpq-fe.h>
+
 #include <Poco/Data/PostgreSQL/Connector.h>
 #include <Poco/Data/PostgreSQL/SessionImpl.h>
 #include <Poco/Data/RecordSet.h>
@@ -57,16 +59,32 @@ struct Connection {
 
 // A session on PostgreSQL; StateError naming `shown`, with libpq's reason (never the password).
 Session postgresql_session(const std::string& shown, const std::string& conninfo, const std::string& password) {
+    auto hide_password = [&](std::string why) {
+        for (auto at = why.find(password); !password.empty() && at != std::string::npos; at = why.find(password))
+            why.replace(at, password.size(), "***");
+        return why;
+    };
+    // First a connection of libpq's own, closed at once: a server that cannot be reached is reported
+    // with libpq's message, and without Poco's session (whose failed connect does not free the
+    // connection it made).
+    {
+        PGconn* probe = PQconnectdb(conninfo.c_str());
+        if (probe == nullptr) throw StateError(shown + ": cannot connect: out of memory");
+        if (PQstatus(probe) != CONNECTION_OK) {
+            std::string why = PQerrorMessage(probe);
+            PQfinish(probe);
+            while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+            throw StateError(shown + ": cannot connect: " + hide_password(why));
+        }
+        PQfinish(probe);
+    }
     static std::once_flag registered;
     std::call_once(registered, [] { Poco::Data::PostgreSQL::Connector::registerConnector(); });
     try {
         return Session(Poco::Data::PostgreSQL::Connector::KEY, conninfo);
     } catch (const Poco::Exception& e) {
-        std::string why = e.displayText();
         // libpq's message may repeat the connection string; never show a password.
-        for (auto at = why.find(password); !password.empty() && at != std::string::npos; at = why.find(password))
-            why.replace(at, password.size(), "***");
-        throw StateError(shown + ": cannot connect: " + why);
+        throw StateError(shown + ": cannot connect: " + hide_password(e.displayText()));
     }
 }
 
