@@ -290,9 +290,7 @@ int poll_command(const std::vector<std::string>& args, std::ostream& out, std::o
     fhir::FhirClient client(copts);
     if (backfill_options && backfill_options->shards > 1 && popts.worker_id.empty()) {
         // Shards on one machine must not share a name (on Kubernetes, each pod has its own host name).
-        char host[256] = {};
-        popts.worker_id = std::string(gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "calcalert-poll") +
-                          "/shard-" + std::to_string(backfill_options->shard);
+        popts.worker_id = poll::default_worker_id() + "/shard-" + std::to_string(backfill_options->shard);
     }
     poll::Poller poller(client, *store, engine.terminology, engine.catalog, popts);
     std::optional<poll::Backfill> backfill;

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <ctime>
 #include <set>
 #include <thread>
 
@@ -26,6 +25,25 @@ namespace calcalert::poll {
 namespace {
 
 using fhir::Json;
+
+// A claim (state::WorkLeases) this shard holds for a scope: given up when the scope ends, also by
+// an exception.
+class HeldClaim {
+public:
+    HeldClaim(Poller& poller, std::string subject) : poller_(poller), subject_(std::move(subject)) {}
+    ~HeldClaim() {
+        try {
+            poller_.release(subject_);
+        } catch (...) {
+        }
+    }
+    HeldClaim(const HeldClaim&) = delete;
+    HeldClaim& operator=(const HeldClaim&) = delete;
+
+private:
+    Poller& poller_;
+    std::string subject_;
+};
 
 // The spool file a download goes to: truncated before every attempt, removed when done.
 class SpoolFile {
@@ -211,20 +229,15 @@ std::string Backfill::start_job(BulkExportClient& bulk, const ExportRequest& req
     const auto give_up = std::chrono::steady_clock::now() + opt_.wait.give_up_after;
     for (;;) {
         if (poller_.claim(key)) {
+            const HeldClaim held(poller_, key);
             std::string url = saved_job();
             if (url.empty() || url == gone) {
-                try {
-                    url = bulk.kick_off(req);
-                    store_.set_feed_cursor(server(), key, {url, "", 0});
-                } catch (...) {
-                    poller_.release(key);
-                    throw;
-                }
+                url = bulk.kick_off(req);
+                store_.set_feed_cursor(server(), key, {url, "", 0});
                 poller_.kill_point("export-started");
             } else {
                 report_.resumed_job = true;
             }
-            poller_.release(key);
             return url;
         }
         if (std::string url = saved_job(); !url.empty() && url != gone) {
@@ -233,7 +246,7 @@ std::string Backfill::start_job(BulkExportClient& bulk, const ExportRequest& req
         }
         if (std::chrono::steady_clock::now() > give_up)
             throw ExportError("shard " + std::to_string(opt_.shard) + " of " + std::to_string(opt_.shards) + ": " +
-                              store_.lease_holder(server(), key, static_cast<state::EpochSeconds>(std::time(nullptr))) +
+                              store_.lease_holder(server(), key, poller_.wall_clock()) +
                               " has been starting the export for longer than --bulk-max-wait");
         pause(std::chrono::seconds(2));
     }
@@ -400,24 +413,20 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
         // 4. Hand over to incremental polling at transactionTime (never moving a watermark back):
         //    with shards, once every shard has finished, by the last one (finishing is serialized
         //    by a claim, so that the last one sees every other's record).
+        std::optional<HeldClaim> hand_over;  // with shards, held until the hand-over is done
         if (!popt.dry_run && opt_.shards > 1) {
-            const std::string hand_over = key + " hand-over";
+            const std::string subject = key + " hand-over";
             const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(10);
-            while (!poller_.claim(hand_over)) {
+            while (!poller_.claim(subject)) {
                 if (std::chrono::steady_clock::now() > give_up)
                     throw ExportError("another shard has held the hand-over claim for 10 minutes");
                 pause(std::chrono::seconds(1));
             }
-            try {
-                store_.finish_shard(server(), report.status_url, opt_.shard, opt_.shards,
-                                    static_cast<state::EpochSeconds>(std::time(nullptr)));
-                report.shards_finished = store_.finished_shards(server(), report.status_url).size();
-            } catch (...) {
-                poller_.release(hand_over);
-                throw;
-            }
+            hand_over.emplace(poller_, subject);
+            store_.finish_shard(server(), report.status_url, opt_.shard, opt_.shards, poller_.wall_clock());
+            report.shards_finished = store_.finished_shards(server(), report.status_url).size();
             report.handed_over = report.shards_finished >= static_cast<std::size_t>(opt_.shards);
-            if (!report.handed_over) poller_.release(hand_over);
+            if (!report.handed_over) hand_over.reset();
         } else {
             report.shards_finished = 1;
             report.handed_over = !popt.dry_run;
@@ -435,7 +444,7 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
                 store_.set_watermark(server(), key, manifest.transaction_time);
                 store_.clear_feed_cursor(server(), key);
             });
-            if (opt_.shards > 1) poller_.release(key + " hand-over");
+            hand_over.reset();
             if (!bulk.finish(report.status_url)) sum.notes.push_back("the server did not accept DELETE on the export's status URL");
         }
         poller_.kill_point("pass-done");
@@ -444,7 +453,6 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
     } catch (...) {
         try {
             finish("failed");
-            if (opt_.shards > 1 && !popt.dry_run) poller_.release(job_key() + " hand-over");  // if this shard held it
         } catch (...) {
         }
         throw;

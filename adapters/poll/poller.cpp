@@ -105,11 +105,16 @@ std::string PollSummary::to_json() const {
 Poller::Poller(fhir::FhirClient& client, state::StateStore& store, const mappings::Terminology& terminology,
                const rules::RuleCatalog& catalog, PollOptions options)
     : client_(client), store_(store), term_(terminology), catalog_(catalog), opt_(std::move(options)),
-      lab_search_(opt_.lab_search), recheck_basis_(catalog.logic_fingerprint()), worker_(opt_.worker_id) {
-    if (worker_.empty()) {
-        char host[256] = {};
-        worker_ = gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "calcalert-poll";
-    }
+      lab_search_(opt_.lab_search), recheck_basis_(catalog.logic_fingerprint()),
+      worker_(opt_.worker_id.empty() ? default_worker_id() : opt_.worker_id) {}
+
+std::string default_worker_id() {
+    char host[256] = {};
+    return gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "calcalert-poll";
+}
+
+bool Poller::recheck_due(const state::Recheck* r, rules::EpochSeconds now) const {
+    return r == nullptr || r->basis != recheck_basis_ || r->at <= now;
 }
 
 std::int64_t Poller::wall_clock() const { return opt_.clock ? opt_.clock() : static_cast<std::int64_t>(std::time(nullptr)); }
@@ -135,7 +140,7 @@ std::vector<std::string> Poller::claim_patients(const std::vector<std::string>& 
         else claimed_generation_.erase(p);
         if (!needed && due_by_recheck_.count(p)) {
             const auto r = store_.recheck(server(), p);
-            needed = !r || r->basis != recheck_basis_ || r->at <= now;
+            needed = recheck_due(r ? &*r : nullptr, now);
         }
         if (needed) mine.push_back(p);
         else release(p);  // finished by another poller since this pass listed it
@@ -342,6 +347,7 @@ void Poller::decide_again(PatientSource& reader, const std::set<std::string>& st
 
 void Poller::work_stage(PatientSource& reader, const std::set<std::string>& patients, PollSummary& sum, rules::EpochSeconds now) {
     in_flight_.clear();
+    claimed_generation_.clear();
     WriteBack write_back(
         client_, store_, opt_.write,
         [&](const std::string& patient) {  // inside the Bundle's state transaction
@@ -420,7 +426,7 @@ PollSummary Poller::run_once(rules::EpochSeconds now) {
         for (const auto& a : store_.alerts(server())) {
             if (a.status == "cancelled" || a.status == "entered-in-error") continue;
             const auto r = rechecks.find(a.patient);
-            if (r == rechecks.end() || r->second.basis != recheck_basis_ || r->second.at <= now) {
+            if (recheck_due(r == rechecks.end() ? nullptr : &r->second, now)) {
                 if (patients.insert(a.patient).second) due_by_recheck_.insert(a.patient);
             } else {
                 not_due.insert(a.patient);

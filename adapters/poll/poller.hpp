@@ -50,6 +50,9 @@ struct KillPoint {
 };
 std::optional<KillPoint> parse_kill_point(const std::string& text);  // "bundle-sent:3"
 
+// A poller's name in its claims when none is given: the host name ("calcalert-poll" without one).
+std::string default_worker_id();
+
 struct PollOptions {
     bool dry_run = false;
     std::chrono::seconds overlap{300};  // re-read this much before the watermark (clock skew, slow commits)
@@ -147,7 +150,8 @@ public:
     // Claims (state::WorkLeases) on this server under this poller's worker id, for `lease`.
     bool claim(const std::string& subject);
     void release(const std::string& subject);
-    const std::string& worker_id() const { return worker_; }
+    // Wall-clock seconds, for leases (PollOptions::clock, else the system clock).
+    std::int64_t wall_clock() const;
     const PollOptions& options() const { return opt_; }
     const rules::RuleCatalog& catalog() const { return catalog_; }
 
@@ -165,8 +169,9 @@ private:
     void close_patient(const std::string& patient, const InFlight& job, PollSummary& sum);
     void defer(const std::string& patient, const std::string& why, PollSummary& sum);
     void count(const Reconciliation& r, const std::string& patient, PollSummary& sum);
-    // Wall-clock seconds, for leases.
-    std::int64_t wall_clock() const;
+    // Whether an open alert's patient is due again at `now`: no recheck time, one computed under
+    // another catalog, or one that has come.
+    bool recheck_due(const state::Recheck* r, rules::EpochSeconds now) const;
     // Of `patients`, those this poller has claimed and that still need the work (another poller may
     // have finished one since the work list was made); the rest are counted and left.
     std::vector<std::string> claim_patients(const std::vector<std::string>& patients, PollSummary& sum,
