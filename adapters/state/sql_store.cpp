@@ -81,7 +81,15 @@ Session postgresql_session(const std::string& shown, const std::string& conninfo
     static std::once_flag registered;
     std::call_once(registered, [] { Poco::Data::PostgreSQL::Connector::registerConnector(); });
     try {
-        return Session(Poco::Data::PostgreSQL::Connector::KEY, conninfo);
+        Session session(Poco::Data::PostgreSQL::Connector::KEY, conninfo);
+        // Nothing of the server's goes to stderr through libpq: notices ("relation already exists,
+        // skipping") are turned off, and warnings sent outside an answer ("terminating connection due
+        // to immediate shutdown command" as it goes down) are dropped, between the JSON log lines;
+        // a failed statement reports the error itself.
+        session << "SET client_min_messages TO WARNING", now;
+        if (auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session.impl()))
+            PQsetNoticeProcessor(impl->handle(), [](void*, const char*) {}, nullptr);
+        return session;
     } catch (const Poco::Exception& e) {
         // libpq's message may repeat the connection string; never show a password.
         throw StateError(shown + ": cannot connect: " + hide_password(e.displayText()));
@@ -94,11 +102,7 @@ public:
         : backend_(c.backend), location_(std::move(c.location)), session_(std::move(c.session)), conninfo_(std::move(c.conninfo)),
           password_(std::move(c.password)) {
         try {
-            if (backend_ == SqlBackend::postgresql) {
-                // Notices ("relation already exists, skipping") would go to stderr through libpq.
-                session_ << "SET client_min_messages TO WARNING", now;
-                quiet(session_);
-            } else {
+            if (backend_ == SqlBackend::sqlite) {
                 session_ << "PRAGMA busy_timeout = 5000", now;
                 if (location_ != ":memory:") {
                     session_ << "PRAGMA journal_mode = WAL", now;
@@ -645,22 +649,7 @@ private:
         if (!impl->handle().reset())
             throw StateError(location_ + ": the connection was lost and cannot be opened again: " +
                              first_line(PQerrorMessage(impl->handle())));
-        Session fresh = postgresql_session(location_, conninfo_, password_);
-        try {
-            fresh << "SET client_min_messages TO WARNING", now;
-            quiet(fresh);
-        } catch (const Poco::Exception& e) {
-            throw StateError(location_ + ": " + e.displayText());
-        }
-        session_ = std::move(fresh);
-    }
-
-    // Warnings the server sends outside an answer ("terminating connection due to immediate shutdown
-    // command" as it goes down) are dropped: libpq would print them raw on stderr, between the JSON
-    // log lines; the failed statement reports the error itself.
-    static void quiet(Session& session) {
-        if (auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session.impl()))
-            PQsetNoticeProcessor(impl->handle(), [](void*, const char*) {}, nullptr);
+        session_ = postgresql_session(location_, conninfo_, password_);
     }
 
     static std::string first_line(const char* text) {
