@@ -88,4 +88,9 @@ ConditionReading read_condition_code(const Terminology& term, const fhir::Codeab
     return out;
 }
 
+bool condition_counts(const Terminology& terminology, const fhir::CodeableConcept& code) {
+    const ConditionReading reading = read_condition_code(terminology, code);
+    return !reading.matches.empty() || !reading.notes.empty();
+}
+
 }  // namespace calcalert::mappings

@@ -25,4 +25,9 @@ struct ConditionReading {
 
 ConditionReading read_condition_code(const Terminology& terminology, const fhir::CodeableConcept& code);
 
+// Whether the facts take anything from a Condition with this code: a concept, or a note on a code
+// read and not used. A Condition that gives neither cannot change a finding (the change feed's
+// filter).
+bool condition_counts(const Terminology& terminology, const fhir::CodeableConcept& code);
+
 }  // namespace calcalert::mappings

@@ -159,6 +159,7 @@ void print_summary(std::ostream& out, const poll::PollSummary& s, bool dry_run) 
     if (s.retired) out << ", duplicates retired " << s.retired;
     out << "; resources read " << s.resources_read << " (already seen " << s.resources_skipped << "); requests "
         << s.requests << " (retries " << s.retries << "); data-quality notes " << s.data_quality_notes;
+    if (s.resources_not_counted) out << "; Conditions the rules do not read " << s.resources_not_counted;
     if (!s.unreadable.empty()) out << "; unreadable resources " << s.unreadable.size();
     if (s.patients_deferred) out << "; patients left queued " << s.patients_deferred;
     if (s.open_alerts_not_due) out << "; open alerts not due for re-evaluation " << s.open_alerts_not_due;

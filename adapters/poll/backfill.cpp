@@ -438,6 +438,9 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
                     if (!mark || earlier(*mark, manifest.transaction_time).value_or(false)) {
                         store_.set_watermark(server(), feed.watermark_key, manifest.transaction_time);
                         store_.clear_feed_cursor(server(), feed.watermark_key);
+                        // The export's Conditions were not read through the feed's filter: it is
+                        // not primed any more (every changed Condition's patient is queued again).
+                        if (feed.counts) store_.set_watermark(server(), counted_mark_key(feed.watermark_key), "");
                         report.watermarks_moved.push_back(feed.watermark_key);
                     }
                 }

@@ -1,5 +1,7 @@
 #include "adapters/poll/change_feed.hpp"
 
+#include <map>
+
 #include "adapters/poll/paging.hpp"
 #include "adapters/poll/url.hpp"
 #include "fhir/datetime.hpp"
@@ -20,6 +22,8 @@ std::optional<std::string> local_patient(const std::string& reference, const std
     return id.id;
 }
 
+std::string counted_mark_key(const std::string& watermark_key) { return watermark_key + " counted"; }
+
 FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::set<std::string>& named,
                             const std::function<void()>& on_page_committed) {
     const std::string& server = client_.base_url();
@@ -33,6 +37,14 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
         if (!t) throw state::StateError("watermark for " + key + " is not a date-time: '" + *wm + "'");
         first += "&_lastUpdated=ge" + url_encode(fhir::format_datetime(*t - o.overlap.count()));
     }
+
+    // The filter applies once every counting resource is known: from a feed read from its start with
+    // it (no watermark yet), marked primed when its watermark is first set. An empty mark is one
+    // taken back (a backfill moved the watermark without the filter).
+    const std::string primed_key = counted_mark_key(key);
+    const auto mark = store_.watermark(server, primed_key);
+    const bool primed = mark && !mark->empty();
+    const bool filtering = o.counts && (!store_.watermark(server, key) || primed);
 
     state::FeedCursor cursor;
     std::string start = first;
@@ -50,6 +62,7 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
         std::set<std::string> patients;
         std::vector<std::pair<std::string, std::string>> versions;  // (reference, version)
         std::vector<state::EpochSeconds> version_times;
+        std::map<std::string, bool> counted;  // reference -> counts, as this page changes it
         if (const Json* entries = fhir::member(page, "entry"); entries && entries->IsArray()) {
             for (const auto& e : entries->GetArray()) {
                 const Json* res = fhir::member(e, "resource");
@@ -75,6 +88,16 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
                 }
                 versions.emplace_back(ref, version);
                 version_times.push_back(t.value_or(now));
+                if (o.counts) {
+                    const bool counts = o.counts(*res);
+                    const auto known = counted.find(ref);
+                    const bool before = known != counted.end() ? known->second : store_.counted_resource(server, ref);
+                    if (counts != before) counted[ref] = counts;
+                    if (filtering && !counts && !before) {
+                        ++result.resources_not_counted;
+                        continue;
+                    }
+                }
                 if (o.type == "Patient") {
                     if (auto p = local_patient(ref, server)) patients.insert(*p);  // the Patient itself
                 } else if (const Json* subj = fhir::member(*res, "subject"); subj && subj->IsObject()) {
@@ -88,6 +111,7 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
                 for (const auto& p : patients) store_.enqueue_patient(server, p, now);
                 for (std::size_t i = 0; i < versions.size(); ++i)
                     store_.mark_seen(server, versions[i].first, versions[i].second, version_times[i]);
+                for (const auto& [ref, counts] : counted) store_.set_counted_resource(server, ref, counts);
                 if (!next.empty()) {
                     cursor.next_url = next;
                     store_.set_feed_cursor(server, key, cursor);
@@ -118,6 +142,7 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
                 const auto wm = store_.watermark(server, key);
                 const auto wm_t = wm ? fhir::parse_datetime(*wm) : std::nullopt;
                 if (!wm_t || cursor.max_last_updated_at > *wm_t) store_.set_watermark(server, key, cursor.max_last_updated);
+                if (filtering && !primed) store_.set_watermark(server, primed_key, cursor.max_last_updated);
                 store_.forget_seen_before(server, cursor.max_last_updated_at - o.overlap.count() - 86400);
             }
             store_.clear_feed_cursor(server, key);

@@ -11,6 +11,9 @@
 // watermark backwards or past an unread change, a next link that loops ends the feed with a note,
 // and subjects written as absolute URLs on this server's base count as the local patient (an
 // absolute URL on another server's base does not).
+//
+// A feed with a `counts` filter (Conditions) still reads every resource, but queues a patient only
+// for a version the rules read, or for the first version that no longer counts after one that did.
 #pragma once
 
 #include <functional>
@@ -27,6 +30,7 @@ struct FeedResult {
     std::size_t pages = 0;
     std::size_t resources_read = 0;
     std::size_t resources_skipped = 0;   // already processed (same id and versionId), or repeated
+    std::size_t resources_not_counted = 0;  // new versions the rules do not read: their patients not queued
     bool resumed = false;                // continued from a saved cursor
     std::vector<std::string> notes;      // what the server did oddly (looping next links ...)
 };
@@ -41,12 +45,22 @@ struct FeedOptions {
     // A feed the server may not support (a search it refuses with 400, 403 or 404): the pass goes on
     // without it, with a note.
     bool optional = false;
+    // The resources the rules read (the Condition feed: a code that maps to a concept). When set, a new
+    // version that does not count queues its patient only if the version before it counted (the
+    // store remembers which did), and only once the feed is primed: read from its start with this
+    // filter, so that every counting resource is known. A feed whose watermark was set without the
+    // filter (a state from before it, a Bulk backfill) queues every patient, as with none.
+    std::function<bool(const rapidjson::Value& resource)> counts;
 };
 
 // Reference of the patient a resource is about, when it is one on this server: "Patient/x" for
 // "Patient/x", "<base>/Patient/x" and a versioned form; nullopt for another server's URL, a
 // contained or urn: reference, or a non-Patient subject.
 std::optional<std::string> local_patient(const std::string& reference, const std::string& base_url);
+
+// The key under which a filtered feed records that it is primed (a watermark entry). Whatever moves
+// the feed's watermark without reading it through the filter sets it to "" (not primed).
+std::string counted_mark_key(const std::string& watermark_key);
 
 class ChangeFeed {
 public:

@@ -12,6 +12,7 @@
 #include <rapidjson/writer.h>
 
 #include "adapters/poll/change_feed.hpp"
+#include "mappings/condition_reading.hpp"
 #include "rules/engine.hpp"
 
 namespace calcalert::poll {
@@ -43,6 +44,7 @@ std::string PollSummary::to_json() const {
     s("outcome", outcome());
     n("resourcesRead", resources_read);
     n("resourcesSkipped", resources_skipped);
+    n("resourcesNotCounted", resources_not_counted);
     n("feedPages", feed_pages);
     w.Key("resumed");
     w.Bool(resumed);
@@ -182,7 +184,12 @@ std::vector<FeedOptions> Poller::feed_plan() {
             add("Observation", "category=laboratory", "Observation category=laboratory");
             break;
     }
+    // Every Condition is read (a code filter on the server could not express the ICD prefixes and the
+    // Conditions named only by their words), but only those the rules read queue their patient.
     add("Condition", "", "Condition");
+    feeds.back().counts = [this](const rapidjson::Value& resource) {
+        return mappings::condition_counts(term_, fhir::ConditionView(resource).code());
+    };
     // Dialysis Procedures (clinical-rules.md §5.2.2), by their codes.
     if (const std::string procedures = procedure_code_list(term_); !procedures.empty())
         add("Procedure", "code=" + procedures, "Procedure");
@@ -220,6 +227,7 @@ void Poller::feed_stage(PollSummary& sum, rules::EpochSeconds now, std::set<std:
         sum.feed_pages += r.pages;
         sum.resources_read += r.resources_read;
         sum.resources_skipped += r.resources_skipped;
+        sum.resources_not_counted += r.resources_not_counted;
         sum.resumed = sum.resumed || r.resumed;
         sum.notes.insert(sum.notes.end(), r.notes.begin(), r.notes.end());
     }

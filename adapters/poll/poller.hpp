@@ -94,6 +94,7 @@ struct Unreadable {
 struct PollSummary {
     std::size_t resources_read = 0;     // Observations, Conditions and Procedures returned by the change feed
     std::size_t resources_skipped = 0;  // already processed (same id and versionId) or repeated
+    std::size_t resources_not_counted = 0;  // new Condition versions the rules do not read (patients not queued)
     std::size_t feed_pages = 0;
     bool resumed = false;               // the pass continued an unfinished one
     std::size_t patients_changed = 0;   // named by this pass's change feed

@@ -201,6 +201,27 @@ public:
         });
     }
 
+    bool counted_resource(const std::string& server, const std::string& reference) override {
+        return locked([&] {
+            Poco::Int64 n = 0;
+            session_ << q("SELECT COUNT(*) FROM counted_resources WHERE server = ? AND reference = ?"), bind(server),
+                bind(reference), into(n), now;
+            return n > 0;
+        });
+    }
+
+    void set_counted_resource(const std::string& server, const std::string& reference, bool counts) override {
+        locked([&] {
+            if (counts)
+                session_ << q("INSERT INTO counted_resources (server, reference) VALUES (?, ?)"
+                              " ON CONFLICT (server, reference) DO NOTHING"),
+                    bind(server), bind(reference), now;
+            else
+                session_ << q("DELETE FROM counted_resources WHERE server = ? AND reference = ?"), bind(server),
+                    bind(reference), now;
+        });
+    }
+
     void enqueue_patient(const std::string& server, const std::string& patient, EpochSeconds now_s) override {
         locked([&] {
             session_ << q("INSERT INTO poll_pending (server, patient, attempts, last_error, queued_at, generation)"

@@ -145,6 +145,10 @@ public:
                            EpochSeconds last_updated) = 0;
     // Forgets versions last updated before `before` (outside any future overlap window).
     virtual void forget_seen_before(const std::string& server, EpochSeconds before) = 0;
+    // Resources whose latest version read counts for the rules (a Condition the feed's filter kept):
+    // the next version of one that counts queues its patient even when it no longer counts itself.
+    virtual bool counted_resource(const std::string& server, const std::string& reference) = 0;
+    virtual void set_counted_resource(const std::string& server, const std::string& reference, bool counts) = 0;
     // An unfinished feed read (a killed pass resumes from it).
     virtual std::optional<FeedCursor> feed_cursor(const std::string& server, const std::string& type) = 0;
     virtual void set_feed_cursor(const std::string& server, const std::string& type, const FeedCursor& cursor) = 0;

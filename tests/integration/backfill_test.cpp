@@ -107,6 +107,9 @@ TEST_CASE("backfill: a seeded cohort ends with exactly its ground truth; increme
             REQUIRE(mark);
             CHECK(*mark == transaction_time);
         }
+        // The export's Conditions did not go through the Condition feed's filter: it is not primed,
+        // so every changed Condition's patient is queued.
+        CHECK(store->watermark(sandbox.server.base_url(), "Condition counted") == std::string());
         CHECK_FALSE(store->feed_cursor(sandbox.server.base_url(), "bulk $export Patient"));
         CHECK(store->pending_patients(sandbox.server.base_url()).empty());
     }

@@ -203,6 +203,65 @@ TEST_CASE("poll: a dialysis Procedure makes ESRD; a deceased Patient cancels tha
     CHECK(third.writes.empty());
 }
 
+TEST_CASE("poll: a Condition the rules do not read queues nobody; one recoded away from a rule's concept does") {
+    test::SandboxServer sandbox;
+    fhir::FhirClient client(client_options(sandbox.base_url()));
+    for (const auto& [dir, file] : fixture_files()) load_bundle(client, dir + "/" + file);
+    const Truth truth = ground_truth();
+    const std::string patient = "Patient/dia-hd-10-days";  // ESRD by dialysis, a leg ulcer: the ulcer differential
+    REQUIRE(truth.at(patient) == std::set<std::string>{"calciphylaxis-ulcer-differential"});
+    const std::string state_path = temp_state("counted");
+    poll_once(sandbox.base_url(), state_path);
+    check_equal(truth, open_alerts(client));
+
+    auto condition = [&](const std::string& system, const std::string& code, const std::string& id = "") {
+        return R"({"resourceType":"Condition",)" + (id.empty() ? std::string() : R"("id":")" + id + R"(",)") +
+               R"("clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},
+                  "code":{"coding":[{"system":")" + system + R"(","code":")" + code + R"("}]},
+                  "subject":{"reference":")" + patient + R"("},"recordedDate":"2026-11-24"})";
+    };
+    const std::string icd10 = "http://hl7.org/fhir/sid/icd-10-cm", sct = "http://snomed.info/sct";
+
+    // An upper respiratory infection (ICD-10-CM J06.9) is no concept of the rules: nobody is read.
+    REQUIRE(client.post("Condition", condition(icd10, "J06.9")).status == 201);
+    auto second = poll_once(sandbox.base_url(), state_path);
+    MESSAGE("after a Condition the rules do not read: " << second.to_json());
+    CHECK(second.resources_not_counted == 1);
+    CHECK(second.patients_changed == 0);
+    CHECK(second.patients_evaluated == 0);
+    CHECK(second.writes.empty());
+
+    // Calciphylaxis diagnosed (SNOMED CT 237900002): the differential gives way.
+    const auto posted = client.post("Condition", condition(sct, "237900002"));
+    REQUIRE(posted.status == 201);
+    rapidjson::Document created;
+    created.Parse(posted.body.c_str());
+    REQUIRE(created.IsObject());
+    const std::string id = fhir::string_or_empty(created, "id");
+    auto third = poll_once(sandbox.base_url(), state_path);
+    MESSAGE("after a diagnosis of calciphylaxis: " << third.to_json());
+    CHECK(third.patients_changed == 1);
+    CHECK(third.resources_not_counted == 0);
+    CHECK(open_alerts(client)[patient].count("calciphylaxis-ulcer-differential") == 0);
+
+    // The diagnosis recoded to J06.9 (no concept any more): the patient must be read again, and the
+    // differential is open again.
+    REQUIRE(client.put("Condition/" + id, condition(icd10, "J06.9", id)).status == 200);
+    auto fourth = poll_once(sandbox.base_url(), state_path);
+    MESSAGE("after the diagnosis was recoded away: " << fourth.to_json());
+    CHECK(fourth.patients_changed == 1);
+    CHECK(fourth.resources_not_counted == 0);
+    CHECK(open_alerts(client)[patient].count("calciphylaxis-ulcer-differential") == 1);
+
+    // Changed again, still no concept: nobody is read.
+    REQUIRE(client.put("Condition/" + id, condition(icd10, "J06.0", id)).status == 200);
+    auto fifth = poll_once(sandbox.base_url(), state_path);
+    CHECK(fifth.resources_not_counted == 1);
+    CHECK(fifth.patients_changed == 0);
+    CHECK(fifth.writes.empty());
+    check_equal(truth, open_alerts(client));
+}
+
 TEST_CASE("poll: SIGKILL mid-write-back, then a clean run, ends with the clean run's set and no duplicates") {
     test::SandboxServer sandbox;
     fhir::FhirClient client(client_options(sandbox.base_url()));

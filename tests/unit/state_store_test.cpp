@@ -144,6 +144,24 @@ TEST_CASE("seen versions dedupe the overlap window and are forgotten after it") 
     }
 }
 
+TEST_CASE("counted resources: set, cleared, per server, and kept past the overlap window") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        CHECK_FALSE(s->counted_resource("srv", "Condition/1"));
+        s->set_counted_resource("srv", "Condition/1", true);
+        s->set_counted_resource("srv", "Condition/1", true);  // again: no error
+        CHECK(s->counted_resource("srv", "Condition/1"));
+        CHECK_FALSE(s->counted_resource("other", "Condition/1"));
+        CHECK_FALSE(s->counted_resource("srv", "Condition/2"));
+        s->forget_seen_before("srv", 1 << 30);  // not a seen version: stays
+        CHECK(s->counted_resource("srv", "Condition/1"));
+        s->set_counted_resource("srv", "Condition/1", false);
+        s->set_counted_resource("srv", "Condition/1", false);
+        CHECK_FALSE(s->counted_resource("srv", "Condition/1"));
+    }
+}
+
 TEST_CASE("jti replay protection until expiry") {
     for (const auto& backend : contract_backends()) {
         CAPTURE(backend.name);
