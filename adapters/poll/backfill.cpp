@@ -26,6 +26,32 @@ namespace {
 
 using fhir::Json;
 
+// Hands every resource of the export on to the facts, and keeps the references of the Conditions the
+// rules read (of every shard's patients: every shard reads every file), so that the hand-over primes
+// the Condition feed's filter as a feed read from its start would have.
+class CountedConditions final : public fhir::ResourceHandler {
+public:
+    CountedConditions(fhir::ResourceHandler& facts, const Poller& poller) : facts_(facts), poller_(poller) {}
+    void on_resource(const rapidjson::Value& resource, std::string_view type, const fhir::Location& where,
+                     const fhir::BundleContext* bundle) override {
+        facts_.on_resource(resource, type, where, bundle);
+        if (type != "Condition") return;
+        const std::string id = fhir::string_or_empty(resource, "id");
+        if (!id.empty() && poller_.condition_counts(resource)) references_.insert("Condition/" + id);
+    }
+    void on_problem(const fhir::Problem& problem) override { facts_.on_problem(problem); }
+    void on_deleted(std::string_view reference, std::string_view version, std::optional<std::int64_t> at,
+                    const fhir::Location& where) override {
+        facts_.on_deleted(reference, version, at, where);
+    }
+    const std::set<std::string>& references() const { return references_; }
+
+private:
+    fhir::ResourceHandler& facts_;
+    const Poller& poller_;
+    std::set<std::string> references_;
+};
+
 // A claim (state::WorkLeases) this shard holds for a scope: given up when the scope ends, also by
 // an exception.
 class HeldClaim {
@@ -307,6 +333,7 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
 
         // 2. Read every output file into the facts.
         mappings::FactBuilder builder(term_, server());
+        CountedConditions counted(builder, poller_);
         SpoolFile spool(opt_.spool_path);
         std::size_t resources = 0, rejected = 0;
         for (std::size_t i = 0; i < manifest.output.size(); ++i) {
@@ -342,9 +369,9 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
                 std::ifstream raw(spool.path(), std::ios::binary);
                 if (is_gzip(spool.path())) {
                     Poco::InflatingInputStream in(raw, Poco::InflatingStreamBuf::STREAM_GZIP);
-                    stats = fhir::read_ndjson(in, name, builder, opt_.max_line_bytes);
+                    stats = fhir::read_ndjson(in, name, counted, opt_.max_line_bytes);
                 } else {
-                    stats = fhir::read_ndjson(raw, name, builder, opt_.max_line_bytes);
+                    stats = fhir::read_ndjson(raw, name, counted, opt_.max_line_bytes);
                 }
             } catch (const std::exception& e) {
                 throw ExportError(name + ": cannot read it as NDJSON (" + e.what() + ")");
@@ -438,9 +465,13 @@ PollSummary Backfill::run(rules::EpochSeconds now) {
                     if (!mark || earlier(*mark, manifest.transaction_time).value_or(false)) {
                         store_.set_watermark(server(), feed.watermark_key, manifest.transaction_time);
                         store_.clear_feed_cursor(server(), feed.watermark_key);
-                        // The export's Conditions were not read through the feed's filter: it is
-                        // not primed any more (every changed Condition's patient is queued again).
-                        if (feed.counts) store_.set_watermark(server(), counted_mark_key(feed.watermark_key), "");
+                        // The feed's filter is primed from the export's Conditions: those the
+                        // rules read are remembered, as the feed itself would have.
+                        if (feed.counts) {
+                            for (const auto& ref : counted.references())
+                                store_.set_counted_resource(server(), ref, true);
+                            store_.set_watermark(server(), counted_mark_key(feed.watermark_key), manifest.transaction_time);
+                        }
                         report.watermarks_moved.push_back(feed.watermark_key);
                     }
                 }

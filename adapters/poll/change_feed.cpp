@@ -39,11 +39,10 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
     }
 
     // The filter applies once every counting resource is known: from a feed read from its start with
-    // it (no watermark yet), marked primed when its watermark is first set. An empty mark is one
-    // taken back (a backfill moved the watermark without the filter).
+    // it (no watermark yet), marked primed when its watermark is first set, or from a backfill's
+    // hand-over (which marks it too).
     const std::string primed_key = counted_mark_key(key);
-    const auto mark = store_.watermark(server, primed_key);
-    const bool primed = mark && !mark->empty();
+    const bool primed = store_.watermark(server, primed_key).has_value();
     const bool filtering = o.counts && (!store_.watermark(server, key) || primed);
 
     state::FeedCursor cursor;

@@ -48,8 +48,8 @@ struct FeedOptions {
     // The resources the rules read (the Condition feed: a code that maps to a concept). When set, a new
     // version that does not count queues its patient only if the version before it counted (the
     // store remembers which did), and only once the feed is primed: read from its start with this
-    // filter, so that every counting resource is known. A feed whose watermark was set without the
-    // filter (a state from before it, a Bulk backfill) queues every patient, as with none.
+    // filter, or primed by a Bulk backfill's hand-over, so that every counting resource is known. A
+    // feed whose watermark was set otherwise (a state from before the filter) queues every patient.
     std::function<bool(const rapidjson::Value& resource)> counts;
 };
 
@@ -58,8 +58,8 @@ struct FeedOptions {
 // contained or urn: reference, or a non-Patient subject.
 std::optional<std::string> local_patient(const std::string& reference, const std::string& base_url);
 
-// The key under which a filtered feed records that it is primed (a watermark entry). Whatever moves
-// the feed's watermark without reading it through the filter sets it to "" (not primed).
+// The key under which a filtered feed records that it is primed (a watermark entry). A Bulk
+// backfill's hand-over sets it too, with the counting resources of its export.
 std::string counted_mark_key(const std::string& watermark_key);
 
 class ChangeFeed {

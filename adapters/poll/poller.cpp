@@ -160,6 +160,10 @@ LabCodeSearch Poller::lab_code_search() {
     return *lab_search_;
 }
 
+bool Poller::condition_counts(const rapidjson::Value& condition) const {
+    return mappings::condition_counts(term_, fhir::ConditionView(condition).code());
+}
+
 std::vector<FeedOptions> Poller::feed_plan() {
     const std::string codes = lab_code_list(term_);
     std::vector<FeedOptions> feeds;
@@ -187,9 +191,7 @@ std::vector<FeedOptions> Poller::feed_plan() {
     // Every Condition is read (a code filter on the server could not express the ICD prefixes and the
     // Conditions named only by their words), but only those the rules read queue their patient.
     add("Condition", "", "Condition");
-    feeds.back().counts = [this](const rapidjson::Value& resource) {
-        return mappings::condition_counts(term_, fhir::ConditionView(resource).code());
-    };
+    feeds.back().counts = [this](const rapidjson::Value& resource) { return condition_counts(resource); };
     // Dialysis Procedures (clinical-rules.md §5.2.2), by their codes.
     if (const std::string procedures = procedure_code_list(term_); !procedures.empty())
         add("Procedure", "code=" + procedures, "Procedure");

@@ -143,6 +143,8 @@ public:
     // lab code search (discovered from its CapabilityStatement when not set).
     std::vector<FeedOptions> feed_plan();
     LabCodeSearch lab_code_search();
+    // Whether the rules read this Condition (the Condition feed's filter, FeedOptions::counts).
+    bool condition_counts(const rapidjson::Value& condition) const;
     // The work stage on `patients`, read from `source` (a backfill's export): evaluated, decided and
     // written like a pass's queued patients, into `sum`. The caller has queued them.
     void work_stage(PatientSource& source, const std::set<std::string>& patients, PollSummary& sum, rules::EpochSeconds now);

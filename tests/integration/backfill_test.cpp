@@ -23,6 +23,7 @@
 #include "../support/sandbox_server.hpp"
 #include "adapters/state/state_store.hpp"
 #include "fhir/client.hpp"
+#include "fhir/views.hpp"
 
 using namespace calcalert;
 namespace fs = std::filesystem;
@@ -107,9 +108,8 @@ TEST_CASE("backfill: a seeded cohort ends with exactly its ground truth; increme
             REQUIRE(mark);
             CHECK(*mark == transaction_time);
         }
-        // The export's Conditions did not go through the Condition feed's filter: it is not primed,
-        // so every changed Condition's patient is queued.
-        CHECK(store->watermark(sandbox.server.base_url(), "Condition counted") == std::string());
+        // The Condition feed's filter is primed from the export: the Conditions the rules read are known.
+        CHECK(store->watermark(sandbox.server.base_url(), "Condition counted") == transaction_time);
         CHECK_FALSE(store->feed_cursor(sandbox.server.base_url(), "bulk $export Patient"));
         CHECK(store->pending_patients(sandbox.server.base_url()).empty());
     }
@@ -138,6 +138,49 @@ TEST_CASE("backfill: a seeded cohort ends with exactly its ground truth; increme
     const std::string third = read_file(log);
     CHECK(third.find("create  Patient/after-export metastatic-calcification-risk") != std::string::npos);
     CHECK(third.find("resources read 2 ") != std::string::npos);
+
+    // The Condition feed's filter holds from the export on: a Condition the rules do not read (an
+    // upper respiratory infection, ICD-10-CM J06.9) queues nobody; one of the export's that the rules
+    // read, recoded to J06.9, queues its patient.
+    auto recoded = [](const rapidjson::Value& condition) {
+        rapidjson::Document d;
+        d.CopyFrom(condition, d.GetAllocator());
+        d.RemoveMember("meta");
+        rapidjson::Value code(rapidjson::kObjectType), codings(rapidjson::kArrayType), coding(rapidjson::kObjectType);
+        coding.AddMember("system", "http://hl7.org/fhir/sid/icd-10-cm", d.GetAllocator());
+        coding.AddMember("code", "J06.9", d.GetAllocator());
+        codings.PushBack(coding, d.GetAllocator());
+        code.AddMember("coding", codings, d.GetAllocator());
+        d.RemoveMember("code");
+        d.AddMember("code", code, d.GetAllocator());
+        return to_json(d);
+    };
+    rapidjson::Document page;
+    page.Parse(client.get("Condition?_count=200").body.c_str());
+    REQUIRE(page.IsObject());
+    std::string counted_id;
+    {
+        auto store = state::open_sqlite_store(state);
+        for (const auto& e : page["entry"].GetArray()) {
+            const auto& c = e["resource"];
+            const std::string id = fhir::string_or_empty(c, "id");
+            if (counted_id.empty() && store->counted_resource(sandbox.server.base_url(), "Condition/" + id)) counted_id = id;
+        }
+    }
+    REQUIRE_FALSE(counted_id.empty());
+    const std::string unread = R"({"resourceType":"Condition","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"J06.9"}]},
+      "subject":{"reference":"Patient/after-export"},"recordedDate":"2026-11-24"})";
+    REQUIRE(client.post("Condition", unread).status == 201);
+    REQUIRE(exit_code(run_program(incremental, log)) == 0);
+    CHECK(read_file(log).find("(changed 0,") != std::string::npos);
+    CHECK(read_file(log).find("Conditions the rules do not read 1") != std::string::npos);
+    rapidjson::Document before;
+    before.Parse(client.get("Condition/" + counted_id).body.c_str());
+    REQUIRE(before.IsObject());
+    REQUIRE(client.put("Condition/" + counted_id, recoded(before)).status == 200);
+    REQUIRE(exit_code(run_program(incremental, log)) == 0);
+    CHECK(read_file(log).find("(changed 1,") != std::string::npos);
+    CHECK(read_file(log).find("Conditions the rules do not read") == std::string::npos);
 
     // A second backfill over the same server writes nothing (its writes are conditional) and never
     // moves a watermark back.
