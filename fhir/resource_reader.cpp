@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <iterator>
+#include <memory>
 #include <vector>
 
 #include "fhir/datetime.hpp"
@@ -224,7 +228,22 @@ private:
     TextPosition pos_;
 };
 
-// Parses NDJSON lines one by one, each into a pool that is cleared after it.
+// The text of an NDJSON line to parse: without its '\r' and a leading BOM; empty when blank.
+std::string_view line_body(std::string_view& text) {
+    if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+    const std::string_view body = text.substr(0, kBom.size()) == kBom ? text.substr(kBom.size()) : text;
+    if (body.find_first_not_of(" \t") == std::string_view::npos) return {};
+    return body;
+}
+
+JsonParseResult parse_line(rapidjson::Document& doc, std::string_view text) {
+    JsonParseOptions options;
+    options.keep_going = true;
+    return parse_untrusted_json(doc, text, options);
+}
+
+// Parses NDJSON lines one by one, each into a pool that is cleared after it, or hands over lines
+// parsed elsewhere (parsed()).
 class LineReader {
 public:
     LineReader(const std::string& name, ResourceHandler& handler, ReadStats& stats)
@@ -232,27 +251,29 @@ public:
           pool_(first_chunk().data(), first_chunk().size()) {}
 
     void line(std::string_view text, std::size_t number) {
-        if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
-        const std::string_view body = text.substr(0, kBom.size()) == kBom ? text.substr(kBom.size()) : text;
-        if (body.find_first_not_of(" \t") == std::string_view::npos) return;
-        const Location where{name_, number, -1, {}};
+        if (line_body(text).empty()) return;
         {
             rapidjson::Document doc(&pool_);
-            JsonParseOptions options;
-            options.keep_going = true;
-            const JsonParseResult parsed = parse_untrusted_json(doc, text, options);
-            const TextPosition pos{text, true};
-            if (!parsed) {
-                ++stats_.rejected;
-                handler_.on_problem(Problem{Severity::error, where, "", refusal(*parsed.error, pos)});
-            } else {
-                reader_.set_defects(parsed.defects, pos);
-                const JsonPath root;
-                reader_.resource(doc, where, nullptr, "", parsed.defects.empty() ? nullptr : &root);
-                reader_.set_defects({}, {});
-            }
+            const JsonParseResult parsed = parse_line(doc, text);
+            parsed_line(text, number, doc, parsed);
         }
         pool_.Clear();
+    }
+
+    // A line (its text as line_body left it) parsed into `doc`.
+    void parsed_line(std::string_view text, std::size_t number, const rapidjson::Document& doc,
+                     const JsonParseResult& parsed) {
+        const Location where{name_, number, -1, {}};
+        const TextPosition pos{text, true};
+        if (!parsed) {
+            ++stats_.rejected;
+            handler_.on_problem(Problem{Severity::error, where, "", refusal(*parsed.error, pos)});
+        } else {
+            reader_.set_defects(parsed.defects, pos);
+            const JsonPath root;
+            reader_.resource(doc, where, nullptr, "", parsed.defects.empty() ? nullptr : &root);
+            reader_.set_defects({}, {});
+        }
     }
 
 private:
@@ -267,6 +288,100 @@ private:
     Reader reader_;
     rapidjson::MemoryPoolAllocator<> pool_;
 };
+
+// Lines of a stream through a buffer that holds at most the longest line kept (max_line_bytes) plus
+// one read's worth: a longer line is skipped as it streams by, and reported as too long.
+class LineSource {
+public:
+    LineSource(std::istream& in, std::size_t max_line_bytes) : buf_(in.rdbuf()), max_(max_line_bytes) {
+        data_.resize(kRead);
+    }
+
+    // The next line (without its '\n'), valid until the next call; false at the end of the input.
+    bool next(std::string_view& line, bool& too_long) {
+        too_long = false;
+        bool skipping = false;  // inside a line that is too long
+        for (;;) {
+            const char* nl = begin_ < end_ ? static_cast<const char*>(std::memchr(data_.data() + begin_, '\n', end_ - begin_))
+                                           : nullptr;
+            if (nl) {
+                const std::size_t len = static_cast<std::size_t>(nl - (data_.data() + begin_));
+                line = std::string_view(data_.data() + begin_, len);
+                begin_ += len + 1;
+                if (skipping || len > max_) {
+                    too_long = true;
+                    line = {};
+                }
+                return true;
+            }
+            if (end_ - begin_ > max_) {  // too long: drop what is held of it
+                skipping = true;
+                begin_ = end_ = 0;
+            }
+            if (eof_) {
+                if (begin_ == end_ && !skipping) return false;
+                line = std::string_view(data_.data() + begin_, end_ - begin_);
+                begin_ = end_;
+                too_long = skipping;
+                if (too_long) line = {};
+                return true;
+            }
+            fill();
+        }
+    }
+
+private:
+    static constexpr std::size_t kRead = std::size_t{1} << 20;
+
+    void fill() {
+        if (begin_ > 0) {  // keep the partial line at the start
+            std::memmove(data_.data(), data_.data() + begin_, end_ - begin_);
+            end_ -= begin_;
+            begin_ = 0;
+        }
+        if (data_.size() - end_ < kRead) data_.resize(end_ + kRead);
+        const std::streamsize got = buf_ ? buf_->sgetn(data_.data() + end_, static_cast<std::streamsize>(kRead)) : 0;
+        if (got <= 0) eof_ = true;
+        else end_ += static_cast<std::size_t>(got);
+    }
+
+    std::streambuf* buf_;
+    std::size_t max_;
+    std::vector<char> data_;
+    std::size_t begin_ = 0, end_ = 0;
+    bool eof_ = false;
+};
+
+// A batch of lines parsed together (by a worker thread when jobs > 1).
+struct Batch {
+    struct Line {
+        std::size_t number = 0;
+        std::size_t offset = 0, size = 0;  // in text
+        bool too_long = false;
+        JsonParseResult parsed;
+    };
+    std::string text;  // the lines' bytes (their bodies, as line_body left them)
+    std::vector<Line> lines;
+    std::unique_ptr<rapidjson::MemoryPoolAllocator<>> pool;
+    std::deque<rapidjson::Document> docs;  // one per line that is not too long
+
+    std::string_view line_text(const Line& l) const { return std::string_view(text).substr(l.offset, l.size); }
+    void parse() {
+        pool = std::make_unique<rapidjson::MemoryPoolAllocator<>>(std::size_t{1} << 20);
+        for (auto& l : lines) {
+            if (l.too_long) continue;
+            docs.emplace_back(pool.get());
+            l.parsed = parse_line(docs.back(), line_text(l));
+        }
+    }
+};
+
+void report_too_long(ResourceHandler& handler, ReadStats& stats, const std::string& name, std::size_t number,
+                     std::size_t max_line_bytes) {
+    ++stats.rejected;
+    handler.on_problem(Problem{Severity::error, Location{name, number, -1, {}}, "",
+                               "the line is longer than " + std::to_string(max_line_bytes) + " bytes: not read"});
+}
 
 ReadStats read_ndjson_text(std::string_view text, const std::string& name, ResourceHandler& handler) {
     ReadStats stats;
@@ -431,37 +546,67 @@ PatientIdentity patient_identity(std::string_view reference, const BundleContext
 }
 
 ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler, std::size_t max_line_bytes) {
+    NdjsonOptions options;
+    options.max_line_bytes = max_line_bytes;
+    return read_ndjson(in, name, handler, options);
+}
+
+ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler, const NdjsonOptions& options) {
     ReadStats stats;
     LineReader lines(name, handler, stats);
-    std::string line;
+    LineSource source(in, options.max_line_bytes);
     std::size_t number = 0;
-    std::streambuf* buf = in.rdbuf();
-    bool more = buf != nullptr;
-    while (more) {
-        // One line, at most max_line_bytes of it kept: a longer one is refused without being held.
-        line.clear();
-        bool too_long = false;
-        bool any = false;
-        for (;;) {
-            const int c = buf->sbumpc();
-            if (c == std::char_traits<char>::eof()) {
-                more = false;
-                break;
+    std::string_view line;
+    bool too_long = false;
+    if (options.jobs <= 1) {
+        while (source.next(line, too_long)) {
+            ++number;
+            if (too_long)
+                report_too_long(handler, stats, name, number, options.max_line_bytes);
+            else
+                lines.line(line, number);
+        }
+    } else {
+        // Batches parsed ahead by other threads, handed over in input order.
+        std::deque<std::future<std::unique_ptr<Batch>>> pending;
+        bool more = true;
+        auto read_batch = [&]() {
+            auto b = std::make_unique<Batch>();
+            while (b->text.size() < options.batch_bytes && (more = source.next(line, too_long))) {
+                ++number;
+                if (!too_long && line_body(line).empty()) continue;
+                Batch::Line l;
+                l.number = number;
+                l.too_long = too_long;
+                l.offset = b->text.size();
+                l.size = too_long ? 0 : line.size();
+                b->text.append(line);
+                b->lines.push_back(std::move(l));
             }
-            any = true;
-            if (c == '\n') break;
-            if (line.size() < max_line_bytes) line.push_back(static_cast<char>(c));
-            else too_long = true;
+            return b;
+        };
+        auto hand_over = [&](Batch& b) {
+            std::size_t d = 0;
+            for (const auto& l : b.lines) {
+                if (l.too_long) {
+                    report_too_long(handler, stats, name, l.number, options.max_line_bytes);
+                    continue;
+                }
+                lines.parsed_line(b.line_text(l), l.number, b.docs[d++], l.parsed);
+            }
+        };
+        while (more || !pending.empty()) {
+            while (more && pending.size() < options.jobs) {
+                pending.push_back(std::async(std::launch::async, [b = read_batch()]() mutable {
+                    b->parse();
+                    return std::move(b);
+                }));
+            }
+            if (pending.empty()) break;
+            std::unique_ptr<Batch> b = pending.front().get();
+            pending.pop_front();
+            hand_over(*b);
         }
-        if (!any) break;
-        ++number;
-        if (too_long) {
-            ++stats.rejected;
-            handler.on_problem(Problem{Severity::error, Location{name, number, -1, {}}, "",
-                                       "the line is longer than " + std::to_string(max_line_bytes) + " bytes: not read"});
-            continue;
-        }
-        lines.line(line, number);
     }
     if (in.bad()) {
         stats.fatal = true;
@@ -518,7 +663,9 @@ ReadStats read_value(const rapidjson::Value& json, const std::string& name, Reso
     return stats;
 }
 
-ReadStats read_path(const std::string& path, ResourceHandler& handler) {
+ReadStats read_path(const std::string& path, ResourceHandler& handler) { return read_path(path, handler, NdjsonOptions{}); }
+
+ReadStats read_path(const std::string& path, ResourceHandler& handler, const NdjsonOptions& ndjson) {
     const std::string name = path == "-" ? std::string("<stdin>") : path;
     if (path == "-") {
         std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
@@ -531,7 +678,7 @@ ReadStats read_path(const std::string& path, ResourceHandler& handler) {
         handler.on_problem(Problem{Severity::fatal, Location{name, 0, -1, {}}, "", "cannot open file"});
         return stats;
     }
-    if (ends_with(path, ".ndjson") || ends_with(path, ".jsonl")) return read_ndjson(in, name, handler);
+    if (ends_with(path, ".ndjson") || ends_with(path, ".jsonl")) return read_ndjson(in, name, handler, ndjson);
     std::error_code ec;
     const auto size = std::filesystem::file_size(path, ec);
     if (!ec && size > kDefaultJsonMaxBytes) {

@@ -86,13 +86,26 @@ struct ReadStats {
     bool fatal = false;         // the whole input could not be read
 };
 
+// How NDJSON is streamed. The file is read through a bounded buffer (never whole); lines are parsed
+// in batches of about batch_bytes. With jobs > 1, jobs - 1 threads parse the next batches while the
+// caller's thread hands the parsed resources of the current one to the handler, in input order: the
+// handler sees exactly what jobs = 1 gives it, in the same order. At most jobs batches are held.
+struct NdjsonOptions {
+    std::size_t max_line_bytes = std::size_t{1} << 30;
+    unsigned jobs = 1;
+    std::size_t batch_bytes = std::size_t{4} << 20;
+};
+
 // "-" reads standard input. Files ending in .ndjson or .jsonl are read as NDJSON; others are read
 // whole and detected (a text with several JSON objects, one per line, is NDJSON).
 ReadStats read_path(const std::string& path, ResourceHandler& handler);
+ReadStats read_path(const std::string& path, ResourceHandler& handler, const NdjsonOptions& ndjson);
 ReadStats read_text(std::string_view text, const std::string& name, ResourceHandler& handler);
 // A line longer than max_line_bytes is refused (an error Problem) without being held in memory.
 ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler,
                       std::size_t max_line_bytes = std::size_t{1} << 30);
+ReadStats read_ndjson(std::istream& in, const std::string& name, ResourceHandler& handler,
+                      const NdjsonOptions& options);
 // An already parsed resource or Bundle (e.g. a search page); `name` says where it came from.
 ReadStats read_value(const rapidjson::Value& json, const std::string& name, ResourceHandler& handler);
 

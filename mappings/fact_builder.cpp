@@ -99,9 +99,10 @@ FactBuilder::FactBuilder(const Terminology& terminology, std::string_view server
     : term_(terminology), server_base_(server_base.empty() ? std::string() : fhir::normalize_base(server_base)) {}
 
 rules::PatientFacts& FactBuilder::patient(const std::string& ref) {
+    if (last_patient_ && last_patient_->patient == ref) return *(touched_ = last_patient_);
     auto [it, inserted] = patients_.try_emplace(ref);
     if (inserted) it->second.patient = ref;
-    touched_ = &it->second;
+    touched_ = last_patient_ = &it->second;
     return it->second;
 }
 
@@ -335,16 +336,17 @@ void FactBuilder::observation(const rapidjson::Value& json, const fhir::Location
         if (!conv->note_on_use.empty()) note(path + ".valueQuantity.code", conv->note_on_use);
         const double value = *q.value * conv->factor;
         const std::string unit(rules::canonical_unit(m.lab->analyte));
-        const std::string reported = rules::format_number(*q.value, 3) + " " + unit_used;
+        // The value as reported, for a converted value and the notes only (formatting costs).
+        auto reported = [&] { return rules::format_number(*q.value, 3) + " " + unit_used; };
         if (!std::isfinite(value)) {
             note(path + ".valueQuantity.value",
-                 label + " " + reported + " is not a finite number in " + unit + ": not used");
+                 label + " " + reported() + " is not a finite number in " + unit + ": not used");
             return;
         }
         // clinical-rules.md §5.1.4: outside the plausibility limits of mappings/data/plausibility.tsv.
         if (const PlausibleRange* range = term_.plausible_range(m.lab->analyte);
             range && (value < range->low || value > range->high)) {
-            const std::string as_reported = conv->factor != 1.0 ? " (reported " + reported + ")" : "";
+            const std::string as_reported = conv->factor != 1.0 ? " (reported " + reported() + ")" : "";
             note(path + ".valueQuantity.value",
                  label + " " + rules::format_number(value) + " " + unit + as_reported + " is implausible, outside " +
                      rules::format_number(range->low) + "-" + rules::format_number(range->high) + " " + unit +
@@ -359,7 +361,7 @@ void FactBuilder::observation(const rapidjson::Value& json, const fhir::Location
         r.status = std::string(obs.status());
         r.source = source;
         r.code = m.code;
-        if (conv->factor != 1.0) r.reported = reported;
+        if (conv->factor != 1.0) r.reported = reported();
         if (high) {
             std::string high_unit;
             if (const UnitConversion* hc = conversion(term_, m.lab->analyte, *high, high_unit))

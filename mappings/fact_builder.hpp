@@ -41,7 +41,10 @@ public:
 
     // Every patient seen (as a Patient resource or as a subject), ordered by reference.
     const std::map<std::string, rules::PatientFacts>& patients() const { return patients_; }
-    std::map<std::string, rules::PatientFacts>& patients() { return patients_; }
+    std::map<std::string, rules::PatientFacts>& patients() {
+        last_patient_ = nullptr;  // the caller may erase patients
+        return patients_;
+    }
     // Input problems: rejected files, lines, entries and resources that belong to no patient.
     const std::vector<fhir::Problem>& problems() const { return problems_; }
 
@@ -97,6 +100,8 @@ private:
     std::uint64_t reads_ = 0;         // versions settled so far (Version::read)
     std::uint64_t current_ = 0;       // the record being read
     rules::PatientFacts* touched_ = nullptr;  // the patient the record being read names
+    rules::PatientFacts* last_patient_ = nullptr;  // the patient looked up last (an export lists a
+                                                   // patient's resources together)
 };
 
 }  // namespace calcalert::mappings

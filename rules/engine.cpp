@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -644,9 +645,12 @@ private:
 }  // namespace
 
 std::string format_number(double v, int decimals) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-    std::string s = buf;
+    // std::to_chars with a precision writes what printf's "%.*f" writes, without the locale and
+    // format-string machinery.
+    char buf[400];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, decimals);
+    // At most 63 characters, as the 64-byte buffer of snprintf kept.
+    std::string s(buf, std::min<std::size_t>(r.ec == std::errc() ? static_cast<std::size_t>(r.ptr - buf) : 0, 63));
     if (s.find('.') != std::string::npos) {
         while (!s.empty() && s.back() == '0') s.pop_back();
         if (!s.empty() && s.back() == '.') s.pop_back();

@@ -1,4 +1,8 @@
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <filesystem>
+#include <thread>
 #include <optional>
 #include <ostream>
 
@@ -45,11 +49,26 @@ Options:
   --identifier-system URI  DetectedIssue.identifier system (default urn:calcalert:detected-issue)
   --time-zone ZONE       the zone explanations write times in: UTC, an offset like +01:00 or an IANA
                          name like Europe/Berlin (default: the catalog's display.timeZone, UTC)
+  --jobs N               threads for NDJSON files (default 1; at most 4 per hardware thread): N - 1
+                         threads parse the next batches of lines while one maps them in input order,
+                         so the output is the same for every N
+  --batch-bytes N        bytes of NDJSON lines parsed as one batch with --jobs above 1 (default
+                         4194304; from 1)
   --help                 this help
 
 Data directories default to $CALCALERT_DATA_DIR/{rules/catalog,mappings/data}, then the installed
 share/calcalert, then the source tree the program was built from.
 )";
+
+long long whole_number(const std::string& s, const char* option, long long min, long long max) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(s.c_str(), &end, 10);
+    if (s.empty() || end == s.c_str() || *end != '\0' || errno == ERANGE || v < min || v > max)
+        throw UsageError(std::string("--") + option + " must be a whole number from " + std::to_string(min) + " to " +
+                         std::to_string(max) + ", not '" + s + "'");
+    return v;
+}
 
 std::string issue_code(const fhir::Problem& p) {
     return p.severity == fhir::Severity::fatal || p.severity == fhir::Severity::error ? "structure" : "processing";
@@ -61,7 +80,7 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
     std::vector<std::string> spelled = args;  // -o DIR is --output DIR
     for (auto& a : spelled)
         if (a == "-o") a = "--output";
-    Options opts(spelled, {"now", "format", "catalog", "terminology", "identifier-system", "time-zone", "output"}, {"help"});
+    Options opts(spelled, {"now", "format", "catalog", "terminology", "identifier-system", "time-zone", "output", "jobs", "batch-bytes"}, {"help"});
     if (opts.flag("help")) {
         out << kEvaluateHelp;
         return ok;
@@ -74,6 +93,11 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
     if (format == "html" && (!output || output->empty()))
         throw UsageError("--format html needs -o DIR, the directory the pages are written to");
     if (format != "html" && output) throw UsageError("-o DIR is for --format html only (the other formats go to standard output)");
+    fhir::NdjsonOptions ndjson;
+    const long long max_jobs = 4LL * std::max(1U, std::thread::hardware_concurrency());
+    if (auto v = opts.value("jobs")) ndjson.jobs = static_cast<unsigned>(whole_number(*v, "jobs", 1, max_jobs));
+    if (auto v = opts.value("batch-bytes"))
+        ndjson.batch_bytes = static_cast<std::size_t>(whole_number(*v, "batch-bytes", 1, 1LL << 30));
     const rules::EpochSeconds now = now_option(opts);
     const mappings::IssueOptions di_options = issue_options(opts);
     const Engine engine = load_engine(opts);
@@ -94,7 +118,7 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
             input_failed = true;
             continue;
         }
-        const auto stats = fhir::read_path(path, builder);
+        const auto stats = fhir::read_path(path, builder, ndjson);
         input_failed = input_failed || stats.fatal || stats.rejected > 0;
     }
     for (const auto& p : builder.problems())

@@ -211,6 +211,32 @@ run gen2 sandbox generate --out "$tmp/gen2" --patients 140 --seed 7 --now $now
 check "sandbox generate: the same seed gives the same bytes" cmp -s "$tmp/gen/Observation.ndjson" "$tmp/gen2/Observation.ndjson"
 run geneval evaluate --now $now --format text "$tmp/gen/Patient.ndjson" "$tmp/gen/Observation.ndjson" "$tmp/gen/Condition.ndjson" "$tmp/gen/Procedure.ndjson"
 check "the synthetic cohort evaluates without an error line" test $rc -eq 0 -a ! -s "$tmp/geneval.err"
+# --jobs: the same output and the same error lines as --jobs 1, in the same order. Batches of 4 KiB
+# (a few lines each) so that the 140 patients' lines, spread over four files, are parsed by other
+# threads in many batches; a file with a bad line and a resend of Observations (the latest version
+# counts) is read too.
+gen=("$tmp/gen/Patient.ndjson" "$tmp/gen/Observation.ndjson" "$tmp/gen/Condition.ndjson" "$tmp/gen/Procedure.ndjson")
+{ head -40 "$tmp/gen/Observation.ndjson"; cat "$m/mixed.ndjson"; } >"$tmp/resend.ndjson"
+run jobs1 evaluate --now $now --format ndjson --jobs 1 "${gen[@]}" "$tmp/resend.ndjson"
+check "--jobs 1: exit 3 (the bad line) and findings" test $rc -eq 3 -a -s "$tmp/jobs1.out"
+for j in 2 3; do
+  run jobs$j evaluate --now $now --format ndjson --jobs $j --batch-bytes 4096 "${gen[@]}" "$tmp/resend.ndjson"
+  check "--jobs $j: exit 3" test $rc -eq 3
+  check "--jobs $j: the same DetectedIssues as --jobs 1, in the same order" cmp -s "$tmp/jobs1.out" "$tmp/jobs$j.out"
+  check "--jobs $j: the same error lines as --jobs 1" cmp -s "$tmp/jobs1.err" "$tmp/jobs$j.err"
+done
+run jobstext evaluate --now $now --format text --jobs 2 --batch-bytes 1 "${gen[@]}"
+check "--jobs 2, one line a batch: the same report as --jobs 1" cmp -s "$tmp/geneval.out" "$tmp/jobstext.out"
+for bad in 0 -1 x 2.5 "" 100000; do
+  run jobsbad evaluate --now $now --jobs "$bad" "${gen[@]}"
+  check "--jobs '$bad' is refused: exit 2, one line naming --jobs" test $rc -eq 2 -a ! -s "$tmp/jobsbad.out"
+  check "--jobs '$bad': the message" one_line_naming "$tmp/jobsbad.err" "usage error: --jobs must be a whole number from 1 to [0-9]+, not '$bad'"
+done
+run batchbad evaluate --now $now --jobs 2 --batch-bytes 0 "${gen[@]}"
+check "--batch-bytes 0 is refused: exit 2" test $rc -eq 2 -a ! -s "$tmp/batchbad.out"
+run evalhelp evaluate --help
+check "evaluate --help lists --jobs" grep -q -- "--jobs N" "$tmp/evalhelp.out"
+
 run genusage sandbox generate --patients 5
 check "sandbox generate without --out exits 2" test $rc -eq 2
 
