@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 
@@ -388,12 +389,32 @@ public:
                     }
                 }
             } restore{this, relaxed};
-            session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
+            // Expired records are purged at most once a minute (of now_s), not on every call: the
+            // table stays bounded, and the check below does not depend on the purge.
+            if (now_s < jti_purged_at_ || now_s - jti_purged_at_ >= kJtiPurgeSeconds) {
+                session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
+                jti_purged_at_ = now_s;
+            }
             // One statement, atomic on both databases: another process that recorded the same jti
-            // first makes this one insert nothing.
+            // first makes this one change nothing; a record of that jti that has expired (not yet
+            // purged) is taken over.
+            const std::string insert =
+                "INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti)"
+                " DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
+            if (backend_ == SqlBackend::sqlite) {
+                // SQLite (one connection for the store's life): the statement is compiled once and
+                // run again with the values bound by reference.
+                jti_args_ = {issuer, jti, static_cast<Poco::Int64>(expires_at), static_cast<Poco::Int64>(now_s)};
+                if (!jti_insert_) {
+                    jti_insert_ = std::make_unique<Statement>(session_);
+                    *jti_insert_ << insert, use(jti_args_.issuer), use(jti_args_.jti), use(jti_args_.expires_at),
+                        use(jti_args_.now);
+                }
+                return jti_insert_->execute() == 1;
+            }
             Statement s(session_);
-            s << q("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti) DO NOTHING"),
-                bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at));
+            s << q(insert), bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at)),
+                bind(static_cast<Poco::Int64>(now_s));
             return s.execute() == 1;
         });
     }
@@ -562,14 +583,23 @@ public:
     }
 
 private:
+    static constexpr EpochSeconds kJtiPurgeSeconds = 60;
+    EpochSeconds jti_purged_at_ = 0;  // now_s of the last purge of expired replay records
+
     std::string q(const std::string& portable) const { return sql_for(portable, backend_); }
 
     // Commits that do not wait for the disk (true), or the store's usual durable commits (false).
     void relax_durability(bool relaxed) {
         if (backend_ == SqlBackend::postgresql)
             session_ << (relaxed ? "SET synchronous_commit TO OFF" : "SET synchronous_commit TO ON"), now;
-        else if (location_ != ":memory:")
-            session_ << (relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL"), now;
+        else if (location_ != ":memory:") {
+            auto& stmt = relaxed ? sync_normal_ : sync_full_;
+            if (!stmt) {
+                stmt = std::make_unique<Statement>(session_);
+                *stmt << (relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL");
+            }
+            stmt->execute();
+        }
     }
 
     // Brings the schema to latest_schema_version(), in one transaction that holds off other processes
@@ -758,6 +788,13 @@ private:
     std::string conninfo_, password_;  // PostgreSQL: to connect again
     std::recursive_mutex mutex_;
     int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
+    // SQLite: the replay check's statements, compiled once, destroyed before
+    // the session (their values bound by reference).
+    struct JtiArgs {
+        std::string issuer, jti;
+        Poco::Int64 expires_at = 0, now = 0;
+    } jti_args_;
+    std::unique_ptr<Statement> jti_insert_, sync_normal_, sync_full_;
 };
 
 Connection open_sqlite(const std::string& path) {

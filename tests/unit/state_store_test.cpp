@@ -152,6 +152,11 @@ TEST_CASE("jti replay protection until expiry") {
         CHECK_FALSE(s->remember_jti("iss", "j1", 200, 150));   // replay
         CHECK(s->remember_jti("other-iss", "j1", 200, 150));   // per issuer
         CHECK(s->remember_jti("iss", "j1", 400, 250));         // expired record purged
+        // Within a minute of the last purge an expired record is still there, and is taken over.
+        CHECK(s->remember_jti("iss", "j3", 260, 255));
+        CHECK_FALSE(s->remember_jti("iss", "j3", 260, 258));
+        CHECK(s->remember_jti("iss", "j3", 400, 270));         // j3's record expired at 260
+        CHECK_FALSE(s->remember_jti("iss", "j3", 400, 280));   // and the new one holds
     }
 }
 
