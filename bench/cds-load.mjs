@@ -9,8 +9,17 @@
 //   node bench/cds-load.mjs --url URL [--body FILE] [--method GET|POST] [--seconds N] [--connections N]
 //                           [--key JWK_FILE --iss ISS [--alg ES384|RS384] [--pool N]]
 //                           [--rate N]       (calls per second in all; default: as fast as answered)
+//                           [--pid PID]      (the server's: its CPU time per call is reported, which
+//                                             other work on a shared machine does not change much)
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
+
+// CPU seconds (user + system) of a process so far, from /proc (clock ticks of 1/100 s).
+function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
 import { createPrivateKey, randomUUID, sign } from 'node:crypto';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -49,6 +58,7 @@ function args(argv) {
     else if (k === '--iss') o.iss = v;
     else if (k === '--alg') o.alg = v;
     else if (k === '--pool') o.pool = Number(v);
+    else if (k === '--pid') o.pid = Number(v);
     else throw new Error(`unknown argument ${k}`);
   }
   if (!o.url) throw new Error('--url is required');
@@ -155,6 +165,7 @@ async function main() {
   const latencies = [];
   const statuses = {};
   const conns = Array.from({ length: o.connections }, () => new Conn(url));
+  const cpu0 = o.pid ? cpuSeconds(o.pid) : 0;
   const started = performance.now();
   const end = started + o.seconds * 1000;
   const interval = o.rate > 0 ? (1000 * o.connections) / o.rate : 0;
@@ -183,6 +194,7 @@ async function main() {
 
   await Promise.all(conns.map((_, n) => worker(n)));
   const elapsed = (performance.now() - started) / 1000;
+  const cpu = o.pid ? cpuSeconds(o.pid) - cpu0 : 0;
   conns.forEach((c) => c.close());
   latencies.sort((a, b) => a - b);
   const q = (p) => Number((latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] ?? 0).toFixed(3));
@@ -200,6 +212,7 @@ async function main() {
     presigned: signed ? tokens.length : undefined,
     sign_s: signed ? Number(signed.signSeconds.toFixed(1)) : undefined,
     pool_exhausted: o.key ? exhausted : undefined,
+    server_cpu_us_per_call: o.pid && latencies.length ? Math.round((cpu * 1e6) / latencies.length) : undefined,
     statuses,
   }) + '\n');
 }
