@@ -12,11 +12,13 @@
 #include <stdexcept>
 
 #include <libpq-fe.h>
+#include <sqlite3.h>
 
 #include <Poco/Data/PostgreSQL/Connector.h>
 #include <Poco/Data/PostgreSQL/SessionImpl.h>
 #include <Poco/Data/RecordSet.h>
 #include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/SQLite/Utility.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
 #include <Poco/Exception.h>
@@ -96,6 +98,55 @@ Session postgresql_session(const std::string& shown, const std::string& conninfo
         throw StateError(shown + ": cannot connect: " + hide_password(e.displayText()));
     }
 }
+
+// An SQLite statement compiled once for the life of its connection and run again with new values
+// (sqlite3_reset, rebind): the per-call reads of the CDS service would otherwise spend most of
+// their time in sqlite3_prepare. Only for statements whose text never changes.
+class SqlitePrepared {
+public:
+    SqlitePrepared(sqlite3* db, std::string where, const char* sql) : db_(db), where_(std::move(where)) {
+        if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK)
+            throw StateError(where_ + ": cannot prepare a statement: " + sqlite3_errmsg(db));
+    }
+    SqlitePrepared(const SqlitePrepared&) = delete;
+    SqlitePrepared& operator=(const SqlitePrepared&) = delete;
+    ~SqlitePrepared() { sqlite3_finalize(stmt_); }
+
+    // Binds `text` then `integers` to the parameters in order and calls row(stmt) for each row.
+    template <class Row>
+    void run(const std::vector<const std::string*>& text, const std::vector<std::int64_t>& integers, Row&& row) {
+        struct Reset {
+            sqlite3_stmt* s;
+            ~Reset() {
+                sqlite3_reset(s);
+                sqlite3_clear_bindings(s);
+            }
+        } reset{stmt_};
+        int i = 1;
+        for (const auto* t : text)
+            check(sqlite3_bind_text(stmt_, i++, t->data(), static_cast<int>(t->size()), SQLITE_STATIC));
+        for (const auto n : integers) check(sqlite3_bind_int64(stmt_, i++, n));
+        for (;;) {
+            const int rc = sqlite3_step(stmt_);
+            if (rc == SQLITE_DONE) return;
+            if (rc != SQLITE_ROW) throw StateError(where_ + ": a read failed: " + sqlite3_errmsg(db_));
+            row(stmt_);
+        }
+    }
+
+    static std::string text(sqlite3_stmt* s, int column) {
+        const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, column));
+        return p == nullptr ? std::string() : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s, column)));
+    }
+
+private:
+    void check(int rc) const {
+        if (rc != SQLITE_OK) throw StateError(where_ + ": cannot bind a value: " + sqlite3_errmsg(db_));
+    }
+    sqlite3* db_;
+    std::string where_;  // the database, for messages
+    sqlite3_stmt* stmt_ = nullptr;
+};
 
 class SqlStore final : public StateStore {
 public:
@@ -542,6 +593,29 @@ public:
 
     std::vector<IssuedCard> issued_cards_for_patient(const std::string& issuer, const std::string& service_id,
                                                      const std::string& patient) override {
+        if (backend_ == SqlBackend::sqlite)
+            return locked([&] {
+                if (!issued_for_patient_)
+                    issued_for_patient_ = std::make_unique<SqlitePrepared>(
+                        Poco::Data::SQLite::Utility::dbHandle(session_), location_,
+                        "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
+                        " FROM cds_issued_cards WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid");
+                std::vector<IssuedCard> out;
+                issued_for_patient_->run({&issuer, &service_id, &patient}, {}, [&](sqlite3_stmt* st) {
+                    IssuedCard c;
+                    c.issuer = SqlitePrepared::text(st, 0);
+                    c.service_id = SqlitePrepared::text(st, 1);
+                    c.card_uuid = SqlitePrepared::text(st, 2);
+                    c.patient = SqlitePrepared::text(st, 3);
+                    c.rule_id = SqlitePrepared::text(st, 4);
+                    c.order = SqlitePrepared::text(st, 5);
+                    c.severity = SqlitePrepared::text(st, 6);
+                    c.evidence_hash = SqlitePrepared::text(st, 7);
+                    c.issued_at = sqlite3_column_int64(st, 8);
+                    out.push_back(std::move(c));
+                });
+                return out;
+            });
         return select_issued("WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid",
                              {issuer, service_id, patient});
     }
@@ -559,6 +633,27 @@ public:
 
     std::vector<CardOverride> overrides_in_force(const std::string& issuer, const std::string& patient,
                                                  EpochSeconds now_s) override {
+        if (backend_ == SqlBackend::sqlite)
+            return locked([&] {
+                if (!overrides_in_force_)
+                    overrides_in_force_ = std::make_unique<SqlitePrepared>(
+                        Poco::Data::SQLite::Utility::dbHandle(session_), location_,
+                        "SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
+                        " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref");
+                std::vector<CardOverride> out;
+                overrides_in_force_->run({&issuer, &patient}, {now_s}, [&](sqlite3_stmt* st) {
+                    CardOverride o;
+                    o.issuer = SqlitePrepared::text(st, 0);
+                    o.patient = SqlitePrepared::text(st, 1);
+                    o.rule_id = SqlitePrepared::text(st, 2);
+                    o.order = SqlitePrepared::text(st, 3);
+                    o.card_uuid = SqlitePrepared::text(st, 4);
+                    o.evidence_hash = SqlitePrepared::text(st, 5);
+                    o.until = sqlite3_column_int64(st, 6);
+                    out.push_back(std::move(o));
+                });
+                return out;
+            });
         return locked([&] {
             Statement s(session_);
             s << q("SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
@@ -795,6 +890,8 @@ private:
         Poco::Int64 expires_at = 0, now = 0;
     } jti_args_;
     std::unique_ptr<Statement> jti_insert_, sync_normal_, sync_full_;
+    // SQLite: the CDS call's two reads, compiled once (destroyed before the session too).
+    std::unique_ptr<SqlitePrepared> issued_for_patient_, overrides_in_force_;
 };
 
 Connection open_sqlite(const std::string& path) {
