@@ -138,14 +138,24 @@ std::size_t ExplainCache::estimate(const ExplainSnapshot& s, const rules::Findin
 }
 
 void ExplainCache::evict_locked(std::int64_t now) {
-    for (auto it = lru_.begin(); it != lru_.end();) {  // expired entries first
-        if (it->second.expires < now) {
-            bytes_ -= it->second.bytes;
-            index_.erase(it->first);
-            it = lru_.erase(it);
-        } else {
-            ++it;
+    // Expired entries first. An entry expires only when `now` (whole seconds) moves past it, so the
+    // whole list is swept once per second of `now`, not on every put; within the same second only
+    // the entry just put can be expired already (get() refuses expired entries in any case).
+    if (now != swept_at_) {
+        swept_at_ = now;
+        for (auto it = lru_.begin(); it != lru_.end();) {
+            if (it->second.expires < now) {
+                bytes_ -= it->second.bytes;
+                index_.erase(it->first);
+                it = lru_.erase(it);
+            } else {
+                ++it;
+            }
         }
+    } else if (!lru_.empty() && lru_.front().second.expires < now) {
+        bytes_ -= lru_.front().second.bytes;
+        index_.erase(lru_.front().first);
+        lru_.pop_front();
     }
     while (!lru_.empty() && (lru_.size() > max_entries_ || bytes_ > max_bytes_)) {
         bytes_ -= lru_.back().second.bytes;

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -109,6 +110,7 @@ private:
     List lru_;  // most recently used first
     std::unordered_map<std::string, List::iterator> index_;
     std::size_t bytes_ = 0;
+    std::int64_t swept_at_ = std::numeric_limits<std::int64_t>::min();  // the `now` of the last full sweep
 };
 
 struct ExplainReply {

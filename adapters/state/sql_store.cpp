@@ -7,15 +7,18 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 
 #include <libpq-fe.h>
+#include <sqlite3.h>
 
 #include <Poco/Data/PostgreSQL/Connector.h>
 #include <Poco/Data/PostgreSQL/SessionImpl.h>
 #include <Poco/Data/RecordSet.h>
 #include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/SQLite/Utility.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
 #include <Poco/Exception.h>
@@ -95,6 +98,55 @@ Session postgresql_session(const std::string& shown, const std::string& conninfo
         throw StateError(shown + ": cannot connect: " + hide_password(e.displayText()));
     }
 }
+
+// An SQLite statement compiled once for the life of its connection and run again with new values
+// (sqlite3_reset, rebind): the per-call reads of the CDS service would otherwise spend most of
+// their time in sqlite3_prepare. Only for statements whose text never changes.
+class SqlitePrepared {
+public:
+    SqlitePrepared(sqlite3* db, std::string where, const char* sql) : db_(db), where_(std::move(where)) {
+        if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK)
+            throw StateError(where_ + ": cannot prepare a statement: " + sqlite3_errmsg(db));
+    }
+    SqlitePrepared(const SqlitePrepared&) = delete;
+    SqlitePrepared& operator=(const SqlitePrepared&) = delete;
+    ~SqlitePrepared() { sqlite3_finalize(stmt_); }
+
+    // Binds `text` then `integers` to the parameters in order and calls row(stmt) for each row.
+    template <class Row>
+    void run(const std::vector<const std::string*>& text, const std::vector<std::int64_t>& integers, Row&& row) {
+        struct Reset {
+            sqlite3_stmt* s;
+            ~Reset() {
+                sqlite3_reset(s);
+                sqlite3_clear_bindings(s);
+            }
+        } reset{stmt_};
+        int i = 1;
+        for (const auto* t : text)
+            check(sqlite3_bind_text(stmt_, i++, t->data(), static_cast<int>(t->size()), SQLITE_STATIC));
+        for (const auto n : integers) check(sqlite3_bind_int64(stmt_, i++, n));
+        for (;;) {
+            const int rc = sqlite3_step(stmt_);
+            if (rc == SQLITE_DONE) return;
+            if (rc != SQLITE_ROW) throw StateError(where_ + ": a read failed: " + sqlite3_errmsg(db_));
+            row(stmt_);
+        }
+    }
+
+    static std::string text(sqlite3_stmt* s, int column) {
+        const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, column));
+        return p == nullptr ? std::string() : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s, column)));
+    }
+
+private:
+    void check(int rc) const {
+        if (rc != SQLITE_OK) throw StateError(where_ + ": cannot bind a value: " + sqlite3_errmsg(db_));
+    }
+    sqlite3* db_;
+    std::string where_;  // the database, for messages
+    sqlite3_stmt* stmt_ = nullptr;
+};
 
 class SqlStore final : public StateStore {
 public:
@@ -409,12 +461,32 @@ public:
                     }
                 }
             } restore{this, relaxed};
-            session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
+            // Expired records are purged at most once a minute (of now_s), not on every call: the
+            // table stays bounded, and the check below does not depend on the purge.
+            if (now_s < jti_purged_at_ || now_s - jti_purged_at_ >= kJtiPurgeSeconds) {
+                session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
+                jti_purged_at_ = now_s;
+            }
             // One statement, atomic on both databases: another process that recorded the same jti
-            // first makes this one insert nothing.
+            // first makes this one change nothing; a record of that jti that has expired (not yet
+            // purged) is taken over.
+            const std::string insert =
+                "INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti)"
+                " DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
+            if (backend_ == SqlBackend::sqlite) {
+                // SQLite (one connection for the store's life): the statement is compiled once and
+                // run again with the values bound by reference.
+                jti_args_ = {issuer, jti, static_cast<Poco::Int64>(expires_at), static_cast<Poco::Int64>(now_s)};
+                if (!jti_insert_) {
+                    jti_insert_ = std::make_unique<Statement>(session_);
+                    *jti_insert_ << insert, use(jti_args_.issuer), use(jti_args_.jti), use(jti_args_.expires_at),
+                        use(jti_args_.now);
+                }
+                return jti_insert_->execute() == 1;
+            }
             Statement s(session_);
-            s << q("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti) DO NOTHING"),
-                bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at));
+            s << q(insert), bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at)),
+                bind(static_cast<Poco::Int64>(now_s));
             return s.execute() == 1;
         });
     }
@@ -542,6 +614,29 @@ public:
 
     std::vector<IssuedCard> issued_cards_for_patient(const std::string& issuer, const std::string& service_id,
                                                      const std::string& patient) override {
+        if (backend_ == SqlBackend::sqlite)
+            return locked([&] {
+                if (!issued_for_patient_)
+                    issued_for_patient_ = std::make_unique<SqlitePrepared>(
+                        Poco::Data::SQLite::Utility::dbHandle(session_), location_,
+                        "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
+                        " FROM cds_issued_cards WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid");
+                std::vector<IssuedCard> out;
+                issued_for_patient_->run({&issuer, &service_id, &patient}, {}, [&](sqlite3_stmt* st) {
+                    IssuedCard c;
+                    c.issuer = SqlitePrepared::text(st, 0);
+                    c.service_id = SqlitePrepared::text(st, 1);
+                    c.card_uuid = SqlitePrepared::text(st, 2);
+                    c.patient = SqlitePrepared::text(st, 3);
+                    c.rule_id = SqlitePrepared::text(st, 4);
+                    c.order = SqlitePrepared::text(st, 5);
+                    c.severity = SqlitePrepared::text(st, 6);
+                    c.evidence_hash = SqlitePrepared::text(st, 7);
+                    c.issued_at = sqlite3_column_int64(st, 8);
+                    out.push_back(std::move(c));
+                });
+                return out;
+            });
         return select_issued("WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid",
                              {issuer, service_id, patient});
     }
@@ -559,6 +654,27 @@ public:
 
     std::vector<CardOverride> overrides_in_force(const std::string& issuer, const std::string& patient,
                                                  EpochSeconds now_s) override {
+        if (backend_ == SqlBackend::sqlite)
+            return locked([&] {
+                if (!overrides_in_force_)
+                    overrides_in_force_ = std::make_unique<SqlitePrepared>(
+                        Poco::Data::SQLite::Utility::dbHandle(session_), location_,
+                        "SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
+                        " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref");
+                std::vector<CardOverride> out;
+                overrides_in_force_->run({&issuer, &patient}, {now_s}, [&](sqlite3_stmt* st) {
+                    CardOverride o;
+                    o.issuer = SqlitePrepared::text(st, 0);
+                    o.patient = SqlitePrepared::text(st, 1);
+                    o.rule_id = SqlitePrepared::text(st, 2);
+                    o.order = SqlitePrepared::text(st, 3);
+                    o.card_uuid = SqlitePrepared::text(st, 4);
+                    o.evidence_hash = SqlitePrepared::text(st, 5);
+                    o.until = sqlite3_column_int64(st, 6);
+                    out.push_back(std::move(o));
+                });
+                return out;
+            });
         return locked([&] {
             Statement s(session_);
             s << q("SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
@@ -583,14 +699,23 @@ public:
     }
 
 private:
+    static constexpr EpochSeconds kJtiPurgeSeconds = 60;
+    EpochSeconds jti_purged_at_ = 0;  // now_s of the last purge of expired replay records
+
     std::string q(const std::string& portable) const { return sql_for(portable, backend_); }
 
     // Commits that do not wait for the disk (true), or the store's usual durable commits (false).
     void relax_durability(bool relaxed) {
         if (backend_ == SqlBackend::postgresql)
             session_ << (relaxed ? "SET synchronous_commit TO OFF" : "SET synchronous_commit TO ON"), now;
-        else if (location_ != ":memory:")
-            session_ << (relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL"), now;
+        else if (location_ != ":memory:") {
+            auto& stmt = relaxed ? sync_normal_ : sync_full_;
+            if (!stmt) {
+                stmt = std::make_unique<Statement>(session_);
+                *stmt << (relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL");
+            }
+            stmt->execute();
+        }
     }
 
     // Brings the schema to latest_schema_version(), in one transaction that holds off other processes
@@ -779,6 +904,15 @@ private:
     std::string conninfo_, password_;  // PostgreSQL: to connect again
     std::recursive_mutex mutex_;
     int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
+    // SQLite: the replay check's statements, compiled once, destroyed before
+    // the session (their values bound by reference).
+    struct JtiArgs {
+        std::string issuer, jti;
+        Poco::Int64 expires_at = 0, now = 0;
+    } jti_args_;
+    std::unique_ptr<Statement> jti_insert_, sync_normal_, sync_full_;
+    // SQLite: the CDS call's two reads, compiled once (destroyed before the session too).
+    std::unique_ptr<SqlitePrepared> issued_for_patient_, overrides_in_force_;
 };
 
 Connection open_sqlite(const std::string& path) {

@@ -380,6 +380,21 @@ TEST_CASE("explanation pages: served from the bounded cache; 401 for bad tokens,
     CHECK(lru.get("a", test::kNow));
     CHECK(!lru.get("b", test::kNow));
     CHECK(!lru.get("c", test::kNow + 11));  // expired
+    // Expired entries are swept by the first put of a later second, and an entry put already
+    // expired does not stay.
+    cds::ExplainCache sweep(10, 1 << 20);
+    sweep.put("a", e, test::kNow);
+    sweep.put("b", e, test::kNow);
+    sweep.put("c", e, test::kNow + 5);
+    CHECK(sweep.size() == 3);
+    cds::ExplainEntry later = e;
+    later.expires = test::kNow + 100;
+    sweep.put("d", later, test::kNow + 11);  // a, b and c expired at kNow + 10
+    CHECK(sweep.size() == 1);
+    CHECK(sweep.bytes() == 10);
+    sweep.put("e", e, test::kNow + 11);  // expired when put, in a second already swept
+    CHECK(sweep.size() == 1);
+    CHECK(sweep.get("d", test::kNow + 11));
 }
 
 TEST_CASE("explanation page: bounded whatever the data (chart points, notes)") {

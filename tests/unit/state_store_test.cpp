@@ -170,6 +170,11 @@ TEST_CASE("jti replay protection until expiry") {
         CHECK_FALSE(s->remember_jti("iss", "j1", 200, 150));   // replay
         CHECK(s->remember_jti("other-iss", "j1", 200, 150));   // per issuer
         CHECK(s->remember_jti("iss", "j1", 400, 250));         // expired record purged
+        // Within a minute of the last purge an expired record is still there, and is taken over.
+        CHECK(s->remember_jti("iss", "j3", 260, 255));
+        CHECK_FALSE(s->remember_jti("iss", "j3", 260, 258));
+        CHECK(s->remember_jti("iss", "j3", 400, 270));         // j3's record expired at 260
+        CHECK_FALSE(s->remember_jti("iss", "j3", 400, 280));   // and the new one holds
     }
 }
 
@@ -448,6 +453,41 @@ TEST_CASE("leases: one holder at a time, taken over once expired, extended and g
         s->release("srv", "feed", "poller-b");
         CHECK(s->lease_holder("srv", "feed", 250).empty());
         CHECK(s->claim("srv", "feed", "poller-a", 400, 250));
+    }
+}
+
+TEST_CASE("the CDS call's reads see another connection's writes after their first use") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto reader = backend.open_fresh();
+        auto writer = backend.open_again();
+        CHECK(reader->issued_cards_for_patient("iss", "svc", "Patient/1").empty());
+        CHECK(reader->overrides_in_force("iss", "Patient/1", 100).empty());
+        IssuedCard c;
+        c.issuer = "iss";
+        c.service_id = "svc";
+        c.card_uuid = "u1";
+        c.patient = "Patient/1";
+        c.rule_id = "r1";
+        c.severity = "high";
+        c.evidence_hash = "h1";
+        c.issued_at = 10;
+        writer->put_issued_card(c);
+        writer->put_override({"iss", "Patient/1", "r1", "", "u1", "h1", 500});
+        auto cards = reader->issued_cards_for_patient("iss", "svc", "Patient/1");
+        REQUIRE(cards.size() == 1);
+        CHECK(cards[0].evidence_hash == "h1");
+        CHECK(cards[0].issued_at == 10);
+        c.evidence_hash = "h2";
+        writer->put_issued_card(c);
+        cards = reader->issued_cards_for_patient("iss", "svc", "Patient/1");
+        REQUIRE(cards.size() == 1);
+        CHECK(cards[0].evidence_hash == "h2");
+        CHECK(reader->issued_cards_for_patient("iss", "svc", "Patient/2").empty());
+        auto in_force = reader->overrides_in_force("iss", "Patient/1", 100);
+        REQUIRE(in_force.size() == 1);
+        CHECK(in_force[0].until == 500);
+        CHECK(reader->overrides_in_force("iss", "Patient/1", 600).empty());
     }
 }
 
