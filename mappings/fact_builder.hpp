@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -88,13 +89,19 @@ private:
     // Takes back everything `record` gave to `p`; the number of items taken back.
     std::size_t take_back(std::uint64_t record, rules::PatientFacts* p);
     // The resource `key` in version `v` was read (record, patient): only the latest version counts.
-    void settle(const std::string& key, Version v, std::uint64_t record, rules::PatientFacts* p, bool deleted);
+    void settle(std::string_view key, Version v, std::uint64_t record, rules::PatientFacts* p, bool deleted);
+    // A copy of `key` that lives as long as the builder (held_'s keys).
+    std::string_view keep_key(std::string_view key);
 
     const Terminology& term_;
     std::string server_base_;
     std::map<std::string, rules::PatientFacts> patients_;
     std::unordered_map<const rules::PatientFacts*, Owners> owners_;
-    std::unordered_map<std::string, Held> held_;  // "Type/id" -> the version that counts
+    std::unordered_map<std::string_view, Held> held_;  // "Type/id" -> the version that counts
+    std::vector<std::unique_ptr<char[]>> key_chunks_;  // the bytes of held_'s keys (never moved)
+    char* key_next_ = nullptr;                         // the free part of the last chunk
+    std::size_t key_left_ = 0;
+    std::string key_;  // the key of the resource being read (reused)
     std::vector<fhir::Problem> problems_;
     std::uint64_t records_ = 0;       // resources read so far (record ids start at 1)
     std::uint64_t reads_ = 0;         // versions settled so far (Version::read)
