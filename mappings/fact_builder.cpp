@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <stdexcept>
 #include <set>
 
 #include "fhir/datetime.hpp"
@@ -169,15 +171,49 @@ std::string_view FactBuilder::keep_key(std::string_view key) {
     return kept;
 }
 
+FactBuilder::Held* FactBuilder::find_held(std::string_view key, std::size_t hash) {
+    if (held_slots_.empty()) return nullptr;
+    const std::size_t mask = held_slots_.size() - 1;
+    const auto tag = static_cast<std::uint32_t>(hash >> 32);
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+        const HeldSlot s = held_slots_[i];
+        if (s.entry == 0) return nullptr;
+        if (s.tag == tag) {
+            HeldEntry& e = held_[s.entry - 1];
+            if (e.hash == hash && e.key == key) return &e.held;
+        }
+    }
+}
+
+void FactBuilder::place_held(std::size_t entry) {
+    const std::size_t mask = held_slots_.size() - 1;
+    const std::size_t hash = held_[entry].hash;
+    std::size_t i = hash & mask;
+    while (held_slots_[i].entry != 0) i = (i + 1) & mask;
+    held_slots_[i] = {static_cast<std::uint32_t>(entry + 1), static_cast<std::uint32_t>(hash >> 32)};
+}
+
+void FactBuilder::add_held(std::string_view key, std::size_t hash, Held held) {
+    if (held_.size() >= std::numeric_limits<std::uint32_t>::max() - 1)
+        throw std::length_error("more than 4 billion resources in one evaluation");
+    if ((held_.size() + 1) * 2 > held_slots_.size()) {
+        held_slots_.assign(std::max<std::size_t>(1024, held_slots_.size() * 2), HeldSlot{});
+        for (std::size_t e = 0; e < held_.size(); ++e) place_held(e);
+    }
+    held_.push_back({keep_key(key), hash, std::move(held)});
+    place_held(held_.size() - 1);
+}
+
 void FactBuilder::settle(std::string_view key_text, Version v, std::uint64_t record, rules::PatientFacts* p,
                          bool deleted) {
     Held incoming{std::move(v), record, p, deleted};
-    auto it = held_.find(key_text);
-    if (it == held_.end()) {
-        held_.emplace(keep_key(key_text), std::move(incoming));
+    const std::size_t hash = std::hash<std::string_view>{}(key_text);
+    Held* found = find_held(key_text, hash);
+    if (!found) {
+        add_held(key_text, hash, std::move(incoming));
         return;
     }
-    Held& held = it->second;
+    Held& held = *found;
     const std::string key(key_text);
     // Which of the two counts, and what decided it.
     const Version& a = incoming.version;
@@ -256,7 +292,7 @@ void FactBuilder::on_resource(const rapidjson::Value& json, std::string_view typ
     key_.assign(type);
     key_ += '/';
     key_ += base.id();  // base.reference(), without a new string
-    if (!touched_ && v.id.empty() && !v.updated && !held_.count(key_)) return;
+    if (!touched_ && v.id.empty() && !v.updated && !find_held(key_, std::hash<std::string_view>{}(key_))) return;
     v.read = ++reads_;
     settle(key_, std::move(v), current_, touched_, false);
 }

@@ -97,7 +97,22 @@ private:
     std::string server_base_;
     std::map<std::string, rules::PatientFacts> patients_;
     std::unordered_map<const rules::PatientFacts*, Owners> owners_;
-    std::unordered_map<std::string_view, Held> held_;  // "Type/id" -> the version that counts
+    // The version that counts of each resource: "Type/id" -> Held, an open-addressing table (one
+    // probe sequence in a flat array of slots instead of a node per resource).
+    struct HeldEntry {
+        std::string_view key;  // its bytes in key_chunks_
+        std::size_t hash = 0;
+        Held held;
+    };
+    struct HeldSlot {
+        std::uint32_t entry = 0;  // 1 + the index in held_; 0: empty
+        std::uint32_t tag = 0;    // the hash's high bits
+    };
+    Held* find_held(std::string_view key, std::size_t hash);
+    void add_held(std::string_view key, std::size_t hash, Held held);
+    void place_held(std::size_t entry);
+    std::vector<HeldEntry> held_;
+    std::vector<HeldSlot> held_slots_;                 // a power of two, at most half full
     std::vector<std::unique_ptr<char[]>> key_chunks_;  // the bytes of held_'s keys (never moved)
     char* key_next_ = nullptr;                         // the free part of the last chunk
     std::size_t key_left_ = 0;
