@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <type_traits>
 
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
@@ -22,6 +23,9 @@ namespace {
 // guard validates every string and key itself, to know the path and to be able to keep going).
 constexpr unsigned kRecursiveFlags = rapidjson::kParseStopWhenDoneFlag;
 constexpr unsigned kIterativeFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag;
+// The same, parsing a copy of the text in place (JsonParseOptions::insitu).
+constexpr unsigned kInsituRecursiveFlags = kRecursiveFlags | rapidjson::kParseInsituFlag;
+constexpr unsigned kInsituIterativeFlags = kIterativeFlags | rapidjson::kParseInsituFlag;
 
 // Above this many numbers out of range, a keep_going parse gives up (each one costs a reparse);
 // above this many defects of any kind too (each one is kept with its path).
@@ -106,13 +110,36 @@ std::string key_at(std::string_view text, std::size_t end) {
     return sanitized(std::string_view(k.GetString(), k.GetStringLength()));
 }
 
+// The text parsed in place (JsonParseOptions::insitu): RapidJSON's InsituStringStream without
+// its copy optimisation. With it, the reader works on a local copy of the stream and writes the
+// position back only after the handler has run, so the guard, which reads the position in the
+// handler (for offsets and paths), would see a stale one.
+struct InsituStream {
+    using Ch = char;
+    explicit InsituStream(char* s) : src_(s), dst_(nullptr), head_(s) {}
+    Ch Peek() const { return *src_; }
+    Ch Take() { return *src_++; }
+    std::size_t Tell() const { return static_cast<std::size_t>(src_ - head_); }
+    Ch* PutBegin() { return dst_ = src_; }
+    void Put(Ch c) { *dst_++ = c; }
+    void Flush() {}
+    std::size_t PutEnd(Ch* begin) { return static_cast<std::size_t>(dst_ - begin); }
+
+private:
+    Ch* src_;
+    Ch* dst_;
+    Ch* head_;
+};
+
 // Sits between RapidJSON's reader and the Document: counts depth, keeps the path, checks strings
 // and numbers. In keep_going mode a bad value becomes null (and a defect); otherwise the first
-// problem stops the parse. Sink is the Document, or a handler that drops everything.
-template <typename Sink>
+// problem stops the parse. Sink is the Document, or a handler that drops everything. Stream is
+// what the reader reads (the text itself, or a copy parsed in place); `text` is always the
+// original bytes, at the same offsets.
+template <typename Sink, typename Stream>
 class Guard {
 public:
-    Guard(std::string_view text, const rapidjson::MemoryStream& in, const JsonParseOptions& options,
+    Guard(std::string_view text, Stream& in, const JsonParseOptions& options,
           const std::map<std::size_t, std::string>& patched)
         : text_(text), in_(in), options_(options), patched_(patched) {}
 
@@ -270,7 +297,7 @@ private:
     }
 
     std::string_view text_;
-    const rapidjson::MemoryStream& in_;
+    Stream& in_;
     const JsonParseOptions& options_;
     const std::map<std::size_t, std::string>& patched_;
     Sink* doc_ = nullptr;
@@ -428,16 +455,19 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
     std::map<std::size_t, std::string> patched;
     std::string_view text = bytes;
 
-    auto run = [&](bool build, bool iterative, Attempt& attempt) -> std::optional<JsonError> {
-        rapidjson::MemoryStream in(text.data(), text.size());
+    // Parses from `in` (positioned at the start of the text) with the Document built or not.
+    auto run_on = [&](auto& in, auto insitu, bool build, bool iterative, Attempt& attempt) -> std::optional<JsonError> {
+        using Stream = std::remove_reference_t<decltype(in)>;
         for (std::size_t i = 0; i < skip; ++i) in.Take();
         rapidjson::Reader reader;
         auto parse = [&](auto& guard) {
             if (iterative) {
                 guard.allow_skipping();
-                reader.Parse<kIterativeFlags>(in, guard);
+                if constexpr (decltype(insitu)::value) reader.Parse<kInsituIterativeFlags>(in, guard);
+                else reader.Parse<kIterativeFlags>(in, guard);
             } else {
-                reader.Parse<kRecursiveFlags>(in, guard);
+                if constexpr (decltype(insitu)::value) reader.Parse<kInsituRecursiveFlags>(in, guard);
+                else reader.Parse<kRecursiveFlags>(in, guard);
             }
             return !reader.HasParseError();
         };
@@ -462,12 +492,12 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
         };
         if (!build) {  // only the errors count: the events go nowhere
             rapidjson::BaseReaderHandler<> sink;
-            Guard<rapidjson::BaseReaderHandler<>> guard(text, in, options, patched);
+            Guard<rapidjson::BaseReaderHandler<>, Stream> guard(text, in, options, patched);
             guard.attach(sink);
             parse(guard);
             return outcome(guard);
         }
-        Guard<rapidjson::Document> guard(text, in, options, patched);
+        Guard<rapidjson::Document, Stream> guard(text, in, options, patched);
         auto generate = [&](rapidjson::Document& d) {
             guard.attach(d);
             return parse(guard);
@@ -475,6 +505,17 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
         doc.SetNull();
         doc.Populate(generate);
         return outcome(guard);
+    };
+    auto run = [&](bool build, bool iterative, Attempt& attempt) -> std::optional<JsonError> {
+        if (options.insitu && text.data() == bytes.data()) {
+            // A fresh copy for every attempt: a parse in place overwrites what it has read.
+            std::memcpy(options.insitu, text.data(), text.size());
+            options.insitu[text.size()] = '\0';
+            InsituStream in(options.insitu);
+            return run_on(in, std::true_type{}, build, iterative, attempt);
+        }
+        rapidjson::MemoryStream in(text.data(), text.size());
+        return run_on(in, std::false_type{}, build, iterative, attempt);
     };
 
     Attempt attempt;

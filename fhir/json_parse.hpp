@@ -72,6 +72,12 @@ struct JsonParseOptions {
     bool keep_going = false;
     // Stop after the first JSON value: `end` says where it ended (for telling NDJSON apart).
     bool allow_trailing = false;
+    // When set: a writable buffer of at least bytes.size() + 1 chars. The text is copied there
+    // (with a '\0' after it) and parsed in place, so the Document's strings point into it instead
+    // of being copied into the allocator: the buffer must outlive the Document and stay unchanged
+    // while the Document is read. Offsets, limits and messages are those of a parse of `bytes`
+    // (which is only read). A parse that has to patch numbers out of range does not use it.
+    char* insitu = nullptr;
 };
 
 struct JsonParseResult {

@@ -236,9 +236,12 @@ std::string_view line_body(std::string_view& text) {
     return body;
 }
 
-JsonParseResult parse_line(rapidjson::Document& doc, std::string_view text) {
+// `scratch`: text.size() + 1 writable chars; the line is parsed in place in a copy there, so the
+// Document's strings point into it (see JsonParseOptions::insitu).
+JsonParseResult parse_line(rapidjson::Document& doc, std::string_view text, char* scratch) {
     JsonParseOptions options;
     options.keep_going = true;
+    options.insitu = scratch;
     return parse_untrusted_json(doc, text, options);
 }
 
@@ -253,8 +256,9 @@ public:
     void line(std::string_view text, std::size_t number) {
         if (line_body(text).empty()) return;
         {
+            if (scratch_.size() < text.size() + 1) scratch_.resize(text.size() + 1);
             rapidjson::Document doc(&pool_);
-            const JsonParseResult parsed = parse_line(doc, text);
+            const JsonParseResult parsed = parse_line(doc, text, scratch_.data());
             parsed_line(text, number, doc, parsed);
         }
         pool_.Clear();
@@ -287,6 +291,7 @@ private:
     ReadStats& stats_;
     Reader reader_;
     rapidjson::MemoryPoolAllocator<> pool_;
+    std::vector<char> scratch_;  // the line being parsed in place (its strings are the Document's)
 };
 
 // Lines of a stream through a buffer that holds at most the longest line kept (max_line_bytes) plus
@@ -362,16 +367,20 @@ struct Batch {
     };
     std::string text;  // the lines' bytes (their bodies, as line_body left them)
     std::vector<Line> lines;
+    std::vector<char> scratch;  // each line copied, with a '\0' after it, and parsed in place
     std::unique_ptr<rapidjson::MemoryPoolAllocator<>> pool;
     std::deque<rapidjson::Document> docs;  // one per line that is not too long
 
     std::string_view line_text(const Line& l) const { return std::string_view(text).substr(l.offset, l.size); }
     void parse() {
         pool = std::make_unique<rapidjson::MemoryPoolAllocator<>>(std::size_t{1} << 20);
+        scratch.resize(text.size() + lines.size());
+        std::size_t at = 0;
         for (auto& l : lines) {
             if (l.too_long) continue;
             docs.emplace_back(pool.get());
-            l.parsed = parse_line(docs.back(), line_text(l));
+            l.parsed = parse_line(docs.back(), line_text(l), scratch.data() + at);
+            at += l.size + 1;
         }
     }
 };

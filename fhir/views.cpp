@@ -1,5 +1,8 @@
 #include "fhir/views.hpp"
 
+#include <charconv>
+#include <cstring>
+
 namespace calcalert::fhir {
 const char* json_type_name(const Json& v) {
     if (v.IsNull()) return "null";
@@ -12,14 +15,51 @@ const char* json_type_name(const Json& v) {
 
 namespace {
 
-std::string child(const std::string& path, std::string_view name) {
-    std::string out = path;
+std::string child(std::string_view path, std::string_view name) {
+    std::string out(path);
     out += '.';
     out += name;
     return out;
 }
 
 std::string indexed(const std::string& path, std::size_t i) { return path + "[" + std::to_string(i) + "]"; }
+
+// An element path for messages, built on the stack when short (most are), since most are never
+// used: `a` + `b`, or `a` + `b` + "[i]".
+class PathText {
+public:
+    PathText(std::string_view a, std::string_view b) { set(a, b, {}, {}); }
+    PathText(std::string_view a, std::string_view b, std::size_t i) {
+        char num[24];
+        num[0] = '[';
+        const auto r = std::to_chars(num + 1, num + sizeof num - 1, i);
+        *r.ptr = ']';
+        set(a, b, std::string_view(num, static_cast<std::size_t>(r.ptr + 1 - num)), {});
+    }
+    PathText(const PathText&) = delete;
+    PathText& operator=(const PathText&) = delete;
+    operator std::string_view() const { return view_; }
+    std::string str() const { return std::string(view_); }
+
+private:
+    void set(std::string_view a, std::string_view b, std::string_view c, std::string_view d) {
+        const std::size_t n = a.size() + b.size() + c.size() + d.size();
+        char* out = buf_;
+        if (n > sizeof buf_) {
+            big_.resize(n);
+            out = big_.data();
+        }
+        char* p = out;
+        for (std::string_view part : {a, b, c, d}) {
+            if (!part.empty()) std::memcpy(p, part.data(), part.size());
+            p += part.size();
+        }
+        view_ = std::string_view(out, n);
+    }
+    char buf_[96];
+    std::string big_;
+    std::string_view view_;
+};
 
 }  // namespace
 
@@ -29,7 +69,7 @@ const Json* member(const Json& obj, std::string_view name) {
     return it == obj.MemberEnd() ? nullptr : &it->value;
 }
 
-std::optional<std::string_view> string_member(const Json& obj, std::string_view name, const std::string& path) {
+std::optional<std::string_view> string_member(const Json& obj, std::string_view name, std::string_view path) {
     const Json* v = member(obj, name);
     if (!v) return std::nullopt;
     if (!v->IsString())
@@ -37,7 +77,7 @@ std::optional<std::string_view> string_member(const Json& obj, std::string_view 
     return std::string_view(v->GetString(), v->GetStringLength());
 }
 
-std::optional<double> number_member(const Json& obj, std::string_view name, const std::string& path) {
+std::optional<double> number_member(const Json& obj, std::string_view name, std::string_view path) {
     const Json* v = member(obj, name);
     if (!v) return std::nullopt;
     if (!v->IsNumber())
@@ -45,7 +85,7 @@ std::optional<double> number_member(const Json& obj, std::string_view name, cons
     return v->GetDouble();
 }
 
-const Json* object_member(const Json& obj, std::string_view name, const std::string& path) {
+const Json* object_member(const Json& obj, std::string_view name, std::string_view path) {
     const Json* v = member(obj, name);
     if (!v) return nullptr;
     if (!v->IsObject())
@@ -53,7 +93,7 @@ const Json* object_member(const Json& obj, std::string_view name, const std::str
     return v;
 }
 
-const Json* array_member(const Json& obj, std::string_view name, const std::string& path) {
+const Json* array_member(const Json& obj, std::string_view name, std::string_view path) {
     const Json* v = member(obj, name);
     if (!v) return nullptr;
     if (!v->IsArray())
@@ -73,18 +113,18 @@ std::string_view CodeableConcept::first_code() const {
     return {};
 }
 
-CodeableConcept codeable_concept(const Json* v, const std::string& path) {
+CodeableConcept codeable_concept(const Json* v, std::string_view path) {
     CodeableConcept cc;
     if (!v) return cc;
-    if (!v->IsObject()) throw ElementError(path, std::string("expected an object, found ") + json_type_name(*v));
+    if (!v->IsObject()) throw ElementError(std::string(path), std::string("expected an object, found ") + json_type_name(*v));
     cc.present = true;
     if (auto t = string_member(*v, "text", path)) cc.text = *t;
     if (const Json* arr = array_member(*v, "coding", path)) {
         cc.coding.reserve(arr->Size());
         for (rapidjson::SizeType i = 0; i < arr->Size(); ++i) {
             const Json& c = (*arr)[i];
-            const std::string cpath = indexed(path + ".coding", i);
-            if (!c.IsObject()) throw ElementError(cpath, std::string("expected an object, found ") + json_type_name(c));
+            const PathText cpath(path, ".coding", i);
+            if (!c.IsObject()) throw ElementError(cpath.str(), std::string("expected an object, found ") + json_type_name(c));
             Coding cd;
             if (auto s = string_member(c, "system", cpath)) cd.system = *s;
             if (auto s = string_member(c, "code", cpath)) cd.code = *s;
@@ -95,14 +135,14 @@ CodeableConcept codeable_concept(const Json* v, const std::string& path) {
     return cc;
 }
 
-Quantity quantity(const Json& v, const std::string& path) {
-    if (!v.IsObject()) throw ElementError(path, std::string("expected an object, found ") + json_type_name(v));
+Quantity quantity(const Json& v, std::string_view path) {
+    if (!v.IsObject()) throw ElementError(std::string(path), std::string("expected an object, found ") + json_type_name(v));
     Quantity q;
     q.value = number_member(v, "value", path);
     if (auto s = string_member(v, "comparator", path)) {
         q.comparator = *s;
         if (q.comparator != "<" && q.comparator != "<=" && q.comparator != ">" && q.comparator != ">=")
-            throw ElementError(path + ".comparator", "unknown comparator '" + std::string(*s) + "'");
+            throw ElementError(child(path, "comparator"), "unknown comparator '" + std::string(*s) + "'");
     }
     if (auto s = string_member(v, "unit", path)) q.unit = *s;
     if (auto s = string_member(v, "system", path)) q.system = *s;
@@ -122,11 +162,11 @@ std::string_view resource_type(const Json& json, const std::string& where_path) 
 ResourceView::ResourceView(const Json& json, std::string type) : json_(&json), type_(std::move(type)) {
     if (auto s = string_member(json, "id", type_)) id_ = *s;
     if (const Json* meta = object_member(json, "meta", type_)) {
-        const std::string mpath = type_ + ".meta";
+        const PathText mpath(type_, ".meta");
         if (auto s = string_member(*meta, "versionId", mpath)) version_id_ = *s;
         if (auto s = string_member(*meta, "lastUpdated", mpath)) {
             last_updated_ = parse_datetime(*s);
-            if (!last_updated_) throw ElementError(mpath + ".lastUpdated", "not a valid instant: '" + std::string(*s) + "'");
+            if (!last_updated_) throw ElementError(child(mpath, "lastUpdated"), "not a valid instant: '" + std::string(*s) + "'");
         }
     }
 }
@@ -142,11 +182,11 @@ std::string ResourceView::versioned_reference() const {
 namespace {
 std::string_view subject_of(const Json& json, const std::string& type) {
     if (const Json* subj = object_member(json, "subject", type))
-        if (auto r = string_member(*subj, "reference", type + ".subject")) return *r;
+        if (auto r = string_member(*subj, "reference", PathText(type, ".subject"))) return *r;
     return {};
 }
 
-std::optional<EpochSeconds> time_member(const Json& obj, std::string_view name, const std::string& path) {
+std::optional<EpochSeconds> time_member(const Json& obj, std::string_view name, std::string_view path) {
     auto s = string_member(obj, name, path);
     if (!s) return std::nullopt;
     auto t = parse_datetime(*s);
@@ -187,12 +227,12 @@ namespace {
 std::optional<Quantity> range_high(const Json& obj, const std::string& path) {
     const Json* rr = array_member(obj, "referenceRange", path);
     if (!rr || rr->Empty()) return std::nullopt;
-    const std::string rpath = path + ".referenceRange[0]";
+    const PathText rpath(path, ".referenceRange[0]");
     const Json& first = (*rr)[0];
-    if (!first.IsObject()) throw ElementError(rpath, "expected an object");
+    if (!first.IsObject()) throw ElementError(rpath.str(), "expected an object");
     const Json* high = object_member(first, "high", rpath);
     if (!high) return std::nullopt;
-    Quantity q = quantity(*high, rpath + ".high");
+    Quantity q = quantity(*high, PathText(rpath, ".high"));
     if (!q.value) return std::nullopt;
     return q;
 }

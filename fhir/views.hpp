@@ -21,13 +21,13 @@ const char* json_type_name(const Json& v);
 
 // Typed member access; `path` is the FHIR path of `obj`, used in errors.
 const Json* member(const Json& obj, std::string_view name);
-std::optional<std::string_view> string_member(const Json& obj, std::string_view name, const std::string& path);
+std::optional<std::string_view> string_member(const Json& obj, std::string_view name, std::string_view path);
 // Lenient: the member's string, or "" when it is absent or not a string (for reading what a server
 // answered, where a wrong type is simply "not there").
 std::string string_or_empty(const Json& obj, std::string_view name);
-std::optional<double> number_member(const Json& obj, std::string_view name, const std::string& path);
-const Json* object_member(const Json& obj, std::string_view name, const std::string& path);
-const Json* array_member(const Json& obj, std::string_view name, const std::string& path);
+std::optional<double> number_member(const Json& obj, std::string_view name, std::string_view path);
+const Json* object_member(const Json& obj, std::string_view name, std::string_view path);
+const Json* array_member(const Json& obj, std::string_view name, std::string_view path);
 
 struct Coding {
     std::string_view system;
@@ -43,7 +43,7 @@ struct CodeableConcept {
     bool has_code(std::string_view code) const;
     std::string_view first_code() const;
 };
-CodeableConcept codeable_concept(const Json* v, const std::string& path);
+CodeableConcept codeable_concept(const Json* v, std::string_view path);
 
 struct Quantity {
     std::optional<double> value;
@@ -52,7 +52,7 @@ struct Quantity {
     std::string_view system;
     std::string_view code;
 };
-Quantity quantity(const Json& v, const std::string& path);
+Quantity quantity(const Json& v, std::string_view path);
 
 // The parts of a resource every view shares.
 class ResourceView {

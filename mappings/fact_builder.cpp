@@ -1,6 +1,10 @@
 #include "mappings/fact_builder.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
 #include <set>
 
 #include "fhir/datetime.hpp"
@@ -152,14 +156,65 @@ std::size_t FactBuilder::take_back(std::uint64_t record, rules::PatientFacts* p)
     return n;
 }
 
-void FactBuilder::settle(const std::string& key, Version v, std::uint64_t record, rules::PatientFacts* p, bool deleted) {
+std::string_view FactBuilder::keep_key(std::string_view key) {
+    constexpr std::size_t kChunk = std::size_t{1} << 16;
+    if (key.size() > key_left_) {
+        const std::size_t n = std::max(kChunk, key.size());
+        key_chunks_.push_back(std::make_unique_for_overwrite<char[]>(n));
+        key_next_ = key_chunks_.back().get();
+        key_left_ = n;
+    }
+    std::memcpy(key_next_, key.data(), key.size());
+    const std::string_view kept(key_next_, key.size());
+    key_next_ += key.size();
+    key_left_ -= key.size();
+    return kept;
+}
+
+FactBuilder::Held* FactBuilder::find_held(std::string_view key, std::size_t hash) {
+    if (held_slots_.empty()) return nullptr;
+    const std::size_t mask = held_slots_.size() - 1;
+    const auto tag = static_cast<std::uint32_t>(hash >> 32);
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+        const HeldSlot s = held_slots_[i];
+        if (s.entry == 0) return nullptr;
+        if (s.tag == tag) {
+            HeldEntry& e = held_[s.entry - 1];
+            if (e.hash == hash && e.key == key) return &e.held;
+        }
+    }
+}
+
+void FactBuilder::place_held(std::size_t entry) {
+    const std::size_t mask = held_slots_.size() - 1;
+    const std::size_t hash = held_[entry].hash;
+    std::size_t i = hash & mask;
+    while (held_slots_[i].entry != 0) i = (i + 1) & mask;
+    held_slots_[i] = {static_cast<std::uint32_t>(entry + 1), static_cast<std::uint32_t>(hash >> 32)};
+}
+
+void FactBuilder::add_held(std::string_view key, std::size_t hash, Held held) {
+    if (held_.size() >= std::numeric_limits<std::uint32_t>::max() - 1)
+        throw std::length_error("more than 4 billion resources in one evaluation");
+    if ((held_.size() + 1) * 2 > held_slots_.size()) {
+        held_slots_.assign(std::max<std::size_t>(1024, held_slots_.size() * 2), HeldSlot{});
+        for (std::size_t e = 0; e < held_.size(); ++e) place_held(e);
+    }
+    held_.push_back({keep_key(key), hash, std::move(held)});
+    place_held(held_.size() - 1);
+}
+
+void FactBuilder::settle(std::string_view key_text, Version v, std::uint64_t record, rules::PatientFacts* p,
+                         bool deleted) {
     Held incoming{std::move(v), record, p, deleted};
-    auto [it, inserted] = held_.try_emplace(key);
-    Held& held = it->second;
-    if (inserted) {
-        held = std::move(incoming);
+    const std::size_t hash = std::hash<std::string_view>{}(key_text);
+    Held* found = find_held(key_text, hash);
+    if (!found) {
+        add_held(key_text, hash, std::move(incoming));
         return;
     }
+    Held& held = *found;
+    const std::string key(key_text);
     // Which of the two counts, and what decided it.
     const Version& a = incoming.version;
     const Version& b = held.version;
@@ -234,16 +289,18 @@ void FactBuilder::on_resource(const rapidjson::Value& json, std::string_view typ
     if (base.id().empty()) return;  // no identity: never a version of another
     // A resource that gave nothing and carries no version can lose to no later copy (the one read
     // last counts), so only a copy already held needs it; everything else is held.
-    std::string key = base.reference();
-    if (!touched_ && v.id.empty() && !v.updated && !held_.count(key)) return;
+    key_.assign(type);
+    key_ += '/';
+    key_ += base.id();  // base.reference(), without a new string
+    if (!touched_ && v.id.empty() && !v.updated && !find_held(key_, std::hash<std::string_view>{}(key_))) return;
     v.read = ++reads_;
-    settle(key, std::move(v), current_, touched_, false);
+    settle(key_, std::move(v), current_, touched_, false);
 }
 
 void FactBuilder::on_deleted(std::string_view reference, std::string_view version, std::optional<std::int64_t> at,
                              const fhir::Location&) {
     Version v{std::string(version), version_number(version), at, ++reads_};
-    settle(std::string(reference), std::move(v), 0, nullptr, true);
+    settle(reference, std::move(v), 0, nullptr, true);
 }
 
 void FactBuilder::observation(const rapidjson::Value& json, const fhir::Location& where,

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -88,13 +89,34 @@ private:
     // Takes back everything `record` gave to `p`; the number of items taken back.
     std::size_t take_back(std::uint64_t record, rules::PatientFacts* p);
     // The resource `key` in version `v` was read (record, patient): only the latest version counts.
-    void settle(const std::string& key, Version v, std::uint64_t record, rules::PatientFacts* p, bool deleted);
+    void settle(std::string_view key, Version v, std::uint64_t record, rules::PatientFacts* p, bool deleted);
+    // A copy of `key` that lives as long as the builder (held_'s keys).
+    std::string_view keep_key(std::string_view key);
 
     const Terminology& term_;
     std::string server_base_;
     std::map<std::string, rules::PatientFacts> patients_;
     std::unordered_map<const rules::PatientFacts*, Owners> owners_;
-    std::unordered_map<std::string, Held> held_;  // "Type/id" -> the version that counts
+    // The version that counts of each resource: "Type/id" -> Held, an open-addressing table (one
+    // probe sequence in a flat array of slots instead of a node per resource).
+    struct HeldEntry {
+        std::string_view key;  // its bytes in key_chunks_
+        std::size_t hash = 0;
+        Held held;
+    };
+    struct HeldSlot {
+        std::uint32_t entry = 0;  // 1 + the index in held_; 0: empty
+        std::uint32_t tag = 0;    // the hash's high bits
+    };
+    Held* find_held(std::string_view key, std::size_t hash);
+    void add_held(std::string_view key, std::size_t hash, Held held);
+    void place_held(std::size_t entry);
+    std::vector<HeldEntry> held_;
+    std::vector<HeldSlot> held_slots_;                 // a power of two, at most half full
+    std::vector<std::unique_ptr<char[]>> key_chunks_;  // the bytes of held_'s keys (never moved)
+    char* key_next_ = nullptr;                         // the free part of the last chunk
+    std::size_t key_left_ = 0;
+    std::string key_;  // the key of the resource being read (reused)
     std::vector<fhir::Problem> problems_;
     std::uint64_t records_ = 0;       // resources read so far (record ids start at 1)
     std::uint64_t reads_ = 0;         // versions settled so far (Version::read)

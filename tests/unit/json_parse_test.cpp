@@ -379,3 +379,39 @@ TEST_CASE("reader: NDJSON whose first line is broken, in a file without an .ndjs
     REQUIRE(c.problems.size() == 1);
     CHECK(c.problems[0].describe().rfind("<stdin>:1: JSON parse error at column ", 0) == 0);
 }
+
+TEST_CASE("parse in place: the same Document, end, errors and defects as a parse of the bytes, which stay unchanged") {
+    const std::vector<std::string> texts = {
+        R"({"resourceType":"Patient","id":"a","name":[{"text":"Zo\u00EB \"Z\" \\ \/"}],"n":[1,-2.5e3,true,null]})",
+        "\xEF\xBB\xBF{\"a\":\"b\"}",
+        R"({"a":{"b":[1,2,{"c":"x)" "\xFF" R"("}]},"k":"v"})",
+        R"({"a":1e309,"b":"\ud800","c":[{"d":-1e400}]})",
+        "{\"" "\xC3\x28" "\":1}",
+        R"({"a":1} {"b":2})",
+        R"({"a":[1,2,)",
+        std::string("{\"a\":\"x\0y\"}", 11),
+        "{\"e\":" + std::string(150, '[') + std::string(150, ']') + ",\"f\":\"g\"}",
+    };
+    for (bool keep_going : {false, true}) {
+        for (const std::string& text : texts) {
+            CAPTURE(text);
+            CAPTURE(keep_going);
+            JsonParseOptions plain;
+            plain.keep_going = keep_going;
+            JsonParseOptions in_place = plain;
+            std::vector<char> scratch(text.size() + 1, 'x');
+            in_place.insitu = scratch.data();
+            const std::string before = text;
+            rapidjson::Document a, b;
+            const JsonParseResult ra = parse_untrusted_json(a, text, plain);
+            const JsonParseResult rb = parse_untrusted_json(b, text, in_place);
+            CHECK(text == before);
+            CHECK(ra.ok() == rb.ok());
+            if (ra.error && rb.error) CHECK(ra.error->describe() == rb.error->describe());
+            CHECK(ra.end == rb.end);
+            REQUIRE(ra.defects.size() == rb.defects.size());
+            for (std::size_t i = 0; i < ra.defects.size(); ++i) CHECK(ra.defects[i].describe() == rb.defects[i].describe());
+            CHECK(a == b);
+        }
+    }
+}
