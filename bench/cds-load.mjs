@@ -214,7 +214,7 @@ async function main() {
     pool_exhausted: o.key ? exhausted : undefined,
     server_cpu_us_per_call: o.pid && latencies.length ? Math.round((cpu * 1e6) / latencies.length) : undefined,
     statuses,
-  }) + '\n');
+  }) + '\n', () => process.exit(0));  // not held open by a handle that outlives the run
 }
 
 if (!isMainThread) {
