@@ -1,6 +1,4 @@
 #include <algorithm>
-#include <cerrno>
-#include <cstdlib>
 #include <filesystem>
 #include <thread>
 #include <optional>
@@ -59,16 +57,6 @@ Options:
 Data directories default to $CALCALERT_DATA_DIR/{rules/catalog,mappings/data}, then the installed
 share/calcalert, then the source tree the program was built from.
 )";
-
-long long whole_number(const std::string& s, const char* option, long long min, long long max) {
-    char* end = nullptr;
-    errno = 0;
-    const long long v = std::strtoll(s.c_str(), &end, 10);
-    if (s.empty() || end == s.c_str() || *end != '\0' || errno == ERANGE || v < min || v > max)
-        throw UsageError(std::string("--") + option + " must be a whole number from " + std::to_string(min) + " to " +
-                         std::to_string(max) + ", not '" + s + "'");
-    return v;
-}
 
 std::string issue_code(const fhir::Problem& p) {
     return p.severity == fhir::Severity::fatal || p.severity == fhir::Severity::error ? "structure" : "processing";

@@ -2,7 +2,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <filesystem>
 #include <csignal>
 #include <cstdlib>
@@ -129,13 +128,7 @@ std::chrono::seconds parse_duration(const std::string& s, const char* option) {
 }
 
 std::size_t parse_count(const std::string& s, const char* option, long long min = 1, long long max = 1000) {
-    char* end = nullptr;
-    errno = 0;
-    const long long v = std::strtoll(s.c_str(), &end, 10);
-    if (end == s.c_str() || *end != '\0' || errno == ERANGE || v < min || v > max)
-        throw UsageError(std::string("--") + option + " must be a whole number from " + std::to_string(min) + " to " +
-                         std::to_string(max) + ", not '" + s + "'");
-    return static_cast<std::size_t>(v);
+    return static_cast<std::size_t>(whole_number(s, option, min, max));
 }
 
 // --state, else the user's state file (state::default_state_path).

@@ -1,5 +1,8 @@
 #include "adapters/cli/options.hpp"
 
+#include <cerrno>
+#include <cstdlib>
+
 namespace calcalert::cli {
 
 Options::Options(const std::vector<std::string>& args, const std::set<std::string>& with_value,
@@ -49,6 +52,16 @@ std::optional<std::string> Options::value(const std::string& name) const {
     auto it = values_.find(name);
     if (it == values_.end()) return std::nullopt;
     return it->second;
+}
+
+long long whole_number(const std::string& text, const std::string& option, long long min, long long max) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(text.c_str(), &end, 10);
+    if (end == text.c_str() || *end != '\0' || errno == ERANGE || v < min || v > max)
+        throw UsageError("--" + option + " must be a whole number from " + std::to_string(min) + " to " +
+                         std::to_string(max) + ", not '" + text + "'");
+    return v;
 }
 
 }  // namespace calcalert::cli

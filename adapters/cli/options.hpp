@@ -34,4 +34,8 @@ private:
     std::vector<std::string> positional_;
 };
 
+// `text`, the value of --`option`, as a whole number from `min` to `max`; UsageError otherwise
+// ("--page-size must be a whole number from 1 to 1000, not 'x'").
+long long whole_number(const std::string& text, const std::string& option, long long min, long long max);
+
 }  // namespace calcalert::cli
