@@ -148,6 +148,65 @@ private:
     sqlite3_stmt* stmt_ = nullptr;
 };
 
+// The CDS call's two reads, the same text on both backends (SQLite runs them compiled once, through
+// SqlitePrepared), and their rows, built by one function whatever reads the columns: `text(i)` and
+// `integer(i)` give column i.
+const char* const kIssuedCardColumns =
+    "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
+    " FROM cds_issued_cards ";
+const char* const kIssuedForPatient = "WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid";
+const char* const kOverridesInForce =
+    "SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
+    " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref";
+
+template <class Text, class Integer>
+IssuedCard issued_card_row(Text&& text, Integer&& integer) {
+    IssuedCard c;
+    c.issuer = text(0);
+    c.service_id = text(1);
+    c.card_uuid = text(2);
+    c.patient = text(3);
+    c.rule_id = text(4);
+    c.order = text(5);
+    c.severity = text(6);
+    c.evidence_hash = text(7);
+    c.issued_at = integer(8);
+    return c;
+}
+
+template <class Text, class Integer>
+CardOverride override_row(Text&& text, Integer&& integer) {
+    CardOverride o;
+    o.issuer = text(0);
+    o.patient = text(1);
+    o.rule_id = text(2);
+    o.order = text(3);
+    o.card_uuid = text(4);
+    o.evidence_hash = text(5);
+    o.until = integer(6);
+    return o;
+}
+
+// Column readers of one row, for the row builders above.
+struct SqliteText {
+    sqlite3_stmt* st;
+    std::string operator()(int i) const { return SqlitePrepared::text(st, i); }
+};
+struct SqliteInteger {
+    sqlite3_stmt* st;
+    std::int64_t operator()(int i) const { return sqlite3_column_int64(st, i); }
+};
+struct RecordText {
+    RecordSet& rs;
+    std::size_t row;
+    std::string operator()(int i) const { return rs.value(static_cast<std::size_t>(i), row).convert<std::string>(); }
+};
+struct RecordInteger {
+    RecordSet& rs;
+    std::size_t row;
+    std::int64_t operator()(int i) const { return rs.value(static_cast<std::size_t>(i), row).convert<Poco::Int64>(); }
+};
+
 class SqlStore final : public StateStore {
 public:
     explicit SqlStore(Connection c)
@@ -619,26 +678,14 @@ public:
                 if (!issued_for_patient_)
                     issued_for_patient_ = std::make_unique<SqlitePrepared>(
                         Poco::Data::SQLite::Utility::dbHandle(session_), location_,
-                        "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
-                        " FROM cds_issued_cards WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid");
+                        (std::string(kIssuedCardColumns) + kIssuedForPatient).c_str());
                 std::vector<IssuedCard> out;
                 issued_for_patient_->run({&issuer, &service_id, &patient}, {}, [&](sqlite3_stmt* st) {
-                    IssuedCard c;
-                    c.issuer = SqlitePrepared::text(st, 0);
-                    c.service_id = SqlitePrepared::text(st, 1);
-                    c.card_uuid = SqlitePrepared::text(st, 2);
-                    c.patient = SqlitePrepared::text(st, 3);
-                    c.rule_id = SqlitePrepared::text(st, 4);
-                    c.order = SqlitePrepared::text(st, 5);
-                    c.severity = SqlitePrepared::text(st, 6);
-                    c.evidence_hash = SqlitePrepared::text(st, 7);
-                    c.issued_at = sqlite3_column_int64(st, 8);
-                    out.push_back(std::move(c));
+                    out.push_back(issued_card_row(SqliteText{st}, SqliteInteger{st}));
                 });
                 return out;
             });
-        return select_issued("WHERE issuer = ? AND service_id = ? AND patient = ? ORDER BY card_uuid",
-                             {issuer, service_id, patient});
+        return select_issued(kIssuedForPatient, {issuer, service_id, patient});
     }
 
     void put_override(const CardOverride& o) override {
@@ -657,43 +704,21 @@ public:
         if (backend_ == SqlBackend::sqlite)
             return locked([&] {
                 if (!overrides_in_force_)
-                    overrides_in_force_ = std::make_unique<SqlitePrepared>(
-                        Poco::Data::SQLite::Utility::dbHandle(session_), location_,
-                        "SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
-                        " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref");
+                    overrides_in_force_ = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_),
+                                                                           location_, kOverridesInForce);
                 std::vector<CardOverride> out;
                 overrides_in_force_->run({&issuer, &patient}, {now_s}, [&](sqlite3_stmt* st) {
-                    CardOverride o;
-                    o.issuer = SqlitePrepared::text(st, 0);
-                    o.patient = SqlitePrepared::text(st, 1);
-                    o.rule_id = SqlitePrepared::text(st, 2);
-                    o.order = SqlitePrepared::text(st, 3);
-                    o.card_uuid = SqlitePrepared::text(st, 4);
-                    o.evidence_hash = SqlitePrepared::text(st, 5);
-                    o.until = sqlite3_column_int64(st, 6);
-                    out.push_back(std::move(o));
+                    out.push_back(override_row(SqliteText{st}, SqliteInteger{st}));
                 });
                 return out;
             });
         return locked([&] {
             Statement s(session_);
-            s << q("SELECT issuer, patient, rule_id, order_ref, card_uuid, evidence_hash, until_at FROM cds_overrides"
-                 " WHERE issuer = ? AND patient = ? AND until_at > ? ORDER BY rule_id, order_ref"),
-                bind(issuer), bind(patient), bind(static_cast<Poco::Int64>(now_s));
+            s << q(kOverridesInForce), bind(issuer), bind(patient), bind(static_cast<Poco::Int64>(now_s));
             s.execute();
             RecordSet rs(s);
             std::vector<CardOverride> out;
-            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
-                CardOverride o;
-                o.issuer = rs.value(0, i).convert<std::string>();
-                o.patient = rs.value(1, i).convert<std::string>();
-                o.rule_id = rs.value(2, i).convert<std::string>();
-                o.order = rs.value(3, i).convert<std::string>();
-                o.card_uuid = rs.value(4, i).convert<std::string>();
-                o.evidence_hash = rs.value(5, i).convert<std::string>();
-                o.until = rs.value(6, i).convert<Poco::Int64>();
-                out.push_back(std::move(o));
-            }
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) out.push_back(override_row(RecordText{rs, i}, RecordInteger{rs, i}));
             return out;
         });
     }
@@ -849,25 +874,12 @@ private:
     std::vector<IssuedCard> select_issued(const std::string& where, const std::vector<std::string>& args) {
         return locked([&] {
             Statement s(session_);
-            s << q("SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
-                   " FROM cds_issued_cards " + where);
+            s << q(kIssuedCardColumns + where);
             for (const auto& a : args) s, bind(a);
             s.execute();
             RecordSet rs(s);
             std::vector<IssuedCard> out;
-            for (std::size_t i = 0; i < rs.rowCount(); ++i) {
-                IssuedCard c;
-                c.issuer = rs.value(0, i).convert<std::string>();
-                c.service_id = rs.value(1, i).convert<std::string>();
-                c.card_uuid = rs.value(2, i).convert<std::string>();
-                c.patient = rs.value(3, i).convert<std::string>();
-                c.rule_id = rs.value(4, i).convert<std::string>();
-                c.order = rs.value(5, i).convert<std::string>();
-                c.severity = rs.value(6, i).convert<std::string>();
-                c.evidence_hash = rs.value(7, i).convert<std::string>();
-                c.issued_at = rs.value(8, i).convert<Poco::Int64>();
-                out.push_back(std::move(c));
-            }
+            for (std::size_t i = 0; i < rs.rowCount(); ++i) out.push_back(issued_card_row(RecordText{rs, i}, RecordInteger{rs, i}));
             return out;
         });
     }
