@@ -32,9 +32,10 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
 
     std::string first = o.type + "?" + (o.filter.empty() ? "" : o.filter + "&") +
                         "_sort=_lastUpdated&_count=" + std::to_string(o.page_size);
-    if (const auto wm = store_.watermark(server, key)) {
-        const auto t = fhir::parse_datetime(*wm);
-        if (!t) throw state::StateError("watermark for " + key + " is not a date-time: '" + *wm + "'");
+    const auto watermark = store_.watermark(server, key);
+    if (watermark) {
+        const auto t = fhir::parse_datetime(*watermark);
+        if (!t) throw state::StateError("watermark for " + key + " is not a date-time: '" + *watermark + "'");
         first += "&_lastUpdated=ge" + url_encode(fhir::format_datetime(*t - o.overlap.count()));
     }
 
@@ -42,8 +43,8 @@ FeedResult ChangeFeed::sync(const FeedOptions& o, state::EpochSeconds now, std::
     // it (no watermark yet), marked primed when its watermark is first set, or from a backfill's
     // hand-over (which marks it too).
     const std::string primed_key = counted_mark_key(key);
-    const bool primed = store_.watermark(server, primed_key).has_value();
-    const bool filtering = o.counts && (!store_.watermark(server, key) || primed);
+    const bool primed = o.counts && store_.watermark(server, primed_key).has_value();
+    const bool filtering = o.counts && (!watermark || primed);
 
     state::FeedCursor cursor;
     std::string start = first;
