@@ -1,8 +1,11 @@
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <filesystem>
-#include <thread>
+#include <functional>
 #include <optional>
 #include <ostream>
+#include <thread>
 
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -47,9 +50,10 @@ Options:
   --identifier-system URI  DetectedIssue.identifier system (default urn:calcalert:detected-issue)
   --time-zone ZONE       the zone explanations write times in: UTC, an offset like +01:00 or an IANA
                          name like Europe/Berlin (default: the catalog's display.timeZone, UTC)
-  --jobs N               threads for NDJSON files (default 1; at most 4 per hardware thread): N - 1
-                         threads parse the next batches of lines while one maps them in input order,
-                         so the output is the same for every N
+  --jobs N               threads (default 1; at most 4 per hardware thread): for NDJSON files, N - 1
+                         threads parse the next batches of lines while one maps them in input order;
+                         then N threads run the rules, patient by patient (and write the ndjson
+                         lines); the output is the same for every N
   --batch-bytes N        bytes of NDJSON lines parsed as one batch with --jobs above 1 (default
                          4194304; from 1)
   --help                 this help
@@ -57,6 +61,35 @@ Options:
 Data directories default to $CALCALERT_DATA_DIR/{rules/catalog,mappings/data}, then the installed
 share/calcalert, then the source tree the program was built from.
 )";
+
+// Calls work(i) for every i below n on `jobs` threads (this one among them), taking blocks of
+// consecutive indexes in turn; work(i) writes only to slot i of what it fills. The first exception
+// thrown by any call is rethrown here, after every thread has stopped.
+void for_each_index(std::size_t n, unsigned jobs, const std::function<void(std::size_t)>& work) {
+    constexpr std::size_t kBlock = 64;
+    std::atomic<std::size_t> next{0};
+    std::exception_ptr failure;
+    std::atomic<bool> failed{false};
+    auto run = [&](std::exception_ptr& mine) {
+        try {
+            for (std::size_t begin; !failed.load(std::memory_order_relaxed) && (begin = next.fetch_add(kBlock)) < n;)
+                for (std::size_t i = begin; i < std::min(n, begin + kBlock); ++i) work(i);
+        } catch (...) {
+            mine = std::current_exception();
+            failed = true;
+        }
+    };
+    const unsigned helpers = n > kBlock ? std::min<unsigned>(jobs, static_cast<unsigned>((n + kBlock - 1) / kBlock)) - 1 : 0;
+    std::vector<std::exception_ptr> errors(helpers + 1);
+    std::vector<std::thread> threads;
+    threads.reserve(helpers);
+    for (unsigned t = 0; t < helpers; ++t) threads.emplace_back(run, std::ref(errors[t + 1]));
+    run(errors[0]);
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+        if (e && !failure) failure = e;
+    if (failure) std::rethrow_exception(failure);
+}
 
 std::string issue_code(const fhir::Problem& p) {
     return p.severity == fhir::Severity::fatal || p.severity == fhir::Severity::error ? "structure" : "processing";
@@ -112,13 +145,38 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
     for (const auto& p : builder.problems())
         err << "calcalert: " << fhir::to_string(p.severity) << ": " << p.describe() << "\n";
 
-    std::vector<PatientResult> results;
+    // The rules, patient by patient, on --jobs threads, each patient's result in its own slot.
+    std::vector<const std::string*> refs;
     std::vector<const rules::PatientFacts*> patient_facts;
-    results.reserve(builder.patients().size());
+    refs.reserve(builder.patients().size());
+    patient_facts.reserve(builder.patients().size());
     for (const auto& [ref, facts] : builder.patients()) {
-        results.push_back({ref, rules::evaluate(facts, now, engine.catalog)});
+        refs.push_back(&ref);
         patient_facts.push_back(&facts);
     }
+    if (format == "ndjson") {
+        // A window of patients at a time: their lines are written, in patient order, before the
+        // next window is evaluated, so the output is never held whole.
+        constexpr std::size_t kWindow = 2048;
+        std::vector<std::string> lines;
+        for (std::size_t from = 0; from < refs.size(); from += kWindow) {
+            lines.assign(std::min(kWindow, refs.size() - from), std::string());
+            for_each_index(lines.size(), ndjson.jobs, [&](std::size_t i) {
+                const rules::Evaluation e = rules::evaluate(*patient_facts[from + i], now, engine.catalog);
+                for (const auto& f : e.findings) {
+                    lines[i] += mappings::detected_issue_json(f, now, di_options);
+                    lines[i] += '\n';
+                }
+            });
+            for (const auto& l : lines) out << l;
+        }
+        out.flush();
+        return input_failed ? input_error : ok;
+    }
+    std::vector<PatientResult> results(refs.size());
+    for_each_index(refs.size(), ndjson.jobs, [&](std::size_t i) {
+        results[i] = {*refs[i], rules::evaluate(*patient_facts[i], now, engine.catalog)};
+    });
 
     if (format == "html") {
         HtmlReportInput in{&results, &patient_facts, &engine.catalog, &*guidance, now};
@@ -126,9 +184,6 @@ int evaluate_command(const std::vector<std::string>& args, std::ostream& out, st
         out << "wrote " << written << " files to " << *output << " (" << written - 1 << " finding pages and index.html)\n";
     } else if (format == "text") {
         write_text_report(out, results, now, engine.catalog.time_zone());
-    } else if (format == "ndjson") {
-        for (const auto& r : results)
-            for (const auto& f : r.evaluation.findings) out << mappings::detected_issue_json(f, now, di_options) << "\n";
     } else {
         rapidjson::StringBuffer sb;
         mappings::JsonWriter w(sb);
