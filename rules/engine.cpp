@@ -66,15 +66,25 @@ std::string lab_key(const LabResult& r) {
            std::to_string(r.effective) + (r.reference_high ? "/ref " + exact(*r.reference_high) : std::string());
 }
 
-// One value a lab fact may judge: a result, or a value computed from results.
+// One value a lab fact may judge: a result, or a value computed from results. Only the latest one
+// within the window is judged, so its words, key and sources are made from the results it points
+// to only when it is (Evaluator::text_of, key_of, sources_of).
 struct Candidate {
+    enum class Kind {
+        result,       // `lab` itself
+        reported,     // `lab`, a reported corrected calcium
+        corrected,    // total calcium `lab` corrected with albumin `other`
+        uncorrected,  // total calcium `lab`, with albumin `other` not low, or none near (null)
+        product,      // `other` (the partner) × `lab` (the anchor)
+    };
+    Kind kind = Kind::result;
     double value = 0;
     std::optional<Comparator> comparator = Comparator::none;  // nullopt: bounded both ways, decides nothing
     EpochSeconds time = 0;
     std::optional<double> reference_high;
-    std::string text;  // "Intact PTH 450 pg/mL on 10 Nov 2026"
-    std::string key;
-    std::vector<std::string> sources;
+    const LabResult* lab = nullptr;
+    const LabResult* other = nullptr;
+    const ComputedValue* computed = nullptr;  // all kinds but result
 };
 
 class Evaluator {
@@ -137,7 +147,7 @@ public:
             if (probe.computed < 0) return {};
         }
         std::vector<SeriesPoint> out;
-        for (const Candidate& c : candidates(probe)) out.push_back({c.value, c.comparator, c.time, c.reference_high, c.sources});
+        for (const Candidate& c : candidates(probe)) out.push_back({c.value, c.comparator, c.time, c.reference_high, sources_of(c)});
         return out;
     }
 
@@ -325,41 +335,26 @@ private:
 
     // Every value an analyte or a computed value offers, latest first (computed once per value).
     const std::vector<Candidate>& candidates(const LabFact& f) {
+        using Kind = Candidate::Kind;
         const std::string& id = f.value;
         if (auto it = candidates_.find(id); it != candidates_.end()) return it->second;
         std::vector<Candidate>& out = candidates_[id];
         if (f.analyte) {
             for (const LabResult* r : labs(*f.analyte))
-                out.push_back({r->value, r->comparator, r->effective, r->reference_high,
-                               std::string(analyte_label(r->analyte)) + " " + value_text(*r) + " on " + when(r->effective),
-                               lab_key(*r), {r->source}});
+                out.push_back({Kind::result, r->value, r->comparator, r->effective, r->reference_high, r});
             return out;
         }
         const ComputedValue& c = cat_.computed()[static_cast<std::size_t>(f.computed)];
         if (c.kind == ComputedValue::Kind::albumin_corrected_calcium) {
             for (const LabResult* r : labs(c.reported))
-                out.push_back({r->value, r->comparator, r->effective, r->reference_high,
-                               "reported " + lower_first(analyte_label(r->analyte)) + " " + value_text(*r) + " on " +
-                                   when(r->effective),
-                               "reported " + lab_key(*r), {r->source}});
+                out.push_back({Kind::reported, r->value, r->comparator, r->effective, r->reference_high, r, nullptr, &c});
             for (const LabResult* r : labs(c.total)) {
                 const LabResult* alb = nearest(c.albumin, r->effective, c.albumin_window_hours * kHour);
                 if (alb && alb->comparator == Comparator::none && alb->value < c.normal_albumin) {
                     const double corrected = r->value + c.factor * (c.normal_albumin - alb->value);
-                    out.push_back({corrected, r->comparator, r->effective, r->reference_high,
-                                   c.title + " " + value_words(corrected, r->comparator, c.unit) + " = total calcium " +
-                                       value_text(*r) + " on " + when(r->effective) + " + " + format_number(c.factor) +
-                                       " × (" + format_number(c.normal_albumin) + " − albumin " + value_text(*alb) +
-                                       " on " + when(alb->effective) + ")",
-                                   "corrected " + lab_key(*r) + " albumin " + lab_key(*alb), {r->source, alb->source}});
+                    out.push_back({Kind::corrected, corrected, r->comparator, r->effective, r->reference_high, r, alb, &c});
                 } else {
-                    out.push_back(
-                        {r->value, r->comparator, r->effective, r->reference_high,
-                         "Total calcium " + value_text(*r) + " on " + when(r->effective) +
-                             (alb ? " (albumin " + value_text(*alb) + ": no correction)"
-                                  : " (no albumin within " + format_number(c.albumin_window_hours) + " h: uncorrected)"),
-                         "uncorrected " + lab_key(*r) + (alb ? " albumin " + lab_key(*alb) : std::string()),
-                         alb ? std::vector<std::string>{r->source, alb->source} : std::vector<std::string>{r->source}});
+                    out.push_back({Kind::uncorrected, r->value, r->comparator, r->effective, r->reference_high, r, alb, &c});
                 }
             }
             // Latest first; at the same time the reported corrected calcium (listed first) wins.
@@ -369,17 +364,69 @@ private:
         for (const LabResult* anchor : labs(c.anchor)) {  // product
             const LabResult* partner = nearest(c.partner, anchor->effective, c.pairing_hours * kHour);
             if (!partner) continue;
-            const double product = partner->value * anchor->value;
-            const auto cmp = product_comparator(partner->comparator, anchor->comparator);
-            const std::string bound = cmp ? std::string(comparator_words(*cmp)) : "bounded both ways ";
-            out.push_back({product, cmp, anchor->effective, std::nullopt,
-                           c.short_label + " " + bound + fixed(product, c.decimals) + " " + c.unit + " = " +
-                               lower_first(analyte_label(partner->analyte)) + " " + value_text(*partner) + " on " +
-                               when(partner->effective) + " × " + lower_first(analyte_label(anchor->analyte)) + " " +
-                               value_text(*anchor) + " on " + when(anchor->effective),
-                           "product " + lab_key(*partner) + " x " + lab_key(*anchor), {partner->source, anchor->source}});
+            out.push_back({Kind::product, partner->value * anchor->value,
+                           product_comparator(partner->comparator, anchor->comparator), anchor->effective, std::nullopt,
+                           anchor, partner, &c});
         }
         return out;
+    }
+
+    // "Intact PTH 450 pg/mL on 10 Nov 2026"
+    std::string text_of(const Candidate& k) const {
+        const LabResult& r = *k.lab;
+        switch (k.kind) {
+            case Candidate::Kind::result:
+                return std::string(analyte_label(r.analyte)) + " " + value_text(r) + " on " + when(r.effective);
+            case Candidate::Kind::reported:
+                return "reported " + lower_first(analyte_label(r.analyte)) + " " + value_text(r) + " on " + when(r.effective);
+            case Candidate::Kind::corrected: {
+                const ComputedValue& c = *k.computed;
+                const LabResult& alb = *k.other;
+                return c.title + " " + value_words(k.value, r.comparator, c.unit) + " = total calcium " + value_text(r) +
+                       " on " + when(r.effective) + " + " + format_number(c.factor) + " × (" +
+                       format_number(c.normal_albumin) + " − albumin " + value_text(alb) + " on " + when(alb.effective) +
+                       ")";
+            }
+            case Candidate::Kind::uncorrected:
+                return "Total calcium " + value_text(r) + " on " + when(r.effective) +
+                       (k.other ? " (albumin " + value_text(*k.other) + ": no correction)"
+                                : " (no albumin within " + format_number(k.computed->albumin_window_hours) +
+                                      " h: uncorrected)");
+            case Candidate::Kind::product: {
+                const ComputedValue& c = *k.computed;
+                const LabResult& partner = *k.other;
+                const std::string bound = k.comparator ? std::string(comparator_words(*k.comparator)) : "bounded both ways ";
+                return c.short_label + " " + bound + fixed(k.value, c.decimals) + " " + c.unit + " = " +
+                       lower_first(analyte_label(partner.analyte)) + " " + value_text(partner) + " on " +
+                       when(partner.effective) + " × " + lower_first(analyte_label(r.analyte)) + " " + value_text(r) +
+                       " on " + when(r.effective);
+            }
+        }
+        return {};
+    }
+
+    static std::string key_of(const Candidate& k) {
+        switch (k.kind) {
+            case Candidate::Kind::result: return lab_key(*k.lab);
+            case Candidate::Kind::reported: return "reported " + lab_key(*k.lab);
+            case Candidate::Kind::corrected: return "corrected " + lab_key(*k.lab) + " albumin " + lab_key(*k.other);
+            case Candidate::Kind::uncorrected:
+                return "uncorrected " + lab_key(*k.lab) + (k.other ? " albumin " + lab_key(*k.other) : std::string());
+            case Candidate::Kind::product: return "product " + lab_key(*k.other) + " x " + lab_key(*k.lab);
+        }
+        return {};
+    }
+
+    static std::vector<std::string> sources_of(const Candidate& k) {
+        switch (k.kind) {
+            case Candidate::Kind::result:
+            case Candidate::Kind::reported: return {k.lab->source};
+            case Candidate::Kind::corrected: return {k.lab->source, k.other->source};
+            case Candidate::Kind::uncorrected:
+                return k.other ? std::vector<std::string>{k.lab->source, k.other->source} : std::vector<std::string>{k.lab->source};
+            case Candidate::Kind::product: return {k.other->source, k.lab->source};
+        }
+        return {};
     }
 
     static std::string lower_first(std::string_view s) {
@@ -415,6 +462,8 @@ private:
             return;
         }
         const Candidate& c = all.front();
+        const std::string c_text = text_of(c);
+        const std::vector<std::string> c_sources = sources_of(c);
         const std::string unit = unit_of(f);
         const AppliedThreshold applied = lab_fact_threshold(f, c.reference_high);
         const double threshold = applied.value;
@@ -437,21 +486,21 @@ private:
             holds = f.direction == Direction::above ? decides_above(c.value, *c.comparator, threshold)
                                                     : decides_below(c.value, *c.comparator, threshold);
         const std::string side = f.direction == Direction::above ? "above " : "below ";
-        const std::string text = c.text + ", " + (holds ? side : "not " + side) + threshold_text;
+        const std::string text = c_text + ", " + (holds ? side : "not " + side) + threshold_text;
         assessed_[f.id] = text;
         if (f.computed >= 0) {  // the value itself, for {value} in summaries (the first fact that judges it)
             auto& v = facts_[f.value];
             if (v.brief.empty()) {
                 const ComputedValue& cv = cat_.computed()[static_cast<std::size_t>(f.computed)];
                 v.brief = cv.short_label + " " + fixed(c.value, cv.decimals);
-                v.text = c.text;
-                v.sources = c.sources;
+                v.text = c_text;
+                v.sources = c_sources;
             }
         }
         if (!holds) return;
         auto& fact = facts_[f.id];
-        append(fact, text, c.sources,
-               f.id + "|" + c.key + "|" + (f.direction == Direction::above ? ">" : "<") + exact(threshold) + " " + basis);
+        append(fact, text, c_sources,
+               f.id + "|" + key_of(c) + "|" + (f.direction == Direction::above ? ">" : "<") + exact(threshold) + " " + basis);
         fact.brief = f.computed >= 0 ? cat_.computed()[static_cast<std::size_t>(f.computed)].short_label + " " +
                                            fixed(c.value, cat_.computed()[static_cast<std::size_t>(f.computed)].decimals)
                                      : std::string(analyte_label(*f.analyte)) + " " + format_number(c.value, 1);
