@@ -99,16 +99,6 @@ std::size_t string_start(std::string_view text, std::size_t close) {
     return 0;
 }
 
-// The offset just after the closing quote of the string whose opening quote is at `open` (the text
-// holds a whole string there: the reader has just read it).
-std::size_t string_end(std::string_view text, std::size_t open) {
-    for (std::size_t i = open + 1; i < text.size(); ++i) {
-        if (text[i] == '\\') ++i;
-        else if (text[i] == '"') return i + 1;
-    }
-    return text.size();
-}
-
 // The member name whose closing quote ends at `end` (exclusive), decoded, valid UTF-8. Keys are
 // kept as offsets while parsing and decoded only for a path in a message.
 std::string key_at(std::string_view text, std::size_t end) {
@@ -120,21 +110,26 @@ std::string key_at(std::string_view text, std::size_t end) {
     return sanitized(std::string_view(k.GetString(), k.GetStringLength()));
 }
 
-// The text parsed in place (JsonParseOptions::insitu) is read through RapidJSON's own
-// InsituStringStream, for its SIMD string and whitespace scans (RAPIDJSON_SSE2 / RAPIDJSON_NEON,
-// set by the build). They read whole aligned 16-byte blocks, so they may read up to 15 bytes past
-// the '\0' after the text: hence kInsituPadding. The stream has RapidJSON's copy optimisation: in
-// its string and number loops the reader works on a local copy and writes the position back only
-// after the handler has run. So the guard never reads the position in a String, Key or number
-// handler of this stream: it finds a string's offset from the pointer the reader hands it, which
-// points into the buffer at the same offset as in the original text (a string is decoded in place
-// from just after its opening quote).
-using InsituStream = rapidjson::InsituStringStream;
+// The text parsed in place (JsonParseOptions::insitu): RapidJSON's InsituStringStream without
+// its copy optimisation. With it, the reader works on a local copy of the stream and writes the
+// position back only after the handler has run, so the guard, which reads the position in the
+// handler (for offsets and paths), would see a stale one.
+struct InsituStream {
+    using Ch = char;
+    explicit InsituStream(char* s) : src_(s), dst_(nullptr), head_(s) {}
+    Ch Peek() const { return *src_; }
+    Ch Take() { return *src_++; }
+    std::size_t Tell() const { return static_cast<std::size_t>(src_ - head_); }
+    Ch* PutBegin() { return dst_ = src_; }
+    void Put(Ch c) { *dst_++ = c; }
+    void Flush() {}
+    std::size_t PutEnd(Ch* begin) { return static_cast<std::size_t>(dst_ - begin); }
 
-// The offset of the opening quote of a string the reader decoded in place to `decoded`.
-std::size_t opening_quote(const InsituStream& in, const char* decoded) {
-    return static_cast<std::size_t>(decoded - in.head_) - 1;
-}
+private:
+    Ch* src_;
+    Ch* dst_;
+    Ch* head_;
+};
 
 // Sits between RapidJSON's reader and the Document: counts depth, keeps the path, checks strings
 // and numbers. In keep_going mode a bad value becomes null (and a defect); otherwise the first
@@ -143,8 +138,6 @@ std::size_t opening_quote(const InsituStream& in, const char* decoded) {
 // original bytes, at the same offsets.
 template <typename Sink, typename Stream>
 class Guard {
-    static constexpr bool kInPlace = std::is_same_v<Stream, InsituStream>;
-
 public:
     Guard(std::string_view text, Stream& in, const JsonParseOptions& options,
           const std::map<std::size_t, std::string>& patched)
@@ -163,9 +156,9 @@ public:
         JsonPath p;
         p.reserve(frames_.size());
         for (const auto& f : frames_) {
-            if (f.object && f.key_at == 0) break;  // an object before its first member name
+            if (f.object && f.key_end == 0) break;  // an object before its first member name
             if (f.object)
-                p.push_back({key_at(text_, kInPlace ? string_end(text_, f.key_at - 1) : f.key_at), JsonPathStep::npos});
+                p.push_back({key_at(text_, f.key_end), JsonPathStep::npos});
             else
                 p.push_back({"", f.count});
         }
@@ -202,7 +195,7 @@ public:
     bool String(const char* s, rapidjson::SizeType n, bool copy) {
         if (skip_) return true;
         if (!valid_utf8(s, n)) {
-            const std::size_t at = invalid_offset(s);
+            const std::size_t at = invalid_offset();
             if (!problem(JsonErrorKind::invalid_utf8, at, invalid_message("a string"))) return false;
             return value(doc_->Null());
         }
@@ -210,10 +203,9 @@ public:
     }
     bool Key(const char* s, rapidjson::SizeType n, bool copy) {
         if (skip_) return true;
-        if constexpr (kInPlace) frames_.back().key_at = opening_quote(in_, s) + 1;
-        else frames_.back().key_at = in_.Tell();
+        frames_.back().key_end = in_.Tell();
         if (!valid_utf8(s, n)) {
-            const std::size_t at = invalid_offset(s);
+            const std::size_t at = invalid_offset();
             if (!problem(JsonErrorKind::invalid_utf8, at, invalid_message("a member name"))) return false;
             const std::string clean = sanitized(std::string_view(s, n));
             return doc_->Key(clean.data(), static_cast<rapidjson::SizeType>(clean.size()), true);
@@ -229,9 +221,7 @@ private:
     struct Frame {
         bool object = false;
         std::size_t count = 0;    // arrays: the index of the next element
-        // Objects: the member being read, as the offset after its name; parsing in place, the offset
-        // after its opening quote (the reader's position is not current in the Key handler).
-        std::size_t key_at = 0;
+        std::size_t key_end = 0;  // objects: the member being read, as the offset after its name
     };
 
     bool start(bool object) {
@@ -290,17 +280,11 @@ private:
         return "the number " + number + " is out of range: JSON numbers must be finite doubles";
     }
 
-    // For a string or key just read, decoded to `decoded`: where its first invalid byte is, or its
-    // opening quote when the bytes were valid and an escape was not.
-    std::size_t invalid_offset(const char* decoded) {
-        std::size_t open, close;
-        if constexpr (kInPlace) {
-            open = opening_quote(in_, decoded);
-            close = string_end(text_, open) - 1;
-        } else {  // the stream stands after the closing quote
-            close = in_.Tell() > 0 ? in_.Tell() - 1 : 0;
-            open = string_start(text_, close);
-        }
+    // For a string or key just read (the stream stands after its closing quote): where its first
+    // invalid byte is, or its opening quote when the bytes were valid and an escape was not.
+    std::size_t invalid_offset() {
+        const std::size_t close = in_.Tell() > 0 ? in_.Tell() - 1 : 0;
+        const std::size_t open = string_start(text_, close);
         last_raw_ = text_.substr(open + 1, close > open ? close - open - 1 : 0);
         const std::size_t bad = find_invalid_utf8(last_raw_);
         last_bad_byte_ = bad == std::string_view::npos ? -1 : static_cast<unsigned char>(last_raw_[bad]);

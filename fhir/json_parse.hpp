@@ -62,10 +62,6 @@ struct JsonError {
     std::string describe() const;
 };
 
-// The bytes a buffer for JsonParseOptions::insitu needs beyond the text and its '\0': the parse
-// reads aligned 16-byte blocks.
-inline constexpr std::size_t kInsituPadding = 16;
-
 struct JsonParseOptions {
     JsonLimits limits;
     // false: the first problem of any kind is the result's error and the Document is null.
@@ -76,8 +72,8 @@ struct JsonParseOptions {
     bool keep_going = false;
     // Stop after the first JSON value: `end` says where it ended (for telling NDJSON apart).
     bool allow_trailing = false;
-    // When set: a writable buffer of at least bytes.size() + 1 + kInsituPadding chars. The text is
-    // copied there (with a '\0' after it) and parsed in place (the padding is read, never written), so the Document's strings point into it instead
+    // When set: a writable buffer of at least bytes.size() + 1 chars. The text is copied there
+    // (with a '\0' after it) and parsed in place, so the Document's strings point into it instead
     // of being copied into the allocator: the buffer must outlive the Document and stay unchanged
     // while the Document is read. Offsets, limits and messages are those of a parse of `bytes`
     // (which is only read). A parse that has to patch numbers out of range does not use it.

@@ -236,7 +236,7 @@ std::string_view line_body(std::string_view& text) {
     return body;
 }
 
-// `scratch`: text.size() + 1 + kInsituPadding writable chars; the line is parsed in place in a copy there, so the
+// `scratch`: text.size() + 1 writable chars; the line is parsed in place in a copy there, so the
 // Document's strings point into it (see JsonParseOptions::insitu).
 JsonParseResult parse_line(rapidjson::Document& doc, std::string_view text, char* scratch) {
     JsonParseOptions options;
@@ -256,7 +256,7 @@ public:
     void line(std::string_view text, std::size_t number) {
         if (line_body(text).empty()) return;
         {
-            if (scratch_.size() < text.size() + 1 + kInsituPadding) scratch_.resize(text.size() + 1 + kInsituPadding);
+            if (scratch_.size() < text.size() + 1) scratch_.resize(text.size() + 1);
             rapidjson::Document doc(&pool_);
             const JsonParseResult parsed = parse_line(doc, text, scratch_.data());
             parsed_line(text, number, doc, parsed);
@@ -374,7 +374,7 @@ struct Batch {
     std::string_view line_text(const Line& l) const { return std::string_view(text).substr(l.offset, l.size); }
     void parse() {
         pool = std::make_unique<rapidjson::MemoryPoolAllocator<>>(std::size_t{1} << 20);
-        scratch.resize(text.size() + lines.size() + kInsituPadding);
+        scratch.resize(text.size() + lines.size());
         std::size_t at = 0;
         for (auto& l : lines) {
             if (l.too_long) continue;
