@@ -4,12 +4,15 @@
 // schema comes from the versioned migrations (migrations.hpp). The rest is opening: the SQLite file
 // checks and pragmas, the PostgreSQL URL.
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #include <libpq-fe.h>
 #include <sqlite3.h>
@@ -187,6 +190,57 @@ CardOverride override_row(Text&& text, Integer&& integer) {
     return o;
 }
 
+// Copies an SQLite file's write-ahead log into the database every `interval`, on a thread and a
+// connection of its own, so that no caller's commit does it. SQLite's own checkpoint (the store
+// turns it off) runs inside the commit that fills the log past 1,000 pages and waits for the disk
+// twice: at 1,000 CDS calls a second it stalled about one call in a hundred by milliseconds. The
+// checkpoint is PASSIVE: it never blocks a reader or a writer, and copies only what no reader
+// still needs (the next pass copies the rest). Durability is unchanged: a commit is durable in the
+// log (synchronous=FULL), which survives until it has been copied.
+class WalCheckpointer {
+public:
+    WalCheckpointer(const std::string& path, std::chrono::milliseconds interval) : interval_(interval) {
+        if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+            const std::string why = db_ ? sqlite3_errmsg(db_) : "out of memory";
+            sqlite3_close(db_);
+            throw StateError(path + ": cannot open a connection for the checkpoints: " + why);
+        }
+        sqlite3_busy_timeout(db_, 0);  // a busy checkpoint is tried again at the next pass
+        thread_ = std::thread([this] { run(); });
+    }
+    WalCheckpointer(const WalCheckpointer&) = delete;
+    WalCheckpointer& operator=(const WalCheckpointer&) = delete;
+    ~WalCheckpointer() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_one();
+        thread_.join();
+        sqlite3_close(db_);
+    }
+
+private:
+    void run() {
+        std::unique_lock lock(mutex_);
+        while (!wake_.wait_for(lock, interval_, [this] { return stopping_; })) {
+            // A connection that has read nothing yet does not know the file is in WAL mode (the
+            // checkpoint would do nothing): a read of the schema's version first.
+            sqlite3_exec(db_, "PRAGMA schema_version", nullptr, nullptr, nullptr);
+            sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        }
+    }
+
+    sqlite3* db_ = nullptr;
+    std::chrono::milliseconds interval_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool stopping_ = false;
+    std::thread thread_;
+};
+
+constexpr std::chrono::milliseconds kCheckpointInterval{1000};
+
 // Column readers of one row, for the row builders above.
 struct SqliteText {
     sqlite3_stmt* st;
@@ -218,12 +272,15 @@ public:
                 if (location_ != ":memory:") {
                     session_ << "PRAGMA journal_mode = WAL", now;
                     session_ << "PRAGMA synchronous = FULL", now;
+                    session_ << "PRAGMA wal_autocheckpoint = 0", now;  // WalCheckpointer does it
                 }
             }
             migrate();
         } catch (const Poco::Exception& e) {
             throw StateError(location_ + ": " + e.displayText());
         }
+        if (backend_ == SqlBackend::sqlite && location_ != ":memory:")
+            checkpointer_ = std::make_unique<WalCheckpointer>(location_, kCheckpointInterval);
     }
 
     std::string backend() const override { return backend_ == SqlBackend::sqlite ? "sqlite" : "postgresql"; }
@@ -925,6 +982,8 @@ private:
     std::unique_ptr<Statement> jti_insert_, sync_normal_, sync_full_;
     // SQLite: the CDS call's two reads, compiled once (destroyed before the session too).
     std::unique_ptr<SqlitePrepared> issued_for_patient_, overrides_in_force_;
+    // SQLite files: the log's checkpoints, off every caller's commit (stopped first, before the session).
+    std::unique_ptr<WalCheckpointer> checkpointer_;
 };
 
 Connection open_sqlite(const std::string& path) {

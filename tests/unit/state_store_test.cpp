@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -11,6 +12,8 @@
 #include <thread>
 
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/Session.h>
@@ -176,6 +179,34 @@ TEST_CASE("jti replay protection until expiry") {
         CHECK(s->remember_jti("iss", "j3", 400, 270));         // j3's record expired at 260
         CHECK_FALSE(s->remember_jti("iss", "j3", 400, 280));   // and the new one holds
     }
+}
+
+TEST_CASE("an SQLite file's log is copied into the database in the background, not by a commit") {
+    TempFile file("checkpoint");
+    auto s = open_state_store(file.path);
+    for (int i = 0; i < 50; ++i) REQUIRE(s->remember_jti("iss", "j" + std::to_string(i), 2000, 100));
+    // The database file alone (immutable: its log not read): the records appear there only once a
+    // checkpoint has copied them, which no commit does (the log holds a few pages, far below
+    // SQLite's own 1,000-page checkpoint) and the store's checkpointer does within a second or so.
+    auto rows_in_database_file = [&] {
+        sqlite3* db = nullptr;
+        const std::string uri = "file:" + file.path + "?immutable=1";
+        REQUIRE(sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr) == SQLITE_OK);
+        sqlite3_stmt* st = nullptr;
+        long long n = -1;
+        if (sqlite3_prepare_v2(db, "SELECT count(*) FROM cds_jti", -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return n;
+    };
+    long long rows = rows_in_database_file();
+    for (int waited = 0; rows != 50 && waited < 100; ++waited) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        rows = rows_in_database_file();
+    }
+    CHECK(rows == 50);
+    CHECK_FALSE(s->remember_jti("iss", "j7", 2000, 150));  // the store still reads them
 }
 
 TEST_CASE("feedback records keep the issuer and the card they are about") {
