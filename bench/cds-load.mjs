@@ -95,11 +95,16 @@ class Conn {
   }
   open() {
     return new Promise((resolve, reject) => {
-      this.sock = net.connect({ host: this.url.hostname, port: Number(this.url.port) }, resolve);
-      this.sock.setNoDelay(true);
-      this.sock.once('error', reject);
-      this.sock.on('data', (d) => this.onData(d));
-      this.sock.on('close', () => {
+      const sock = net.connect({ host: this.url.hostname, port: Number(this.url.port) }, resolve);
+      this.sock = sock;
+      sock.setNoDelay(true);
+      sock.once('error', reject);
+      sock.on('data', (d) => { if (this.sock === sock) this.onData(d); });
+      // Only for the socket in use: a socket destroyed after a "Connection: close" reports its close
+      // later, when its successor is already open (which that report must not mark closed, or the
+      // next call would open a third socket and leave the second one open).
+      sock.on('close', () => {
+        if (this.sock !== sock) return;
         this.closed = true;
         if (this.waiting) this.waiting.reject(new Error('connection closed before the answer'));
       });
