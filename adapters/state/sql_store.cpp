@@ -132,9 +132,15 @@ public:
         for (;;) {
             const int rc = sqlite3_step(stmt_);
             if (rc == SQLITE_DONE) return;
-            if (rc != SQLITE_ROW) throw StateError(where_ + ": a read failed: " + sqlite3_errmsg(db_));
+            if (rc != SQLITE_ROW) throw StateError(where_ + ": a statement failed: " + sqlite3_errmsg(db_));
             row(stmt_);
         }
+    }
+
+    // Binds as run() does and runs a statement that returns no rows: the number of rows it changed.
+    int execute(const std::vector<const std::string*>& text, const std::vector<std::int64_t>& integers) {
+        run(text, integers, [](sqlite3_stmt*) {});
+        return sqlite3_changes(db_);
     }
 
     static std::string text(sqlite3_stmt* s, int column) {
@@ -592,13 +598,12 @@ public:
             if (backend_ == SqlBackend::sqlite) {
                 // SQLite (one connection for the store's life): the statement is compiled once and
                 // run again with the values bound by reference.
-                jti_args_ = {issuer, jti, static_cast<Poco::Int64>(expires_at), static_cast<Poco::Int64>(now_s)};
-                if (!jti_insert_) {
-                    jti_insert_ = std::make_unique<Statement>(session_);
-                    *jti_insert_ << insert, use(jti_args_.issuer), use(jti_args_.jti), use(jti_args_.expires_at),
-                        use(jti_args_.now);
-                }
-                return jti_insert_->execute() == 1;
+                // SQLite: compiled once for the connection's life (Poco's Statement compiles its text
+                // again on every execute).
+                if (!jti_insert_)
+                    jti_insert_ = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_),
+                                                                   location_, insert.c_str());
+                return jti_insert_->execute({&issuer, &jti}, {expires_at, now_s}) == 1;
             }
             Statement s(session_);
             s << q(insert), bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at)),
@@ -792,11 +797,10 @@ private:
             session_ << (relaxed ? "SET synchronous_commit TO OFF" : "SET synchronous_commit TO ON"), now;
         else if (location_ != ":memory:") {
             auto& stmt = relaxed ? sync_normal_ : sync_full_;
-            if (!stmt) {
-                stmt = std::make_unique<Statement>(session_);
-                *stmt << (relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL");
-            }
-            stmt->execute();
+            if (!stmt)
+                stmt = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_), location_,
+                                                        relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL");
+            stmt->execute({}, {});
         }
     }
 
@@ -973,13 +977,8 @@ private:
     std::string conninfo_, password_;  // PostgreSQL: to connect again
     std::recursive_mutex mutex_;
     int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
-    // SQLite: the replay check's statements, compiled once, destroyed before
-    // the session (their values bound by reference).
-    struct JtiArgs {
-        std::string issuer, jti;
-        Poco::Int64 expires_at = 0, now = 0;
-    } jti_args_;
-    std::unique_ptr<Statement> jti_insert_, sync_normal_, sync_full_;
+    // SQLite: the replay check's statements, compiled once, destroyed before the session.
+    std::unique_ptr<SqlitePrepared> jti_insert_, sync_normal_, sync_full_;
     // SQLite: the CDS call's two reads, compiled once (destroyed before the session too).
     std::unique_ptr<SqlitePrepared> issued_for_patient_, overrides_in_force_;
     // SQLite files: the log's checkpoints, off every caller's commit (stopped first, before the session).
