@@ -596,14 +596,7 @@ public:
                 "INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti)"
                 " DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
             if (backend_ == SqlBackend::sqlite) {
-                // SQLite (one connection for the store's life): the statement is compiled once and
-                // run again with the values bound by reference.
-                // SQLite: compiled once for the connection's life (Poco's Statement compiles its text
-                // again on every execute).
-                if (!jti_insert_)
-                    jti_insert_ = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_),
-                                                                   location_, insert.c_str());
-                return jti_insert_->execute({&issuer, &jti}, {expires_at, now_s}) == 1;
+                return compiled_once(jti_insert_, insert.c_str()).execute({&issuer, &jti}, {expires_at, now_s}) == 1;
             }
             Statement s(session_);
             s << q(insert), bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at)),
@@ -737,12 +730,9 @@ public:
                                                      const std::string& patient) override {
         if (backend_ == SqlBackend::sqlite)
             return locked([&] {
-                if (!issued_for_patient_)
-                    issued_for_patient_ = std::make_unique<SqlitePrepared>(
-                        Poco::Data::SQLite::Utility::dbHandle(session_), location_,
-                        (std::string(kIssuedCardColumns) + kIssuedForPatient).c_str());
+                static const std::string sql = std::string(kIssuedCardColumns) + kIssuedForPatient;
                 std::vector<IssuedCard> out;
-                issued_for_patient_->run({&issuer, &service_id, &patient}, {}, [&](sqlite3_stmt* st) {
+                compiled_once(issued_for_patient_, sql.c_str()).run({&issuer, &service_id, &patient}, {}, [&](sqlite3_stmt* st) {
                     out.push_back(issued_card_row(SqliteText{st}, SqliteInteger{st}));
                 });
                 return out;
@@ -765,11 +755,8 @@ public:
                                                  EpochSeconds now_s) override {
         if (backend_ == SqlBackend::sqlite)
             return locked([&] {
-                if (!overrides_in_force_)
-                    overrides_in_force_ = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_),
-                                                                           location_, kOverridesInForce);
                 std::vector<CardOverride> out;
-                overrides_in_force_->run({&issuer, &patient}, {now_s}, [&](sqlite3_stmt* st) {
+                compiled_once(overrides_in_force_, kOverridesInForce).run({&issuer, &patient}, {now_s}, [&](sqlite3_stmt* st) {
                     out.push_back(override_row(SqliteText{st}, SqliteInteger{st}));
                 });
                 return out;
@@ -796,12 +783,17 @@ private:
         if (backend_ == SqlBackend::postgresql)
             session_ << (relaxed ? "SET synchronous_commit TO OFF" : "SET synchronous_commit TO ON"), now;
         else if (location_ != ":memory:") {
-            auto& stmt = relaxed ? sync_normal_ : sync_full_;
-            if (!stmt)
-                stmt = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_), location_,
-                                                        relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL");
-            stmt->execute({}, {});
+            compiled_once(relaxed ? sync_normal_ : sync_full_,
+                          relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL")
+                .execute({}, {});
         }
+    }
+
+    // SQLite: the statement kept in `slot`, compiled from `sql` on its first use on this connection
+    // (Poco's Statement would compile its text again on every execute).
+    SqlitePrepared& compiled_once(std::unique_ptr<SqlitePrepared>& slot, const char* sql) {
+        if (!slot) slot = std::make_unique<SqlitePrepared>(Poco::Data::SQLite::Utility::dbHandle(session_), location_, sql);
+        return *slot;
     }
 
     // Brings the schema to latest_schema_version(), in one transaction that holds off other processes
