@@ -311,6 +311,36 @@ private:
     int last_bad_byte_ = -1;
 };
 
+// The common case, parsed fast: a text in place with nothing wrong in it. RapidJSON's own
+// InsituStringStream is read through a local copy the reader keeps in registers (the Guard's stream
+// cannot be: the Guard reads its position), and this handler needs no position: it only counts the
+// depth, checks the strings' UTF-8 and the doubles, and gives up at the first thing the Guard would
+// report. Then the Guard's parse runs instead, and says what and where.
+class QuickGuard {
+public:
+    QuickGuard(rapidjson::Document& doc, std::size_t max_depth) : doc_(doc), max_depth_(max_depth) {}
+
+    bool Null() { return doc_.Null(); }
+    bool Bool(bool b) { return doc_.Bool(b); }
+    bool Int(int i) { return doc_.Int(i); }
+    bool Uint(unsigned i) { return doc_.Uint(i); }
+    bool Int64(std::int64_t i) { return doc_.Int64(i); }
+    bool Uint64(std::uint64_t i) { return doc_.Uint64(i); }
+    bool Double(double d) { return std::isfinite(d) && doc_.Double(d); }
+    bool RawNumber(const char* s, rapidjson::SizeType n, bool copy) { return doc_.RawNumber(s, n, copy); }
+    bool String(const char* s, rapidjson::SizeType n, bool copy) { return valid_utf8(s, n) && doc_.String(s, n, copy); }
+    bool Key(const char* s, rapidjson::SizeType n, bool copy) { return valid_utf8(s, n) && doc_.Key(s, n, copy); }
+    bool StartObject() { return depth_++ < max_depth_ && doc_.StartObject(); }
+    bool StartArray() { return depth_++ < max_depth_ && doc_.StartArray(); }
+    bool EndObject(rapidjson::SizeType n) { return --depth_, doc_.EndObject(n); }
+    bool EndArray(rapidjson::SizeType n) { return --depth_, doc_.EndArray(n); }
+
+private:
+    rapidjson::Document& doc_;
+    std::size_t max_depth_;
+    std::size_t depth_ = 0;
+};
+
 // What a RapidJSON error means, in words.
 JsonError reader_error(std::string_view text, rapidjson::ParseErrorCode code, std::size_t offset, JsonPath path) {
     JsonError e{JsonErrorKind::syntax, offset, std::move(path), rapidjson::GetParseError_En(code)};
@@ -455,6 +485,18 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
     std::map<std::size_t, std::string> patched;
     std::string_view text = bytes;
 
+    // A parse that succeeded: refused after all when something but spaces follows the value.
+    auto finish = [&](JsonParseResult& r) {
+        if (options.allow_trailing) return;
+        std::size_t i = r.end;
+        while (i < text.size() && is_json_space(text[i])) ++i;
+        if (i < text.size()) {
+            doc.SetNull();
+            r.defects.clear();
+            r.error = reader_error(text, rapidjson::kParseErrorDocumentRootNotSingular, i, {});
+        }
+    };
+
     // Parses from `in` (positioned at the start of the text) with the Document built or not.
     auto run_on = [&](auto& in, auto insitu, bool build, bool iterative, Attempt& attempt) -> std::optional<JsonError> {
         using Stream = std::remove_reference_t<decltype(in)>;
@@ -518,6 +560,25 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
         return run_on(in, std::false_type{}, build, iterative, attempt);
     };
 
+    // In place, the quick parse first; anything it gives up on is parsed again by the Guard.
+    if (options.insitu) {
+        std::memcpy(options.insitu, text.data(), text.size());
+        options.insitu[text.size()] = '\0';
+        rapidjson::InsituStringStream in(options.insitu);
+        for (std::size_t i = 0; i < skip; ++i) in.Take();
+        rapidjson::Reader reader;
+        auto generate = [&](rapidjson::Document& d) {
+            QuickGuard guard(d, options.limits.max_depth);
+            return !reader.Parse<kInsituRecursiveFlags>(in, guard).IsError();
+        };
+        doc.Populate(generate);
+        if (!reader.HasParseError()) {
+            result.end = in.Tell();
+            finish(result);
+            return result;
+        }
+        doc.SetNull();
+    }
     Attempt attempt;
     std::optional<JsonError> error = run(true, false, attempt);
     if (error && attempt.needs_iterative) {
@@ -551,16 +612,7 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
         result.end = 0;
         return result;
     }
-    if (!options.allow_trailing) {
-        std::size_t i = result.end;
-        while (i < text.size() && is_json_space(text[i])) ++i;
-        if (i < text.size()) {
-            doc.SetNull();
-            result.defects.clear();
-            result.error = reader_error(text, rapidjson::kParseErrorDocumentRootNotSingular, i, {});
-            return result;
-        }
-    }
+    finish(result);
     return result;
 }
 

@@ -380,6 +380,8 @@ TEST_CASE("reader: NDJSON whose first line is broken, in a file without an .ndjs
     CHECK(c.problems[0].describe().rfind("<stdin>:1: JSON parse error at column ", 0) == 0);
 }
 
+// A parse in place is tried first without a position-keeping guard, and falls back to the guarded
+// parse at the first problem: every text here takes one of the two ways.
 TEST_CASE("parse in place: the same Document, end, errors and defects as a parse of the bytes, which stay unchanged") {
     const std::vector<std::string> texts = {
         R"({"resourceType":"Patient","id":"a","name":[{"text":"Zo\u00EB \"Z\" \\ \/"}],"n":[1,-2.5e3,true,null]})",
@@ -391,6 +393,10 @@ TEST_CASE("parse in place: the same Document, end, errors and defects as a parse
         R"({"a":[1,2,)",
         std::string("{\"a\":\"x\0y\"}", 11),
         "{\"e\":" + std::string(150, '[') + std::string(150, ']') + ",\"f\":\"g\"}",
+        // At the depth limit and one level past it (the root is level 1).
+        "{\"e\":" + std::string(kDefaultJsonMaxDepth - 1, '[') + std::string(kDefaultJsonMaxDepth - 1, ']') + "}",
+        "{\"e\":" + std::string(kDefaultJsonMaxDepth, '[') + std::string(kDefaultJsonMaxDepth, ']') + "}",
+        R"({"a":"b"}   )",
     };
     for (bool keep_going : {false, true}) {
         for (const std::string& text : texts) {
