@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <sstream>
+
 #include <rapidjson/document.h>
 
 #include "fhir/resource_reader.hpp"
@@ -446,4 +448,85 @@ TEST_CASE("DetectedIssue carries §4 of clinical-rules.md") {
     CHECK(std::string(d["identifier"][0]["value"].GetString()) ==
           mappings::alert_identifier("Patient/p1", "dystrophic-calcinosis-watch"));
     CHECK(std::string(d["detail"].GetString()).find("soft-tissue radiography confirms") != std::string::npos);
+}
+
+namespace {
+
+// Everything a builder holds, in words, in its order.
+std::string dump(const mappings::FactBuilder& b) {
+    std::string out;
+    for (const auto& [ref, p] : b.patients()) {
+        out += ref + "\n";
+        for (const auto& l : p.labs)
+            out += "  lab " + std::to_string(static_cast<int>(l.analyte)) + " " + rules::format_number(l.value) + " " +
+                   std::to_string(l.effective) + " " + l.source + " " + l.status + " " + l.code + "\n";
+        for (const auto& c : p.conditions) out += "  condition " + c.concept_id + " " + c.code + " " + c.source + "\n";
+        for (const auto& c : p.procedures) out += "  procedure " + c.concept_id + " " + c.source + "\n";
+        for (const auto& n : p.notes) out += "  note " + n.source + " | " + n.path + " | " + n.message + "\n";
+        if (p.deceased) out += "  deceased " + p.deceased->source + "\n";
+    }
+    for (const auto& pr : b.problems()) out += "problem " + pr.describe() + "\n";
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("NDJSON read on several threads: the same facts, notes and problems, in the same order, as on one") {
+    auto lab = [](const std::string& id, const std::string& patient, const std::string& meta, const std::string& value) {
+        return R"({"resourceType":"Observation","id":")" + id + R"(")" + meta +
+               R"(,"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},"subject":{"reference":"Patient/)" +
+               patient + R"("},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":)" + value +
+               R"(,"code":"mg/dL"}})";
+    };
+    const std::vector<std::string> lines = {
+        lab("o1", "p1", R"(,"meta":{"versionId":"9"})", "12.5"),
+        lab("o2", "p2", "", "10.1"),
+        R"({"resourceType":"Patient","id":"p1","deceasedDateTime":"2026-10-01"})",
+        lab("o1", "p1", R"(,"meta":{"versionId":"10"})", "9.1"),         // supersedes version 9
+        lab("o3", "p1", R"(,"meta":{"versionId":"2"})", "11.0"),
+        lab("o3", "p1", R"(,"meta":{"versionId":"1"})", "13.0"),         // older: not used
+        lab("o2", "p2", "", "10.1"),                                       // a resend: counted once
+        lab("o4", "p3", R"(,"meta":{"versionId":"1"})", "\"x\""),        // rejected
+        lab("o5", "p3", R"(,"meta":{"versionId":"1"})", "9.9"),
+        lab("o5", "p3", R"(,"meta":{"versionId":"2"})", "\"y\""),        // rejected: version 1 no longer counts
+        R"({"resourceType":"Observation","id":"o6","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},"effectiveDateTime":"2026-11-20"})",
+        R"({"resourceType":"Patient","id":"p1","meta":{"versionId":"7"},"deceasedBoolean":false})",  // no version before: read last counts
+        R"({"resourceType":"Bundle","type":"history","entry":[{"request":{"method":"DELETE","url":"Observation/o3"},"response":{"etag":"W/\"3\""}}]})",
+        R"({"resourceType":"Condition","id":"c1","code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"N18.6"}]},"subject":{"reference":"Patient/p4"}})",
+        R"({"resourceType":"Procedure","id":"hd1","status":"completed","subject":{"reference":"Patient/p4"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006"}]},"performedDateTime":"2026-11-20"})",
+        R"({"resourceType":"Procedure","id":"hd2","status":"completed","subject":{"reference":"Patient/p4"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"302497006"}]}})",
+        "{not json",
+        R"({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"export incomplete"}]})",
+        R"({"resourceType":"Patient","id":"p5"})",
+        lab("o1", "p1", R"(,"meta":{"versionId":"8"})", "14.0"),         // older than 10: not used
+        R"({"resourceType":"Condition","id":"c1","meta":{"versionId":"2"},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"N18.6"}]},"subject":{"reference":"Patient/p4"}})",
+    };
+    std::string text;
+    for (const auto& l : lines) text += l + "\n";
+    auto read = [&](unsigned jobs, std::size_t batch_bytes) {
+        mappings::FactBuilder b(test::terminology());
+        std::istringstream in(text);
+        fhir::NdjsonOptions o;
+        o.jobs = jobs;
+        o.batch_bytes = batch_bytes;
+        const auto stats = fhir::read_ndjson(in, "t.ndjson", b, o);
+        return std::to_string(stats.resources) + " resources, " + std::to_string(stats.rejected) + " rejected\n" + dump(b);
+    };
+    const std::string one = read(1, std::size_t{4} << 20);
+    // What the single thread gives, checked in part, so that the comparison is of something.
+    CHECK(one.find("lab 0 9.1 ") != std::string::npos);
+    CHECK(one.find("Observation/o1/_history/9 | meta.versionId | Observation/o1 (version 9) is superseded by version 10") != std::string::npos);
+    CHECK(one.find("Observation/o1/_history/8 |") != std::string::npos);
+    CHECK(one.find("Observation/o2 (a copy without meta.versionId or meta.lastUpdated) is superseded") != std::string::npos);
+    CHECK(one.find("is deleted by an entry of the input (version 3)") != std::string::npos);
+    CHECK(one.find("Observation/o5/_history/1") != std::string::npos);
+    CHECK(one.find("deceased") == std::string::npos);  // the later Patient version is not deceased
+    CHECK(one.find("Patient/p5\n") != std::string::npos);
+    CHECK(one.find("problem t.ndjson:17") != std::string::npos);
+    for (unsigned jobs : {2U, 3U})
+        for (std::size_t batch_bytes : {std::size_t{1}, std::size_t{300}, std::size_t{1000}}) {
+            CAPTURE(jobs);
+            CAPTURE(batch_bytes);
+            CHECK(read(jobs, batch_bytes) == one);
+        }
 }
