@@ -5,6 +5,7 @@
 // checks and pragmas, the PostgreSQL URL.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -157,8 +158,69 @@ private:
     sqlite3_stmt* stmt_ = nullptr;
 };
 
-// The CDS call's two reads, the same text on both backends (SQLite runs them compiled once, through
-// SqlitePrepared), and their rows, built by one function whatever reads the columns: `text(i)` and
+// A PostgreSQL statement prepared once on a connection (PQprepare) and run with libpq directly: one
+// round trip a call (Poco's Statement prepares, runs and deallocates, three). Parameters go as text;
+// `sql` uses $1, $2, ... The connection is the store's own (its transaction, if one is open).
+class PostgresPrepared {
+public:
+    PostgresPrepared(PGconn* conn, std::string where, std::string name, const std::string& sql)
+        : conn_(conn), where_(std::move(where)), name_(std::move(name)) {
+        Result r(PQprepare(conn_, name_.c_str(), sql.c_str(), 0, nullptr));
+        if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) fail("cannot prepare a statement", r.get());
+    }
+    PostgresPrepared(const PostgresPrepared&) = delete;
+    PostgresPrepared& operator=(const PostgresPrepared&) = delete;
+    ~PostgresPrepared() = default;  // the statement ends with its connection
+
+    PGconn* connection() const { return conn_; }
+
+    // Binds `text` then `integers` to the parameters in order and calls row(result, i) for each row.
+    template <class Row>
+    int run(const std::vector<const std::string*>& text, const std::vector<std::int64_t>& integers, Row&& row) {
+        std::vector<std::string> numbers;
+        numbers.reserve(integers.size());
+        for (const auto n : integers) numbers.push_back(std::to_string(n));
+        std::vector<const char*> values;
+        std::vector<int> lengths;
+        for (const auto* t : text) {
+            values.push_back(t->c_str());
+            lengths.push_back(static_cast<int>(t->size()));
+        }
+        for (const auto& n : numbers) {
+            values.push_back(n.c_str());
+            lengths.push_back(static_cast<int>(n.size()));
+        }
+        Result r(PQexecPrepared(conn_, name_.c_str(), static_cast<int>(values.size()), values.data(), lengths.data(),
+                                nullptr, 0));
+        const ExecStatusType status = PQresultStatus(r.get());
+        if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) fail("a statement failed", r.get());
+        for (int i = 0; i < PQntuples(r.get()); ++i) row(r.get(), i);
+        const char* changed = PQcmdTuples(r.get());
+        return changed == nullptr || *changed == '\0' ? 0 : std::atoi(changed);
+    }
+    // A statement that returns no rows: the number of rows it changed.
+    int execute(const std::vector<const std::string*>& text, const std::vector<std::int64_t>& integers) {
+        return run(text, integers, [](PGresult*, int) {});
+    }
+
+private:
+    struct Clear {
+        void operator()(PGresult* r) const { PQclear(r); }
+    };
+    using Result = std::unique_ptr<PGresult, Clear>;
+    [[noreturn]] void fail(const char* what, PGresult* r) const {
+        const char* why = r != nullptr ? PQresultErrorMessage(r) : nullptr;
+        std::string line = why != nullptr && *why != '\0' ? why : PQerrorMessage(conn_);
+        line = line.substr(0, line.find('\n'));
+        throw StateError(where_ + ": " + what + ": " + (line.empty() ? "no answer" : line));
+    }
+    PGconn* conn_;
+    std::string where_;
+    std::string name_;
+};
+
+// The CDS call's two reads, the same text on both backends (each runs them prepared once per
+// connection, through SqlitePrepared or PostgresPrepared), and their rows, built by one function whatever reads the columns: `text(i)` and
 // `integer(i)` give column i.
 const char* const kIssuedCardColumns =
     "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
@@ -255,6 +317,18 @@ struct SqliteText {
 struct SqliteInteger {
     sqlite3_stmt* st;
     std::int64_t operator()(int i) const { return sqlite3_column_int64(st, i); }
+};
+struct PostgresText {
+    PGresult* r;
+    int row;
+    std::string operator()(int i) const {
+        return std::string(PQgetvalue(r, row, i), static_cast<std::size_t>(PQgetlength(r, row, i)));
+    }
+};
+struct PostgresInteger {
+    PGresult* r;
+    int row;
+    std::int64_t operator()(int i) const { return std::strtoll(PQgetvalue(r, row, i), nullptr, 10); }
 };
 struct RecordText {
     RecordSet& rs;
@@ -565,24 +639,14 @@ public:
                       EpochSeconds now_s) override {
         return locked([&] {
             // A replay record is needed only until its token expires (minutes), and is checked on
-            // every call: its commit does not wait for the disk. On SQLite (WAL) synchronous=NORMAL
-            // for this one commit: it survives a crash of the process, and is lost only with the
-            // machine's power within the last moments (a token presented again after that is
-            // accepted once more). On PostgreSQL synchronous_commit=off: the record is visible to
-            // every replica as soon as it commits; only its flush to disk is deferred.
+            // every call: its commit does not wait for the disk, unless it is part of a caller's
+            // transaction. On SQLite (WAL) synchronous=NORMAL for this one commit: it survives a
+            // crash of the process, and is lost only with the machine's power within the last
+            // moments (a token presented again after that is accepted once more). On PostgreSQL
+            // synchronous_commit is off for this one transaction (set_config(..., true) inside the
+            // INSERT itself, one round trip): the record is visible to every replica as soon as it
+            // commits; only its flush to disk is deferred.
             const bool relaxed = depth_ == 0;
-            if (relaxed) relax_durability(true);
-            struct Restore {
-                SqlStore* self;
-                bool on;
-                ~Restore() {
-                    if (!on) return;
-                    try {
-                        self->relax_durability(false);
-                    } catch (...) {
-                    }
-                }
-            } restore{this, relaxed};
             // Expired records are purged at most once a minute (of now_s), not on every call: the
             // table stays bounded, and the check below does not depend on the purge.
             if (now_s < jti_purged_at_ || now_s - jti_purged_at_ >= kJtiPurgeSeconds) {
@@ -592,16 +656,34 @@ public:
             // One statement, atomic on both databases: another process that recorded the same jti
             // first makes this one change nothing; a record of that jti that has expired (not yet
             // purged) is taken over.
-            const std::string insert =
-                "INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (issuer, jti)"
-                " DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
+            constexpr const char* kTakeOver =
+                " ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
             if (backend_ == SqlBackend::sqlite) {
+                if (relaxed) relax_durability(true);
+                struct Restore {
+                    SqlStore* self;
+                    bool on;
+                    ~Restore() {
+                        if (!on) return;
+                        try {
+                            self->relax_durability(false);
+                        } catch (...) {
+                        }
+                    }
+                } restore{this, relaxed};
+                static const std::string insert =
+                    std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kTakeOver;
                 return compiled_once(jti_insert_, insert.c_str()).execute({&issuer, &jti}, {expires_at, now_s}) == 1;
             }
-            Statement s(session_);
-            s << q(insert), bind(issuer), bind(jti), bind(static_cast<Poco::Int64>(expires_at)),
-                bind(static_cast<Poco::Int64>(now_s));
-            return s.execute() == 1;
+            static const std::string relaxed_insert =
+                std::string("INSERT INTO cds_jti (issuer, jti, expires_at) SELECT CAST(? AS TEXT), CAST(? AS TEXT),"
+                            " CAST(? AS BIGINT) FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed") +
+                kTakeOver;
+            static const std::string insert =
+                std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kTakeOver;
+            auto& statement = relaxed ? prepared_once(pg_jti_relaxed_, "calcalert_jti_relaxed", relaxed_insert)
+                                      : prepared_once(pg_jti_, "calcalert_jti", insert);
+            return statement.execute({&issuer, &jti}, {expires_at, now_s}) == 1;
         });
     }
 
@@ -737,7 +819,15 @@ public:
                 });
                 return out;
             });
-        return select_issued(kIssuedForPatient, {issuer, service_id, patient});
+        return locked([&] {
+            static const std::string sql = std::string(kIssuedCardColumns) + kIssuedForPatient;
+            std::vector<IssuedCard> out;
+            prepared_once(pg_issued_for_patient_, "calcalert_issued_for_patient", sql)
+                .run({&issuer, &service_id, &patient}, {}, [&](PGresult* r, int row) {
+                    out.push_back(issued_card_row(PostgresText{r, row}, PostgresInteger{r, row}));
+                });
+            return out;
+        });
     }
 
     void put_override(const CardOverride& o) override {
@@ -762,12 +852,11 @@ public:
                 return out;
             });
         return locked([&] {
-            Statement s(session_);
-            s << q(kOverridesInForce), bind(issuer), bind(patient), bind(static_cast<Poco::Int64>(now_s));
-            s.execute();
-            RecordSet rs(s);
             std::vector<CardOverride> out;
-            for (std::size_t i = 0; i < rs.rowCount(); ++i) out.push_back(override_row(RecordText{rs, i}, RecordInteger{rs, i}));
+            prepared_once(pg_overrides_in_force_, "calcalert_overrides_in_force", kOverridesInForce)
+                .run({&issuer, &patient}, {now_s}, [&](PGresult* r, int row) {
+                    out.push_back(override_row(PostgresText{r, row}, PostgresInteger{r, row}));
+                });
             return out;
         });
     }
@@ -778,15 +867,23 @@ private:
 
     std::string q(const std::string& portable) const { return sql_for(portable, backend_); }
 
-    // Commits that do not wait for the disk (true), or the store's usual durable commits (false).
+    // SQLite: commits that do not wait for the disk (true), or the store's usual durable commits
+    // (false). A database in memory has no disk to wait for.
     void relax_durability(bool relaxed) {
-        if (backend_ == SqlBackend::postgresql)
-            session_ << (relaxed ? "SET synchronous_commit TO OFF" : "SET synchronous_commit TO ON"), now;
-        else if (location_ != ":memory:") {
-            compiled_once(relaxed ? sync_normal_ : sync_full_,
-                          relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL")
-                .execute({}, {});
-        }
+        if (location_ == ":memory:") return;
+        compiled_once(relaxed ? sync_normal_ : sync_full_, relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL")
+            .execute({}, {});
+    }
+
+    // PostgreSQL: the statement kept in `slot`, prepared from `portable` (with ? parameters) as
+    // `name` on its first use on this connection.
+    PostgresPrepared& prepared_once(std::unique_ptr<PostgresPrepared>& slot, const char* name, const std::string& portable) {
+        auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session_.impl());
+        if (impl == nullptr) throw StateError(location_ + ": not a PostgreSQL session");
+        PGconn* conn = impl->handle();
+        if (!slot || slot->connection() != conn)
+            slot = std::make_unique<PostgresPrepared>(conn, location_, name, q(portable));
+        return *slot;
     }
 
     // SQLite: the statement kept in `slot`, compiled from `sql` on its first use on this connection
@@ -873,6 +970,10 @@ private:
         if (!impl->handle().reset())
             throw StateError(location_ + ": the connection was lost and cannot be opened again: " +
                              first_line(PQerrorMessage(impl->handle())));
+        pg_jti_relaxed_.reset();
+        pg_jti_.reset();
+        pg_issued_for_patient_.reset();
+        pg_overrides_in_force_.reset();
         session_ = postgresql_session(location_, conninfo_, password_);
     }
 
@@ -973,6 +1074,9 @@ private:
     std::unique_ptr<SqlitePrepared> jti_insert_, sync_normal_, sync_full_;
     // SQLite: the CDS call's two reads, compiled once (destroyed before the session too).
     std::unique_ptr<SqlitePrepared> issued_for_patient_, overrides_in_force_;
+    // PostgreSQL: the replay check's INSERT (relaxed and not) and the CDS call's two reads, prepared
+    // once per connection (dropped when the session is replaced).
+    std::unique_ptr<PostgresPrepared> pg_jti_relaxed_, pg_jti_, pg_issued_for_patient_, pg_overrides_in_force_;
     // SQLite files: the log's checkpoints, off every caller's commit (stopped first, before the session).
     std::unique_ptr<WalCheckpointer> checkpointer_;
 };
