@@ -103,10 +103,26 @@ std::string format_datetime(EpochSeconds t) {
     int y = 0;
     unsigned m = 0, d = 0;
     civil_from_days(days, y, m, d);
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02dZ", y, m, d, static_cast<int>(rem / 3600),
-                  static_cast<int>(rem % 3600 / 60), static_cast<int>(rem % 60));
-    return buf;
+    const int hh = static_cast<int>(rem / 3600), mi = static_cast<int>(rem % 3600 / 60), ss = static_cast<int>(rem % 60);
+    if (y < 0 || y > 9999) {
+        char buf[40];
+        std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02dZ", y, m, d, hh, mi, ss);
+        return buf;
+    }
+    // The same characters as the snprintf above, without its format-string machinery.
+    std::string out = "0000-00-00T00:00:00Z";
+    auto two = [&out](std::size_t at, unsigned v) {
+        out[at] = static_cast<char>('0' + v / 10);
+        out[at + 1] = static_cast<char>('0' + v % 10);
+    };
+    two(0, static_cast<unsigned>(y) / 100);
+    two(2, static_cast<unsigned>(y) % 100);
+    two(5, m);
+    two(8, d);
+    two(11, static_cast<unsigned>(hh));
+    two(14, static_cast<unsigned>(mi));
+    two(17, static_cast<unsigned>(ss));
+    return out;
 }
 
 std::string format_date_for_people(EpochSeconds t) {

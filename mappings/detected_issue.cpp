@@ -104,10 +104,11 @@ void write_detected_issue(JsonWriter& w, const rules::Finding& f, rules::EpochSe
 
 std::string detected_issue_json(const rules::Finding& f, rules::EpochSeconds identified, const IssueOptions& o,
                                 std::string_view status, bool with_id) {
-    rapidjson::StringBuffer sb;
+    static thread_local rapidjson::StringBuffer sb;  // its capacity kept from one resource to the next
+    sb.Clear();
     JsonWriter w(sb);
     write_detected_issue(w, f, identified, o, status, with_id);
-    return sb.GetString();
+    return std::string(sb.GetString(), sb.GetSize());
 }
 
 void write_operation_outcome(JsonWriter& w, const std::vector<OutcomeIssue>& issues) {

@@ -27,17 +27,20 @@ struct FactValue {
 
 using FactMap = std::unordered_map<std::string, FactValue>;
 
+// What printf's "%.*f" writes into a 64-byte buffer (std::to_chars with a precision writes the same
+// digits, without the locale and format-string machinery; at most 63 characters are kept).
 std::string fixed(double v, int decimals) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-    return buf;
+    char buf[400];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, decimals);
+    return std::string(buf, std::min<std::size_t>(r.ec == std::errc() ? static_cast<std::size_t>(r.ptr - buf) : 0, 63));
 }
 
-// A number for the evidence hash: exact enough to see any change, independent of how it is written.
+// A number for the evidence hash: exact enough to see any change, independent of how it is written
+// (printf's "%.9g").
 std::string exact(double v) {
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.9g", v);
-    return buf;
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general, 9);
+    return std::string(buf, r.ec == std::errc() ? static_cast<std::size_t>(r.ptr - buf) : 0);
 }
 
 std::string_view comparator_words(Comparator c) {
@@ -656,9 +659,8 @@ private:
             mix(e.key);
             for (const auto& s : e.sources) mix(s);
         }
-        char buf[17];
-        std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-        fd.evidence_hash = buf;
+        fd.evidence_hash.assign(16, '0');  // "%016llx"
+        for (int i = 15; i >= 0; --i, h >>= 4) fd.evidence_hash[static_cast<std::size_t>(i)] = "0123456789abcdef"[h & 0xF];
         return fd;
     }
 

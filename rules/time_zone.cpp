@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -282,14 +283,26 @@ std::string format_time_for_people(std::int64_t utc, const TimeZone& zone) {
     const std::int64_t days = floor_div(t, kDay);
     const std::int64_t rem = t - days * kDay;
     const Civil c = civil_from_days(days);
-    char buf[64];
-    if (date_only)
-        std::snprintf(buf, sizeof buf, "%u %s %lld", c.day, months[c.month - 1], static_cast<long long>(c.year));
-    else
-        std::snprintf(buf, sizeof buf, "%u %s %lld %02d:%02d %s", c.day, months[c.month - 1],
-                      static_cast<long long>(c.year), static_cast<int>(rem / 3600), static_cast<int>(rem % 3600 / 60),
-                      local.abbreviation.c_str());
-    return buf;
+    // "%u %s %lld", then " %02d:%02d %s" unless date_only (what snprintf wrote into 64 bytes).
+    char buf[24];
+    std::string out(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, c.day).ptr - buf));
+    out += ' ';
+    out += months[c.month - 1];
+    out += ' ';
+    out.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, static_cast<long long>(c.year)).ptr - buf));
+    if (!date_only) {
+        const int hh = static_cast<int>(rem / 3600), mm = static_cast<int>(rem % 3600 / 60);
+        out += ' ';
+        out += static_cast<char>('0' + hh / 10);
+        out += static_cast<char>('0' + hh % 10);
+        out += ':';
+        out += static_cast<char>('0' + mm / 10);
+        out += static_cast<char>('0' + mm % 10);
+        out += ' ';
+        out += local.abbreviation;
+    }
+    if (out.size() > 63) out.resize(63);
+    return out;
 }
 
 }  // namespace calcalert::rules

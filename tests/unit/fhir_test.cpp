@@ -56,6 +56,11 @@ TEST_CASE("FHIR dateTime forms parse to UTC epoch seconds") {
     CHECK_FALSE(parse_datetime(""));
     CHECK_FALSE(parse_datetime("2026-11-25T12:00:00Zjunk"));
     CHECK(format_datetime(1795608000) == "2026-11-25T12:00:00Z");
+    CHECK(format_datetime(0) == "1970-01-01T00:00:00Z");
+    CHECK(format_datetime(-1) == "1969-12-31T23:59:59Z");
+    CHECK(format_datetime(-62135596800) == "0001-01-01T00:00:00Z");
+    CHECK(format_datetime(253402300799) == "9999-12-31T23:59:59Z");
+    CHECK(format_datetime(253402300800) == "10000-01-01T00:00:00Z");  // past four digits: as printf writes it
     CHECK(format_date_for_people(1795564800) == "2026-11-25");
     CHECK(format_date_for_people(1795608000) == "2026-11-25 12:00 UTC");
 }

@@ -447,6 +447,8 @@ TEST_CASE("time zones: UTC, fixed offsets, IANA zones with their rules; dates st
     CHECK(format_time_for_people(test::at("2026-11-25T12:00:00Z"), TimeZone()) == "25 Nov 2026 12:00 UTC");
     CHECK(format_time_for_people(test::at("2026-11-20"), TimeZone::load("Europe/Berlin")) == "20 Nov 2026");
     CHECK(format_time_for_people(test::at("2026-11-25T12:00:00Z"), TimeZone::load("+05:30")) == "25 Nov 2026 17:30 UTC+05:30");
+    CHECK(format_time_for_people(test::at("2026-01-05T09:07:00Z"), TimeZone()) == "5 Jan 2026 09:07 UTC");
+    CHECK(format_time_for_people(test::at("2026-12-31T23:59:00Z"), TimeZone()) == "31 Dec 2026 23:59 UTC");
     CHECK(format_time_for_people(test::at("2026-11-25T02:00:00Z"), TimeZone::load("UTC-05:00")) == "24 Nov 2026 21:00 UTC-05:00");
     const auto ny = TimeZone::load("America/New_York");
     CHECK(format_time_for_people(test::at("2026-03-08T06:59:00Z"), ny) == "8 Mar 2026 01:59 EST");
