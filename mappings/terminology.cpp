@@ -20,23 +20,33 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-std::string icd_normal(std::string_view code) {
-    std::string out;
+// An ICD code as the data keys it: without dots and spaces, in upper case ("n18.6" -> "N186").
+void append_icd_normal(std::string& out, std::string_view code) {
     for (char c : code)
         if (c != '.' && c != ' ') out += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    return out;
 }
 
 }  // namespace
 
 std::string Terminology::key(std::string_view canonical, std::string_view code) const {
-    auto it = systems_.find(std::string(canonical));
+    return std::string(lookup_key(canonical, code));
+}
+
+std::string_view Terminology::lookup_key(std::string_view canonical, std::string_view code) const {
+    static thread_local std::string k;
+    auto it = systems_.find(canonical);
     const bool icd = it != systems_.end() && it->second.second;
-    return std::string(canonical) + "|" + (icd ? icd_normal(code) : std::string(code));
+    k.assign(canonical);
+    k += '|';
+    if (icd)
+        append_icd_normal(k, code);
+    else
+        k += code;
+    return k;
 }
 
 std::optional<std::string_view> Terminology::canonical_system(std::string_view system) const {
-    auto it = systems_.find(std::string(system));
+    auto it = systems_.find(system);
     if (it == systems_.end()) return std::nullopt;
     return std::string_view(it->second.first);
 }
@@ -168,7 +178,7 @@ Terminology Terminology::load(const std::filesystem::path& dir) {
 const ProcedureCode* Terminology::procedure(std::string_view system, std::string_view code) const {
     auto sys = canonical_system(system);
     if (!sys || code.empty()) return nullptr;
-    auto it = procedures_.find(key(*sys, code));
+    auto it = procedures_.find(lookup_key(*sys, code));
     return it == procedures_.end() ? nullptr : &it->second;
 }
 
@@ -187,7 +197,7 @@ const PlausibleRange* Terminology::plausible_range(rules::Analyte a) const {
 const LabCode* Terminology::lab(std::string_view system, std::string_view code) const {
     auto sys = canonical_system(system);
     if (!sys) return nullptr;
-    auto it = labs_.find(key(*sys, code));
+    auto it = labs_.find(lookup_key(*sys, code));
     return it == labs_.end() ? nullptr : &it->second;
 }
 
@@ -202,7 +212,7 @@ std::vector<std::string> Terminology::lab_tokens() const {
 const ConditionCode* Terminology::condition(std::string_view system, std::string_view code) const {
     auto sys = canonical_system(system);
     if (!sys || code.empty()) return nullptr;
-    const std::string k = key(*sys, code);
+    const std::string_view k = lookup_key(*sys, code);
     if (auto it = conditions_.find(k); it != conditions_.end()) return &it->second;
     for (const auto& [prefix, c] : condition_prefixes_)
         if (k.compare(0, prefix.size(), prefix) == 0) return &c;
@@ -212,16 +222,20 @@ const ConditionCode* Terminology::condition(std::string_view system, std::string
 const std::vector<WordReading>* Terminology::word_readings(std::string_view system, std::string_view code) const {
     auto sys = canonical_system(system);
     if (!sys || code.empty()) return nullptr;
-    auto it = word_readings_.find(key(*sys, code));
+    auto it = word_readings_.find(lookup_key(*sys, code));
     return it == word_readings_.end() ? nullptr : &it->second;
 }
 
 std::string Terminology::normalize_words(std::string_view text) { return normalized_words(text); }
 
 const UnitConversion* Terminology::unit(rules::Analyte analyte, std::string_view u) const {
-    const std::string name(rules::analyte_name(analyte));
-    if (auto it = units_.find(name + "|" + std::string(u)); it != units_.end()) return &it->second;
-    const std::string want = name + "|" + lower(u);
+    static thread_local std::string exact;
+    const std::string_view name = rules::analyte_name(analyte);
+    exact.assign(name);
+    exact += '|';
+    exact += u;
+    if (auto it = units_.find(std::string_view(exact)); it != units_.end()) return &it->second;
+    const std::string want = std::string(name) + "|" + lower(u);
     for (const auto& [k, conv] : units_)
         if (lower(k) == want) return &conv;
     return nullptr;

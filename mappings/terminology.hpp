@@ -91,15 +91,25 @@ public:
     const std::map<std::string, std::string>& concepts() const { return concept_titles_; }
 
 private:
+    // Maps looked up by a string_view, without a std::string made for each lookup.
+    struct StringHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+    };
+    template <class V>
+    using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
+
     std::string key(std::string_view canonical, std::string_view code) const;
-    std::unordered_map<std::string, std::pair<std::string, bool>> systems_;  // alias -> canonical, is_icd
-    std::unordered_map<std::string, LabCode> labs_;
-    std::unordered_map<std::string, ConditionCode> conditions_;
+    // key() into a buffer of this thread's, reused: valid until the next lookup on the thread.
+    std::string_view lookup_key(std::string_view canonical, std::string_view code) const;
+    StringMap<std::pair<std::string, bool>> systems_;  // alias -> canonical, is_icd
+    StringMap<LabCode> labs_;
+    StringMap<ConditionCode> conditions_;
     std::vector<std::pair<std::string, ConditionCode>> condition_prefixes_;  // key prefix -> code
-    std::unordered_map<std::string, UnitConversion> units_;                   // analyte|unit
-    std::unordered_map<std::string, ProcedureCode> procedures_;
+    StringMap<UnitConversion> units_;                                        // analyte|unit
+    StringMap<ProcedureCode> procedures_;
     std::optional<PlausibleRange> plausible_[rules::analyte_count];
-    std::unordered_map<std::string, std::vector<WordReading>> word_readings_;  // system|code
+    StringMap<std::vector<WordReading>> word_readings_;  // system|code
     std::map<std::string, std::string> concept_titles_;
 };
 
