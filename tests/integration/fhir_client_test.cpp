@@ -5,7 +5,9 @@
 //   server does not do on demand: 429/503 with Retry-After, HTML instead of JSON, next links to
 //   another origin or in a loop, gzip, timeouts, redirects, and the bearer token on the wire; and
 //   the faults of request-level resilience: a connection reset mid-body, a body shorter than its
-//   Content-Length, an answer that never comes, a gzip bomb, a body over the size cap.
+//   Content-Length, an answer that never comes, a gzip bomb, a body over the size cap;
+// - an HTTPS server of Node.js (tests/support/https-server.mjs, a certificate made for the test):
+//   HTTP/2 where offered, HTTP/1.1 where not, one connection, an untrusted certificate refused.
 // Only 127.0.0.1 is contacted; 127.0.0.2 appears in URLs the client must refuse before connecting.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
@@ -45,6 +47,7 @@
 #include "fhir/client.hpp"
 #include "fhir/views.hpp"
 #include "tests/support/sandbox_server.hpp"
+#include "tests/support/shell.hpp"
 
 using calcalert::fhir::ClientOptions;
 using calcalert::fhir::FhirClient;
@@ -1625,4 +1628,107 @@ TEST_CASE("sandbox: an invalid resource, an unknown one and a bad search give Fh
     e = error_of([&] { client.search("Observation?value-quantity=5", [](const rapidjson::Document&) {}); });
     CHECK(e.status() == 400);
     CHECK(contains(e.what(), "GET " + base + "/Observation?value-quantity=5: HTTP 400: OperationOutcome: "));
+}
+
+namespace {
+
+// tests/support/https-server.mjs in a process of its own, with a certificate made for 127.0.0.1 in
+// a temporary directory; stopped (and the directory removed) at the end of its scope. `ok` is false,
+// with `why`, when node or openssl is missing.
+struct HttpsServer {
+    test::TempDir dir;
+    pid_t pid = -1;
+    int port = 0;
+    bool ok = false;
+    std::string why;
+
+    explicit HttpsServer(bool http1_only) : dir(http1_only ? "https1" : "https2") {
+        const std::string cert = (dir.path / "cert.pem").string(), key = (dir.path / "key.pem").string();
+        const std::string port_file = (dir.path / "port").string();
+        const auto made = test::run_shell("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "
+                                          "/CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout '" + key + "' -out '" +
+                                          cert + "'");
+        if (made.first != 0) {
+            why = "openssl cannot make a certificate: " + made.second.substr(0, 200);
+            return;
+        }
+        auto [found, node] = test::run_shell("command -v node");
+        while (!node.empty() && (node.back() == '\n' || node.back() == '\r')) node.pop_back();
+        if (found != 0 || node.empty()) {
+            why = "node is not on PATH";
+            return;
+        }
+        // Everything the child needs is prepared before fork(): after it, only execv.
+        std::vector<std::string> args = {node, std::string(CALCALERT_TEST_DIR) + "/support/https-server.mjs", cert, key,
+                                         port_file};
+        if (http1_only) args.emplace_back("--http1");
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        pid = ::fork();
+        if (pid == 0) {
+            ::setpgid(0, 0);
+            ::execv(argv[0], argv.data());
+            ::_exit(127);
+        }
+        for (int i = 0; i < 200 && port == 0; ++i) {
+            std::ifstream in(port_file);
+            if (!(in >> port)) port = 0;
+            if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        ok = port != 0;
+        if (!ok) why = "the HTTPS server did not start";
+    }
+    ~HttpsServer() {
+        if (pid > 0) {
+            ::kill(pid, SIGTERM);
+            if (!test::reap_within(pid, std::chrono::seconds(5))) {
+                ::kill(pid, SIGKILL);
+                test::reap_within(pid, std::chrono::seconds(5));
+            }
+        }
+    }
+    HttpsServer(const HttpsServer&) = delete;
+    HttpsServer& operator=(const HttpsServer&) = delete;
+
+    std::string base() const { return "https://127.0.0.1:" + std::to_string(port) + "/fhir"; }
+    std::string cert() const { return (dir.path / "cert.pem").string(); }
+};
+
+// The server's answer: (HTTP version, connection number).
+std::pair<std::string, int> version_and_connection(const calcalert::fhir::Response& r) {
+    rapidjson::Document d;
+    d.Parse(r.body.data(), r.body.size());
+    REQUIRE(d.IsObject());
+    return {d["parameter"][0]["valueString"].GetString(), d["parameter"][1]["valueInteger"].GetInt()};
+}
+
+}  // namespace
+
+TEST_CASE("HTTPS: HTTP/2 where the server offers it, one connection for many requests; HTTP/1.1 where it does not") {
+    for (bool http1_only : {false, true}) {
+        CAPTURE(http1_only);
+        HttpsServer server(http1_only);
+        if (!server.ok) {
+            MESSAGE("skipped: " << server.why);
+            return;
+        }
+        ClientOptions o;
+        o.base_url = server.base();
+        o.ca_file = server.cert();
+        FhirClient client(o);
+        const std::string want = http1_only ? "1.1" : "2.0";
+        for (const std::string target : {"metadata", "Patient/1", "Observation?code=2777-1"}) {
+            CAPTURE(target);
+            const auto [version, connection] = version_and_connection(client.get(target));
+            CHECK(version == want);
+            CHECK(connection == 1);
+        }
+        CHECK(client.stats().connections == 1);
+        // Without the certificate's CA the server is not trusted: refused, never read.
+        ClientOptions untrusted;
+        untrusted.base_url = server.base();
+        FhirClient stranger(untrusted);
+        CHECK_THROWS_AS(stranger.get("metadata"), FhirError);
+    }
 }
