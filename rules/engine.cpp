@@ -696,12 +696,7 @@ private:
 }  // namespace
 
 std::string format_number(double v, int decimals) {
-    // std::to_chars with a precision writes what printf's "%.*f" writes, without the locale and
-    // format-string machinery.
-    char buf[400];
-    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, decimals);
-    // At most 63 characters, as the 64-byte buffer of snprintf kept.
-    std::string s(buf, std::min<std::size_t>(r.ec == std::errc() ? static_cast<std::size_t>(r.ptr - buf) : 0, 63));
+    std::string s = fixed(v, decimals);
     if (s.find('.') != std::string::npos) {
         while (!s.empty() && s.back() == '0') s.pop_back();
         if (!s.empty() && s.back() == '.') s.pop_back();
