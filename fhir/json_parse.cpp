@@ -548,12 +548,15 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
         doc.Populate(generate);
         return outcome(guard);
     };
+    // A fresh copy for every attempt in place: a parse in place overwrites what it has read.
+    auto fresh_copy = [&] {
+        std::memcpy(options.insitu, text.data(), text.size());
+        options.insitu[text.size()] = '\0';
+        return options.insitu;
+    };
     auto run = [&](bool build, bool iterative, Attempt& attempt) -> std::optional<JsonError> {
         if (options.insitu && text.data() == bytes.data()) {
-            // A fresh copy for every attempt: a parse in place overwrites what it has read.
-            std::memcpy(options.insitu, text.data(), text.size());
-            options.insitu[text.size()] = '\0';
-            InsituStream in(options.insitu);
+            InsituStream in(fresh_copy());
             return run_on(in, std::true_type{}, build, iterative, attempt);
         }
         rapidjson::MemoryStream in(text.data(), text.size());
@@ -562,9 +565,7 @@ JsonParseResult parse_untrusted_json(rapidjson::Document& doc, std::string_view 
 
     // In place, the quick parse first; anything it gives up on is parsed again by the Guard.
     if (options.insitu) {
-        std::memcpy(options.insitu, text.data(), text.size());
-        options.insitu[text.size()] = '\0';
-        rapidjson::InsituStringStream in(options.insitu);
+        rapidjson::InsituStringStream in(fresh_copy());
         for (std::size_t i = 0; i < skip; ++i) in.Take();
         rapidjson::Reader reader;
         auto generate = [&](rapidjson::Document& d) {
