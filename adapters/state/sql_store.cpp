@@ -5,8 +5,8 @@
 // checks and pragmas, the PostgreSQL URL.
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -158,9 +158,9 @@ private:
     sqlite3_stmt* stmt_ = nullptr;
 };
 
-// A PostgreSQL statement prepared once on a connection (PQprepare) and run with libpq directly: one
-// round trip a call (Poco's Statement prepares, runs and deallocates, three). Parameters go as text;
-// `sql` uses $1, $2, ... The connection is the store's own (its transaction, if one is open).
+// A PostgreSQL statement prepared once on a connection (PQprepare) and run with libpq directly
+// (PQexecPrepared), instead of a new Poco Statement on every call. Parameters go as text; `sql` uses
+// $1, $2, ... The connection is the store's own (its transaction, if one is open).
 class PostgresPrepared {
 public:
     PostgresPrepared(PGconn* conn, std::string where, std::string name, const std::string& sql)
@@ -171,8 +171,6 @@ public:
     PostgresPrepared(const PostgresPrepared&) = delete;
     PostgresPrepared& operator=(const PostgresPrepared&) = delete;
     ~PostgresPrepared() = default;  // the statement ends with its connection
-
-    PGconn* connection() const { return conn_; }
 
     // Binds `text` then `integers` to the parameters in order and calls row(result, i) for each row.
     template <class Row>
@@ -220,8 +218,8 @@ private:
 };
 
 // The CDS call's two reads, the same text on both backends (each runs them prepared once per
-// connection, through SqlitePrepared or PostgresPrepared), and their rows, built by one function whatever reads the columns: `text(i)` and
-// `integer(i)` give column i.
+// connection, through SqlitePrepared or PostgresPrepared), and their rows, built by one function
+// whatever reads the columns: `text(i)` and `integer(i)` give column i.
 const char* const kIssuedCardColumns =
     "SELECT issuer, service_id, card_uuid, patient, rule_id, order_ref, severity, evidence_hash, issued_at"
     " FROM cds_issued_cards ";
@@ -658,6 +656,8 @@ public:
             // purged) is taken over.
             constexpr const char* kTakeOver =
                 " ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
+            static const std::string insert =
+                std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kTakeOver;
             if (backend_ == SqlBackend::sqlite) {
                 if (relaxed) relax_durability(true);
                 struct Restore {
@@ -671,16 +671,12 @@ public:
                         }
                     }
                 } restore{this, relaxed};
-                static const std::string insert =
-                    std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kTakeOver;
                 return compiled_once(jti_insert_, insert.c_str()).execute({&issuer, &jti}, {expires_at, now_s}) == 1;
             }
             static const std::string relaxed_insert =
                 std::string("INSERT INTO cds_jti (issuer, jti, expires_at) SELECT CAST(? AS TEXT), CAST(? AS TEXT),"
                             " CAST(? AS BIGINT) FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed") +
                 kTakeOver;
-            static const std::string insert =
-                std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kTakeOver;
             auto& statement = relaxed ? prepared_once(pg_jti_relaxed_, "calcalert_jti_relaxed", relaxed_insert)
                                       : prepared_once(pg_jti_, "calcalert_jti", insert);
             return statement.execute({&issuer, &jti}, {expires_at, now_s}) == 1;
@@ -810,9 +806,9 @@ public:
 
     std::vector<IssuedCard> issued_cards_for_patient(const std::string& issuer, const std::string& service_id,
                                                      const std::string& patient) override {
+        static const std::string sql = std::string(kIssuedCardColumns) + kIssuedForPatient;
         if (backend_ == SqlBackend::sqlite)
             return locked([&] {
-                static const std::string sql = std::string(kIssuedCardColumns) + kIssuedForPatient;
                 std::vector<IssuedCard> out;
                 compiled_once(issued_for_patient_, sql.c_str()).run({&issuer, &service_id, &patient}, {}, [&](sqlite3_stmt* st) {
                     out.push_back(issued_card_row(SqliteText{st}, SqliteInteger{st}));
@@ -820,7 +816,6 @@ public:
                 return out;
             });
         return locked([&] {
-            static const std::string sql = std::string(kIssuedCardColumns) + kIssuedForPatient;
             std::vector<IssuedCard> out;
             prepared_once(pg_issued_for_patient_, "calcalert_issued_for_patient", sql)
                 .run({&issuer, &service_id, &patient}, {}, [&](PGresult* r, int row) {
@@ -876,13 +871,14 @@ private:
     }
 
     // PostgreSQL: the statement kept in `slot`, prepared from `portable` (with ? parameters) as
-    // `name` on its first use on this connection.
+    // `name` on its first use on this connection (reconnect_if_dropped() empties the slots when it
+    // replaces the session).
     PostgresPrepared& prepared_once(std::unique_ptr<PostgresPrepared>& slot, const char* name, const std::string& portable) {
-        auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session_.impl());
-        if (impl == nullptr) throw StateError(location_ + ": not a PostgreSQL session");
-        PGconn* conn = impl->handle();
-        if (!slot || slot->connection() != conn)
-            slot = std::make_unique<PostgresPrepared>(conn, location_, name, q(portable));
+        if (!slot) {
+            auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session_.impl());
+            if (impl == nullptr) throw StateError(location_ + ": not a PostgreSQL session");
+            slot = std::make_unique<PostgresPrepared>(impl->handle(), location_, name, q(portable));
+        }
         return *slot;
     }
 
