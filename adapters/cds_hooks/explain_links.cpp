@@ -3,9 +3,10 @@
 #include <fstream>
 #include <sstream>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include "explain/page.hpp"
@@ -19,16 +20,20 @@ constexpr std::size_t kIdBytes = 16, kExpBytes = 8, kBindBytes = 16, kTagBytes =
 constexpr std::size_t kSignedBytes = 1 + kIdBytes + kExpBytes + kBindBytes;
 constexpr std::size_t kTokenBytes = kSignedBytes + kTagBytes;
 
-std::string hmac(const std::string& key, std::string_view label, std::string_view data) {
-    std::string input(label);
-    input.push_back('\0');
-    input.append(data);
-    unsigned char out[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(input.data()),
-              input.size(), out, &len))
-        throw std::runtime_error("HMAC-SHA256 failed");
-    return std::string(reinterpret_cast<const char*>(out), len);
+struct MacFree {
+    void operator()(EVP_MAC* m) const { EVP_MAC_free(m); }
+    void operator()(EVP_MAC_CTX* c) const { EVP_MAC_CTX_free(c); }
+};
+
+// An HMAC-SHA256 context keyed with `key`, ready for update.
+std::shared_ptr<const EVP_MAC_CTX> keyed_hmac(const std::string& key) {
+    const std::unique_ptr<EVP_MAC, MacFree> mac(EVP_MAC_fetch(nullptr, "HMAC", nullptr));
+    std::shared_ptr<EVP_MAC_CTX> ctx(mac ? EVP_MAC_CTX_new(mac.get()) : nullptr, MacFree{});
+    char digest[] = "SHA256";
+    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+    if (!ctx || EVP_MAC_init(ctx.get(), reinterpret_cast<const unsigned char*>(key.data()), key.size(), params) != 1)
+        throw std::runtime_error("HMAC-SHA256 is not available from OpenSSL");
+    return ctx;
 }
 
 void field(std::string& out, const std::string& s) {
@@ -54,9 +59,24 @@ std::size_t text_bytes(const std::string& s) { return sizeof(std::string) + (s.s
 
 }  // namespace
 
-ExplainTokens::ExplainTokens(std::string key) : key_(std::move(key)) {
-    if (key_.size() < kExplainKeyMinBytes)
+ExplainTokens::ExplainTokens(std::string key) {
+    if (key.size() < kExplainKeyMinBytes)
         throw ConfigError("the explanation link key must have at least " + std::to_string(kExplainKeyMinBytes) + " bytes");
+    keyed_ = keyed_hmac(key);
+    OPENSSL_cleanse(key.data(), key.size());
+}
+
+std::string ExplainTokens::hmac(std::string_view label, std::string_view data) const {
+    const std::unique_ptr<EVP_MAC_CTX, MacFree> ctx(EVP_MAC_CTX_dup(keyed_.get()));
+    const unsigned char zero = 0;
+    unsigned char out[EVP_MAX_MD_SIZE];
+    std::size_t len = 0;
+    if (!ctx || EVP_MAC_update(ctx.get(), reinterpret_cast<const unsigned char*>(label.data()), label.size()) != 1 ||
+        EVP_MAC_update(ctx.get(), &zero, 1) != 1 ||
+        EVP_MAC_update(ctx.get(), reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1 ||
+        EVP_MAC_final(ctx.get(), out, &len, sizeof out) != 1)
+        throw std::runtime_error("HMAC-SHA256 failed");
+    return std::string(reinterpret_cast<const char*>(out), len);
 }
 
 std::string ExplainTokens::generate_key() { return random_bytes(32); }
@@ -83,7 +103,7 @@ std::string ExplainTokens::binding_of(const ExplainBinding& b) const {
     field(data, b.rule);
     field(data, b.evidence_hash);
     field(data, b.issuer);
-    return hmac(key_, "calcalert-explain-binding", data).substr(0, kBindBytes);
+    return hmac("calcalert-explain-binding", data).substr(0, kBindBytes);
 }
 
 std::string ExplainTokens::mint(const std::string& id, std::int64_t expires, const ExplainBinding& binding) const {
@@ -94,7 +114,7 @@ std::string ExplainTokens::mint(const std::string& id, std::int64_t expires, con
     const auto e = static_cast<std::uint64_t>(expires);
     for (int i = 7; i >= 0; --i) raw.push_back(static_cast<char>((e >> (8 * i)) & 0xFF));
     raw += binding_of(binding);
-    raw += hmac(key_, "calcalert-explain-token", raw).substr(0, kTagBytes);
+    raw += hmac("calcalert-explain-token", raw).substr(0, kTagBytes);
     return jose::base64url_encode(raw);
 }
 
@@ -103,7 +123,7 @@ ExplainTokens::Checked ExplainTokens::check(std::string_view token, std::int64_t
     if (token.empty() || token.size() > kMaxTokenLength) return c;
     const auto raw = jose::base64url_decode(token);
     if (!raw || raw->size() != kTokenBytes || static_cast<unsigned char>((*raw)[0]) != kVersion) return c;
-    const std::string expected = hmac(key_, "calcalert-explain-token", std::string_view(*raw).substr(0, kSignedBytes));
+    const std::string expected = hmac("calcalert-explain-token", std::string_view(*raw).substr(0, kSignedBytes));
     if (CRYPTO_memcmp(expected.data(), raw->data() + kSignedBytes, kTagBytes) != 0) {
         c.result = Result::bad_signature;
         return c;

@@ -30,6 +30,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <openssl/types.h>
+
 #include "adapters/cds_hooks/config.hpp"
 #include "explain/guidance.hpp"
 #include "rules/engine.hpp"
@@ -71,7 +73,11 @@ public:
     static std::string new_id();  // 16 random bytes
 
 private:
-    std::string key_;
+    // HMAC-SHA256 of label | '\0' | data, from a copy of the keyed context.
+    std::string hmac(std::string_view label, std::string_view data) const;
+    // HMAC-SHA256 keyed once (fetching the algorithm and keying it for every HMAC cost more than
+    // the HMAC); each use works on a copy, so the tokens are safe to use from several threads.
+    std::shared_ptr<const EVP_MAC_CTX> keyed_;
 };
 
 // What one call read for its patient, shared by the pages of that call's cards.
