@@ -40,10 +40,15 @@ const Json* member(const Json& o, const char* name) {
 std::string string_of(const Json& v) { return std::string(v.GetString(), v.GetStringLength()); }
 
 // A request body: the server already refused larger ones (413); the nesting depth is the default.
-fhir::JsonLimits request_limits(const ServeConfig& config) {
-    fhir::JsonLimits limits;
-    limits.max_bytes = static_cast<std::size_t>(config.max_body_bytes);
-    return limits;
+// Parsed in place in `text` (a copy of the body, which must outlive the Document): the Document's
+// strings point into it instead of being copied.
+fhir::JsonParseResult parse_request(rapidjson::Document& doc, std::string_view body, const ServeConfig& config,
+                                    std::unique_ptr<char[]>& text) {
+    fhir::JsonParseOptions options;
+    options.limits.max_bytes = static_cast<std::size_t>(config.max_body_bytes);
+    text = std::make_unique_for_overwrite<char[]>(body.size() + 1);
+    options.insitu = text.get();
+    return fhir::parse_untrusted_json(doc, body, options);
 }
 
 std::string resource_type_of(const Json& v) {
@@ -299,8 +304,9 @@ CdsService::CdsService(const ServeConfig& config, const mappings::Terminology& t
 HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std::int64_t now,
                            const std::string& issuer, std::chrono::steady_clock::time_point end_by) {
     try {
+        std::unique_ptr<char[]> text;  // what `req` points into
         rapidjson::Document req;
-        if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
+        if (const auto parsed = parse_request(req, body, config_, text); !parsed)
             refuse(400, "structure", "the request body is not acceptable JSON: " + parsed.error->describe());
         if (!req.IsObject()) refuse(400, "structure", "the request body is not a JSON object");
         const Json* hook = member(req, "hook");
@@ -527,8 +533,9 @@ HttpReply CdsService::call(const ServiceDef& service, std::string_view body, std
 HttpReply CdsService::feedback(const ServiceDef& service, std::string_view body, std::int64_t now,
                                const std::string& issuer) {
     try {
+        std::unique_ptr<char[]> text;  // what `req` points into
         rapidjson::Document req;
-        if (const auto parsed = fhir::parse_untrusted_json(req, body, request_limits(config_)); !parsed)
+        if (const auto parsed = parse_request(req, body, config_, text); !parsed)
             refuse(400, "structure", "the feedback body is not acceptable JSON: " + parsed.error->describe());
         if (!req.IsObject()) refuse(400, "structure", "the feedback body is not a JSON object");
         const Json* list = member(req, "feedback");
