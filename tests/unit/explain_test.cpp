@@ -2,16 +2,21 @@
 // links' tokens and page cache (adapters/cds_hooks/explain_links.hpp).
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
+
+#include <Poco/SHA2Engine.h>
 
 #include "../support/shell.hpp"
 #include "adapters/cds_hooks/explain_links.hpp"
 #include "explain/guidance.hpp"
 #include "explain/page.hpp"
+#include "jose/jws.hpp"
 #include "test_support.hpp"
 
 using namespace calcalert;
@@ -87,6 +92,31 @@ std::string collapse_spaces(const std::string& s) {
         }
     }
     return out;
+}
+
+// HMAC-SHA256 (RFC 2104) written out over Poco's SHA-256, apart from the OpenSSL calls of the code
+// under test; keys of at most one block (64 bytes).
+std::string hmac_sha256(const std::string& key, const std::string& message) {
+    REQUIRE(key.size() <= 64);
+    auto sha256 = [](const std::string& data) {
+        Poco::SHA2Engine e(Poco::SHA2Engine::SHA_256);
+        e.update(data);
+        const auto& d = e.digest();
+        return std::string(d.begin(), d.end());
+    };
+    std::string inner(64, '\x36'), outer(64, '\x5c');
+    for (std::size_t i = 0; i < key.size(); ++i) {
+        inner[i] = static_cast<char>(inner[i] ^ key[i]);
+        outer[i] = static_cast<char>(outer[i] ^ key[i]);
+    }
+    return sha256(outer + sha256(inner + message));
+}
+
+// A field of the binding: its length (4 bytes, big-endian), then its bytes.
+std::string field(const std::string& s) {
+    std::string out;
+    for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>((s.size() >> (8 * i)) & 0xFF));
+    return out + s;
 }
 
 }  // namespace
@@ -335,6 +365,44 @@ TEST_CASE("explanation links: tokens are bound, signed, expiring and bounded") {
     other.issuer = "https://other.example.org";
     CHECK(tokens.binding_of(other) != tokens.binding_of(b));
     CHECK_THROWS_AS(cds::ExplainTokens(std::string(31, 'k')), cds::ConfigError);
+}
+
+TEST_CASE("explanation links: the token is the documented layout, its binding and tag HMAC-SHA256 of the key") {
+    // The helper first, on RFC 4231's test case 2.
+    std::string hex;
+    for (unsigned char c : hmac_sha256("Jefe", "what do ya want for nothing?")) {
+        static const char* digits = "0123456789abcdef";
+        hex += digits[c >> 4];
+        hex += digits[c & 0xF];
+    }
+    REQUIRE(hex == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+
+    const std::string key = "0123456789abcdef0123456789abcdef-a-key-of-40-bytes";
+    const cds::ExplainTokens tokens(key);
+    const cds::ExplainBinding b{"Patient/p1", "calciphylaxis-risk", "0123456789abcdef", "https://ehr.example.org"};
+    const std::string binding = hmac_sha256(key, std::string("calcalert-explain-binding") + '\0' + field(b.patient) +
+                                                     field(b.rule) + field(b.evidence_hash) + field(b.issuer))
+                                    .substr(0, 16);
+    CHECK(tokens.binding_of(b) == binding);
+    // From several threads at once, each HMAC from its own copy of the keyed context.
+    std::vector<std::thread> threads;
+    std::atomic<int> wrong{0};
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < 200; ++i)
+                if (tokens.binding_of(b) != binding) ++wrong;
+        });
+    for (auto& t : threads) t.join();
+    CHECK(wrong == 0);
+
+    const std::string id(16, '\x07');
+    const auto raw = jose::base64url_decode(tokens.mint(id, 0x0102030405060708, b));
+    REQUIRE(raw);
+    REQUIRE(raw->size() == 57);
+    const std::string expiry("\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+    const std::string signed_part = std::string(1, '\x01') + id + expiry + binding;
+    CHECK(raw->substr(0, 41) == signed_part);
+    CHECK(raw->substr(41) == hmac_sha256(key, std::string("calcalert-explain-token") + '\0' + signed_part).substr(0, 16));
 }
 
 TEST_CASE("explanation pages: served from the bounded cache; 401 for bad tokens, 410 when evicted") {
