@@ -94,7 +94,7 @@ UrlFetcher curl_fetcher(int timeout_ms, std::string ca_file) {
     };
 }
 
-JwtVerifier::JwtVerifier(const ServeConfig& config, state::StateStore& store, UrlFetcher fetch)
+JwtVerifier::JwtVerifier(const ServeConfig& config, state::ReplayStore& store, UrlFetcher fetch)
     : config_(config), store_(store), fetch_(std::move(fetch)) {
     for (const auto& ic : config.issuers) {
         Issuer is{ic, {}};

@@ -38,7 +38,8 @@ UrlFetcher curl_fetcher(int timeout_ms, std::string ca_file);
 class JwtVerifier {
 public:
     // Loads every issuer's jwks_file now (ConfigError naming the file when unreadable or invalid).
-    JwtVerifier(const ServeConfig& config, state::StateStore& store, UrlFetcher fetch);
+    // `store` checks and records each token's jti (a replay is refused).
+    JwtVerifier(const ServeConfig& config, state::ReplayStore& store, UrlFetcher fetch);
 
     AuthResult verify(std::string_view token, const std::string& audience, std::int64_t now);
 
@@ -58,7 +59,7 @@ private:
     std::vector<jose::PublicKey> jku_keys(const std::string& url, const std::string& kid, std::int64_t now);
 
     ServeConfig config_;
-    state::StateStore& store_;
+    state::ReplayStore& store_;
     UrlFetcher fetch_;
     std::map<std::string, Issuer> issuers_;
     mutable std::mutex mutex_;

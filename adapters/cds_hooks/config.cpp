@@ -141,6 +141,7 @@ const std::vector<Key>& keys() {
         integer("max_queued", &ServeConfig::max_queued, 1, 100000);
         integer("max_connections", &ServeConfig::max_connections, 1, 65536);
         integer("call_deadline_ms", &ServeConfig::call_deadline_ms, 100, 600000);
+        integer("replay_flush_ms", &ServeConfig::replay_flush_ms, 0, 1000);
         integer("max_body_bytes", &ServeConfig::max_body_bytes, 1024, std::int64_t{1} << 30);
         str("state_file", &ServeConfig::state_file);
         k.push_back({"issuers", Kind::json, 0, 0,

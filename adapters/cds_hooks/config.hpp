@@ -68,6 +68,10 @@ struct ServeConfig {
     std::int64_t critical_override_hours = 72;
     std::int64_t clock_skew_seconds = 60;
     std::int64_t max_token_lifetime_seconds = 300;  // exp - iat at most this (plus the skew)
+    // Replay records (jti) are checked in memory and by a read of the state database, and written in
+    // batches every this many ms by a thread of their own (state::BatchedReplayStore); 0: each one
+    // is written by its call, before the answer.
+    int replay_flush_ms = 50;
     std::int64_t jwks_cache_seconds = 3600;
     int fhir_timeout_ms = 5000;             // per fallback request to fhirServer
     std::string fhir_ca_file;               // extra CA bundle for fhirServer and jku (PEM)

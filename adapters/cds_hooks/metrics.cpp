@@ -137,6 +137,11 @@ void Metrics::auth_failure() {
     ++auth_failures_;
 }
 
+void Metrics::late_replay() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++late_replays_;
+}
+
 std::string Metrics::render() const {
     std::lock_guard<std::mutex> lock(mutex_);
     std::string out;
@@ -170,6 +175,10 @@ std::string Metrics::render() const {
             "Overridden cards by rule and override reason (other: a code the cards do not offer).", overrides_);
     out += "# HELP calcalert_cds_auth_failures_total Calls refused with 401.\n# TYPE calcalert_cds_auth_failures_total counter\n";
     out += "calcalert_cds_auth_failures_total " + std::to_string(auth_failures_) + "\n";
+    out += "# HELP calcalert_cds_late_replays_total Tokens this process accepted that another process on the same state "
+           "database had accepted within one replay batch (found when the batch was written).\n"
+           "# TYPE calcalert_cds_late_replays_total counter\n";
+    out += "calcalert_cds_late_replays_total " + std::to_string(late_replays_) + "\n";
     out += "# HELP calcalert_http_rejected_total Requests and connections the server refused itself: saturated (503, "
            "every worker busy and the queue full, or a call that waited past its deadline), connections (503, over "
            "max_connections), timeout (408, the request did not arrive within request_timeout_ms), too-large (413, "

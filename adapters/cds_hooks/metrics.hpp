@@ -48,6 +48,9 @@ public:
     // reason: the override reason code ("" = none given).
     void override_reason(const std::string& rule, const std::string& reason);
     void auth_failure();
+    // A token accepted by this process and by another one on the same state database within one
+    // replay batch (state::BatchedReplayStore), found when the batch was written.
+    void late_replay();
     // A request or connection the HTTP server refused itself (http::rejection_name: saturated,
     // connections, timeout, too-large, malformed); any other name counts as malformed.
     void rejected(const std::string& reason);
@@ -77,6 +80,7 @@ private:
     Counters cards_, prefetch_, feedback_, overrides_;
     std::uint64_t feedback_ignored_ = 0;
     std::uint64_t auth_failures_ = 0;
+    std::uint64_t late_replays_ = 0;
     std::map<std::string, std::uint64_t> rejected_;  // every reason of the closed set, from 0
 };
 

@@ -10,6 +10,7 @@
 #include <rapidjson/writer.h>
 
 #include "adapters/http/event_server.hpp"
+#include "adapters/state/batched_replay.hpp"
 #include "fhir/datetime.hpp"
 
 namespace calcalert::cds {
@@ -42,11 +43,29 @@ void JsonLog::write(const std::string& level, const std::string& msg,
     out_.flush();
 }
 
+// The replay store of replay_flush_ms > 0: a token that two processes accepted within one batch
+// is logged when the later batch is written, and so is a batch that could not be written.
+std::unique_ptr<state::BatchedReplayStore> batched_replay(const ServeConfig& config, const ServerDeps& deps, JsonLog& log,
+                                                          Metrics& metrics) {
+    if (config.replay_flush_ms <= 0 || config.insecure_dev) return nullptr;
+    state::BatchedReplayOptions options;
+    options.flush_interval = std::chrono::milliseconds(config.replay_flush_ms);
+    return std::make_unique<state::BatchedReplayStore>(
+        *deps.store, deps.replay_writer ? *deps.replay_writer : *deps.store, options,
+        [&log, &metrics](const state::JtiRecord& r) {
+            metrics.late_replay();
+            log.write("error", "a token was accepted twice: by this process and by another one on the same state database, within one replay batch",
+                      {{"iss", r.issuer}, {"jti", r.jti}});
+        },
+        [&log](const std::string& why) { log.write("error", why); });
+}
+
 struct CdsServer::Impl {
     ServeConfig config;
     ServerDeps deps;
     Metrics metrics;
     JsonLog log;
+    std::unique_ptr<state::BatchedReplayStore> replay;  // null: replay_flush_ms 0
     JwtVerifier verifier;
     CdsService service;
     std::unique_ptr<ExplainPages> explain;
@@ -54,7 +73,8 @@ struct CdsServer::Impl {
 
     Impl(ServeConfig c, ServerDeps d)
         : config(std::move(c)), deps(std::move(d)), log(*deps.log, deps.clock),
-          verifier(config, *deps.store, deps.jku_fetcher),
+          replay(batched_replay(config, deps, log, metrics)),
+          verifier(config, replay ? static_cast<state::ReplayStore&>(*replay) : *deps.store, deps.jku_fetcher),
           service(config, *deps.terminology, *deps.catalog, *deps.store, metrics, deps.sources, deps.lab_tokens,
                   deps.medications) {
         if (config.explain_pages) {
@@ -319,6 +339,7 @@ void CdsServer::stop(int grace_ms) {
     if (!i.http) return;
     i.http->stop(std::chrono::milliseconds(grace_ms));
     i.http.reset();
+    if (i.replay) i.replay->flush();  // what the last calls accepted
     i.log.write("info", "stopped");
 }
 

@@ -53,6 +53,9 @@ struct ServerDeps {
     const rules::RuleCatalog* catalog = nullptr;
     const mappings::Medications* medications = nullptr;  // the order rules' drug data; null: no order rules
     state::StateStore* store = nullptr;
+    // Where batches of replay records are written (replay_flush_ms > 0): a store on a connection of
+    // its own to the same database; null: `store` itself.
+    state::ReplayStore* replay_writer = nullptr;
     std::vector<std::string> lab_tokens;
     Clock clock;                  // defaults to the system clock
     UrlFetcher jku_fetcher;       // defaults to curl_fetcher

@@ -53,6 +53,7 @@ int serve_command(const std::vector<std::string>& args, std::ostream& out, std::
     cds::ServeConfig config;
     std::optional<Engine> engine;
     std::unique_ptr<state::StateStore> store;
+    std::unique_ptr<state::StateStore> replay_writer;  // the batched replay records' own connection
     std::vector<std::string> lab_tokens;
     std::optional<mappings::Medications> medications;
     try {
@@ -78,6 +79,9 @@ int serve_command(const std::vector<std::string>& args, std::ostream& out, std::
         medications.emplace(mappings::Medications::load(term_dir));
         if (config.state_file.empty()) config.state_file = state::default_state_path();
         store = state::open_state_store(config.state_file);
+        // A database in memory is this connection's alone: the batches go through it too.
+        if (config.replay_flush_ms > 0 && !config.insecure_dev && store->location() != ":memory:")
+            replay_writer = state::open_state_store(config.state_file);
     } catch (const UsageError&) {
         throw;
     } catch (const std::exception& e) {
@@ -100,6 +104,7 @@ int serve_command(const std::vector<std::string>& args, std::ostream& out, std::
     deps.catalog = &engine->catalog;
     deps.medications = &*medications;
     deps.store = store.get();
+    deps.replay_writer = replay_writer.get();
     deps.lab_tokens = lab_tokens;
     deps.log = &err;
     try {

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <unordered_set>
 
 #include <libpq-fe.h>
 #include <sqlite3.h>
@@ -158,6 +159,34 @@ private:
     sqlite3_stmt* stmt_ = nullptr;
 };
 
+struct PostgresClear {
+    void operator()(PGresult* r) const { PQclear(r); }
+};
+using PostgresResult = std::unique_ptr<PGresult, PostgresClear>;
+
+[[noreturn]] void postgres_failure(PGconn* conn, const std::string& where, const char* what, PGresult* r) {
+    const char* why = r != nullptr ? PQresultErrorMessage(r) : nullptr;
+    std::string line = why != nullptr && *why != '\0' ? why : PQerrorMessage(conn);
+    line = line.substr(0, line.find('\n'));
+    throw StateError(where + ": " + what + ": " + (line.empty() ? "no answer" : line));
+}
+
+// Runs a statement on `conn` with text parameters: the statement prepared as `name`
+// (PQexecPrepared), or `sql` itself when `name` is null (PQexecParams). Calls row(result, i) for
+// each row; returns the number of rows it changed.
+template <class Row>
+int postgres_exec(PGconn* conn, const std::string& where, const char* name, const char* sql,
+                  const std::vector<const char*>& values, const std::vector<int>& lengths, Row&& row) {
+    const int n = static_cast<int>(values.size());
+    PostgresResult r(name != nullptr ? PQexecPrepared(conn, name, n, values.data(), lengths.data(), nullptr, 0)
+                                     : PQexecParams(conn, sql, n, nullptr, values.data(), lengths.data(), nullptr, 0));
+    const ExecStatusType status = PQresultStatus(r.get());
+    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) postgres_failure(conn, where, "a statement failed", r.get());
+    for (int i = 0; i < PQntuples(r.get()); ++i) row(r.get(), i);
+    const char* changed = PQcmdTuples(r.get());
+    return changed == nullptr || *changed == '\0' ? 0 : std::atoi(changed);
+}
+
 // A PostgreSQL statement prepared once on a connection (PQprepare) and run with libpq directly
 // (PQexecPrepared), instead of a new Poco Statement on every call. Parameters go as text; `sql` uses
 // $1, $2, ... The connection is the store's own (its transaction, if one is open).
@@ -165,8 +194,8 @@ class PostgresPrepared {
 public:
     PostgresPrepared(PGconn* conn, std::string where, std::string name, const std::string& sql)
         : conn_(conn), where_(std::move(where)), name_(std::move(name)) {
-        Result r(PQprepare(conn_, name_.c_str(), sql.c_str(), 0, nullptr));
-        if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) fail("cannot prepare a statement", r.get());
+        PostgresResult r(PQprepare(conn_, name_.c_str(), sql.c_str(), 0, nullptr));
+        if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) postgres_failure(conn_, where_, "cannot prepare a statement", r.get());
     }
     PostgresPrepared(const PostgresPrepared&) = delete;
     PostgresPrepared& operator=(const PostgresPrepared&) = delete;
@@ -188,13 +217,7 @@ public:
             values.push_back(n.c_str());
             lengths.push_back(static_cast<int>(n.size()));
         }
-        Result r(PQexecPrepared(conn_, name_.c_str(), static_cast<int>(values.size()), values.data(), lengths.data(),
-                                nullptr, 0));
-        const ExecStatusType status = PQresultStatus(r.get());
-        if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) fail("a statement failed", r.get());
-        for (int i = 0; i < PQntuples(r.get()); ++i) row(r.get(), i);
-        const char* changed = PQcmdTuples(r.get());
-        return changed == nullptr || *changed == '\0' ? 0 : std::atoi(changed);
+        return postgres_exec(conn_, where_, name_.c_str(), nullptr, values, lengths, row);
     }
     // A statement that returns no rows: the number of rows it changed.
     int execute(const std::vector<const std::string*>& text, const std::vector<std::int64_t>& integers) {
@@ -202,16 +225,6 @@ public:
     }
 
 private:
-    struct Clear {
-        void operator()(PGresult* r) const { PQclear(r); }
-    };
-    using Result = std::unique_ptr<PGresult, Clear>;
-    [[noreturn]] void fail(const char* what, PGresult* r) const {
-        const char* why = r != nullptr ? PQresultErrorMessage(r) : nullptr;
-        std::string line = why != nullptr && *why != '\0' ? why : PQerrorMessage(conn_);
-        line = line.substr(0, line.find('\n'));
-        throw StateError(where_ + ": " + what + ": " + (line.empty() ? "no answer" : line));
-    }
     PGconn* conn_;
     std::string where_;
     std::string name_;
@@ -645,42 +658,58 @@ public:
             // INSERT itself, one round trip): the record is visible to every replica as soon as it
             // commits; only its flush to disk is deferred.
             const bool relaxed = depth_ == 0;
-            // Expired records are purged at most once a minute (of now_s), not on every call: the
-            // table stays bounded, and the check below does not depend on the purge.
-            if (now_s < jti_purged_at_ || now_s - jti_purged_at_ >= kJtiPurgeSeconds) {
-                session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
-                jti_purged_at_ = now_s;
-            }
-            // One statement, atomic on both databases: another process that recorded the same jti
-            // first makes this one change nothing; a record of that jti that has expired (not yet
-            // purged) is taken over.
-            constexpr const char* kTakeOver =
-                " ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
-            static const std::string insert =
-                std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kTakeOver;
+            purge_expired_jtis(now_s);
             if (backend_ == SqlBackend::sqlite) {
-                if (relaxed) relax_durability(true);
-                struct Restore {
-                    SqlStore* self;
-                    bool on;
-                    ~Restore() {
-                        if (!on) return;
-                        try {
-                            self->relax_durability(false);
-                        } catch (...) {
-                        }
-                    }
-                } restore{this, relaxed};
-                return compiled_once(jti_insert_, insert.c_str()).execute({&issuer, &jti}, {expires_at, now_s}) == 1;
+                const RelaxedCommits restore(this, relaxed);
+                return compiled_once(jti_insert_, kJtiInsert.c_str()).execute({&issuer, &jti}, {expires_at, now_s}) == 1;
             }
             static const std::string relaxed_insert =
                 std::string("INSERT INTO cds_jti (issuer, jti, expires_at) SELECT CAST(? AS TEXT), CAST(? AS TEXT),"
                             " CAST(? AS BIGINT) FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed") +
-                kTakeOver;
+                kJtiTakeOver;
             auto& statement = relaxed ? prepared_once(pg_jti_relaxed_, "calcalert_jti_relaxed", relaxed_insert)
-                                      : prepared_once(pg_jti_, "calcalert_jti", insert);
+                                      : prepared_once(pg_jti_, "calcalert_jti", kJtiInsert);
             return statement.execute({&issuer, &jti}, {expires_at, now_s}) == 1;
         });
+    }
+
+    bool jti_recorded(const std::string& issuer, const std::string& jti, EpochSeconds now_s) override {
+        return locked([&] {
+            static const std::string select = "SELECT 1 FROM cds_jti WHERE issuer = ? AND jti = ? AND expires_at >= ?";
+            bool found = false;
+            if (backend_ == SqlBackend::sqlite)
+                compiled_once(jti_select_, select.c_str()).run({&issuer, &jti}, {now_s}, [&](sqlite3_stmt*) { found = true; });
+            else
+                prepared_once(pg_jti_select_, "calcalert_jti_select", select).run({&issuer, &jti}, {now_s},
+                                                                                  [&](PGresult*, int) { found = true; });
+            return found;
+        });
+    }
+
+    std::vector<std::size_t> remember_jtis(const std::vector<JtiRecord>& records, EpochSeconds now_s) override {
+        std::vector<std::size_t> replays;
+        if (records.empty()) return replays;
+        locked([&] {
+            // The same durability as remember_jti's, for the batch's one commit.
+            const bool relaxed = depth_ == 0;
+            if (backend_ == SqlBackend::sqlite) {
+                const RelaxedCommits restore(this, relaxed);
+                transaction([&] {
+                    purge_expired_jtis(now_s);
+                    auto& insert = compiled_once(jti_insert_, kJtiInsert.c_str());
+                    for (std::size_t i = 0; i < records.size(); ++i)
+                        if (insert.execute({&records[i].issuer, &records[i].jti}, {records[i].expires_at, now_s}) != 1)
+                            replays.push_back(i);
+                });
+                return;
+            }
+            transaction([&] {
+                if (relaxed) session_ << "SET LOCAL synchronous_commit = off", now;
+                purge_expired_jtis(now_s);
+                postgres_remember_jtis(records, now_s, replays);
+            });
+        });
+        return replays;
     }
 
     bool claim(const std::string& server, const std::string& subject, const std::string& owner, EpochSeconds until,
@@ -862,6 +891,88 @@ private:
 
     std::string q(const std::string& portable) const { return sql_for(portable, backend_); }
 
+    // One statement, atomic on both databases: another process that recorded the same jti first
+    // makes this one change nothing; a record of that jti that has expired (not yet purged) is taken
+    // over.
+    static constexpr const char* kJtiTakeOver =
+        " ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < ?";
+    static inline const std::string kJtiInsert =
+        std::string("INSERT INTO cds_jti (issuer, jti, expires_at) VALUES (?, ?, ?)") + kJtiTakeOver;
+
+    // Expired replay records are purged at most once a minute (of now_s), not on every call: the
+    // table stays bounded, and no check depends on the purge.
+    void purge_expired_jtis(EpochSeconds now_s) {
+        if (now_s >= jti_purged_at_ && now_s - jti_purged_at_ < kJtiPurgeSeconds) return;
+        session_ << q("DELETE FROM cds_jti WHERE expires_at < ?"), bind(static_cast<Poco::Int64>(now_s)), now;
+        jti_purged_at_ = now_s;
+    }
+
+    // PostgreSQL: remember_jtis' records, up to kJtiRows in a statement (one round trip each); a
+    // record not among the rows the INSERT returns was a replay, and so is a repeat inside the batch.
+    void postgres_remember_jtis(const std::vector<JtiRecord>& records, EpochSeconds now_s, std::vector<std::size_t>& replays) {
+        constexpr std::size_t kJtiRows = 500;
+        auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session_.impl());
+        if (impl == nullptr) throw StateError(location_ + ": not a PostgreSQL session");
+        const std::string now_text = std::to_string(now_s);
+        auto key = [](const std::string& issuer, const std::string& jti) { return std::to_string(issuer.size()) + ":" + issuer + jti; };
+        std::unordered_set<std::string> seen;
+        for (std::size_t from = 0; from < records.size(); from += kJtiRows) {
+            std::vector<std::size_t> rows;  // indexes of records in this statement
+            std::vector<std::string> expiries;
+            for (std::size_t i = from; i < std::min(records.size(), from + kJtiRows); ++i) {
+                if (!seen.insert(key(records[i].issuer, records[i].jti)).second) {
+                    replays.push_back(i);
+                    continue;
+                }
+                rows.push_back(i);
+            }
+            if (rows.empty()) continue;
+            std::string sql = "INSERT INTO cds_jti (issuer, jti, expires_at) VALUES ";
+            std::vector<const char*> values;
+            std::vector<int> lengths;
+            expiries.reserve(rows.size());
+            for (std::size_t r = 0; r < rows.size(); ++r) {
+                const JtiRecord& rec = records[rows[r]];
+                const std::string n = std::to_string(3 * r + 1);
+                sql += (r ? ", ($" : "($") + n + "::text, $" + std::to_string(3 * r + 2) + "::text, $" + std::to_string(3 * r + 3) + "::bigint)";
+                expiries.push_back(std::to_string(rec.expires_at));
+                values.insert(values.end(), {rec.issuer.c_str(), rec.jti.c_str(), expiries.back().c_str()});
+                lengths.insert(lengths.end(), {static_cast<int>(rec.issuer.size()), static_cast<int>(rec.jti.size()),
+                                               static_cast<int>(expiries.back().size())});
+            }
+            sql += " ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = excluded.expires_at WHERE cds_jti.expires_at < $" +
+                   std::to_string(3 * rows.size() + 1) + "::bigint RETURNING issuer, jti";
+            values.push_back(now_text.c_str());
+            lengths.push_back(static_cast<int>(now_text.size()));
+            std::unordered_set<std::string> recorded;
+            postgres_exec(impl->handle(), location_, nullptr, sql.c_str(), values, lengths, [&](PGresult* res, int i) {
+                recorded.insert(key(std::string(PQgetvalue(res, i, 0), static_cast<std::size_t>(PQgetlength(res, i, 0))),
+                                    std::string(PQgetvalue(res, i, 1), static_cast<std::size_t>(PQgetlength(res, i, 1)))));
+            });
+            for (const std::size_t i : rows)
+                if (!recorded.count(key(records[i].issuer, records[i].jti))) replays.push_back(i);
+        }
+        std::sort(replays.begin(), replays.end());
+    }
+
+    // SQLite: commits that do not wait for the disk while it lives (when `on`), then the usual ones.
+    struct RelaxedCommits {
+        SqlStore* self;
+        bool on;
+        RelaxedCommits(SqlStore* s, bool relaxed) : self(s), on(relaxed) {
+            if (on) self->relax_durability(true);
+        }
+        RelaxedCommits(const RelaxedCommits&) = delete;
+        RelaxedCommits& operator=(const RelaxedCommits&) = delete;
+        ~RelaxedCommits() {
+            if (!on) return;
+            try {
+                self->relax_durability(false);
+            } catch (...) {
+            }
+        }
+    };
+
     // SQLite: commits that do not wait for the disk (true), or the store's usual durable commits
     // (false). A database in memory has no disk to wait for.
     void relax_durability(bool relaxed) {
@@ -968,6 +1079,7 @@ private:
                              first_line(PQerrorMessage(impl->handle())));
         pg_jti_relaxed_.reset();
         pg_jti_.reset();
+        pg_jti_select_.reset();
         pg_issued_for_patient_.reset();
         pg_overrides_in_force_.reset();
         session_ = postgresql_session(location_, conninfo_, password_);
@@ -1067,12 +1179,12 @@ private:
     std::recursive_mutex mutex_;
     int depth_ = 0;  // transactions open on this store: 1 the outer one, more its savepoints
     // SQLite: the replay check's statements, compiled once, destroyed before the session.
-    std::unique_ptr<SqlitePrepared> jti_insert_, sync_normal_, sync_full_;
+    std::unique_ptr<SqlitePrepared> jti_insert_, jti_select_, sync_normal_, sync_full_;
     // SQLite: the CDS call's two reads, compiled once (destroyed before the session too).
     std::unique_ptr<SqlitePrepared> issued_for_patient_, overrides_in_force_;
     // PostgreSQL: the replay check's INSERT (relaxed and not) and the CDS call's two reads, prepared
     // once per connection (dropped when the session is replaced).
-    std::unique_ptr<PostgresPrepared> pg_jti_relaxed_, pg_jti_, pg_issued_for_patient_, pg_overrides_in_force_;
+    std::unique_ptr<PostgresPrepared> pg_jti_relaxed_, pg_jti_, pg_jti_select_, pg_issued_for_patient_, pg_overrides_in_force_;
     // SQLite files: the log's checkpoints, off every caller's commit (stopped first, before the session).
     std::unique_ptr<WalCheckpointer> checkpointer_;
 };

@@ -223,7 +223,15 @@ public:
     virtual std::vector<RunRecord> runs(const std::string& server, std::size_t limit) = 0;  // newest first
 };
 
-// CDS Hooks: replay protection, shared by every serve process on the database.
+// A JWT's identity for replay protection, recorded until it expires.
+struct JtiRecord {
+    std::string issuer;
+    std::string jti;
+    EpochSeconds expires_at = 0;
+};
+
+// CDS Hooks: replay protection, shared by every serve process on the database. A record is alive
+// while expires_at >= now.
 class ReplayStore {
 public:
     virtual ~ReplayStore() = default;
@@ -231,6 +239,12 @@ public:
     // not expired (a replay). Expired records are purged as a side effect.
     virtual bool remember_jti(const std::string& issuer, const std::string& jti, EpochSeconds expires_at,
                               EpochSeconds now) = 0;
+    // Whether (issuer, jti) is recorded and alive at `now`: a read, nothing is recorded.
+    virtual bool jti_recorded(const std::string& issuer, const std::string& jti, EpochSeconds now) = 0;
+    // remember_jti for every record, in one transaction: the indexes (ascending) of the records that
+    // were already recorded and alive (replays), which change nothing. Records of one (issuer, jti)
+    // twice in `records` are the caller's mistake: the second is reported as a replay.
+    virtual std::vector<std::size_t> remember_jtis(const std::vector<JtiRecord>& records, EpochSeconds now) = 0;
 };
 
 // CDS Hooks: issued cards, feedback and overrides.

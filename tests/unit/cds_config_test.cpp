@@ -112,6 +112,18 @@ TEST_CASE("override periods: critical_override_hours (default 72) and override_s
                          doctest::Contains("$.critical_override_hour: unknown key"), ConfigError);
 }
 
+TEST_CASE("replay_flush_ms: batches every 50 ms by default, 0 writes each jti in its call, at most a second") {
+    CHECK(load_serve_config("", {}).replay_flush_ms == 50);
+    CHECK(load_serve_config(write_temp("r1.json", R"({"replay_flush_ms": 0})"), {}).replay_flush_ms == 0);
+    CHECK(load_serve_config("", {{"CALCALERT_SERVE_REPLAY_FLUSH_MS", "1000"}}).replay_flush_ms == 1000);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("r2.json", R"({"replay_flush_ms": 1001})"), {}),
+                         doctest::Contains("$.replay_flush_ms: 1001 is out of range [0, 1000]"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("r3.json", R"({"replay_flush_ms": -1})"), {}),
+                         doctest::Contains("$.replay_flush_ms: -1 is out of range"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_serve_config(write_temp("r4.json", R"({"replay_flush_ms": 2.5})"), {}),
+                         doctest::Contains("$.replay_flush_ms: expected an integer"), ConfigError);
+}
+
 TEST_CASE("validation: insecure_dev only on loopback, issuers needed otherwise") {
     ServeConfig c;
     CHECK_THROWS_WITH_AS(validate(c), doctest::Contains("issuers"), ConfigError);

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/Session.h>
 
+#include "adapters/state/batched_replay.hpp"
 #include "adapters/state/migrations.hpp"
 #include "adapters/state/state_store.hpp"
 #include "old_state_file.hpp"
@@ -179,6 +181,201 @@ TEST_CASE("jti replay protection until expiry") {
         CHECK(s->remember_jti("iss", "j3", 400, 270));         // j3's record expired at 260
         CHECK_FALSE(s->remember_jti("iss", "j3", 400, 280));   // and the new one holds
     }
+}
+
+TEST_CASE("jti batches: one transaction, each replay named by its index") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto s = backend.open_fresh();
+        REQUIRE(s->remember_jti("iss", "a", 200, 100));
+        const std::vector<JtiRecord> batch{{"iss", "a", 300},  {"iss", "b", 300}, {"iss2", "a", 300},
+                                           {"iss", "b", 300},  {"iss", "c", 300}};
+        CHECK(s->remember_jtis(batch, 150) == std::vector<std::size_t>{0, 3});  // recorded before; twice in the batch
+        CHECK(s->jti_recorded("iss", "b", 150));
+        CHECK(s->jti_recorded("iss2", "a", 300));   // alive up to its expiry
+        CHECK_FALSE(s->jti_recorded("iss2", "a", 301));
+        CHECK_FALSE(s->jti_recorded("iss", "z", 150));
+        CHECK(s->remember_jtis({{"iss", "a", 500}}, 250).empty());  // a expired at 200: taken over
+        CHECK_FALSE(s->remember_jti("iss", "a", 500, 260));
+        CHECK(s->remember_jtis({}, 260).empty());
+        // More than one statement's worth of rows; every 97th repeats an earlier one, and the
+        // separator-like bytes of an issuer and a jti do not run into each other.
+        std::vector<JtiRecord> many;
+        std::vector<std::size_t> repeats;
+        for (std::size_t i = 0; i < 1200; ++i) {
+            if (i % 97 == 96) {
+                many.push_back(many[i / 2]);
+                repeats.push_back(i);
+            } else {
+                many.push_back({"iss", "m" + std::to_string(i), 900});
+            }
+        }
+        many.push_back({"is", "sm1", 900});
+        CHECK(s->remember_jtis(many, 300) == repeats);
+        CHECK(s->jti_recorded("iss", "m1199", 900));
+        CHECK(s->jti_recorded("is", "sm1", 900));
+    }
+}
+
+namespace {
+// A store whose database can be made unreachable: the replay store's writes fail while `down` (as
+// they do when the database server goes away), and go through to the real store otherwise.
+class Interruptible final : public ReplayStore {
+public:
+    explicit Interruptible(ReplayStore& store) : store_(store) {}
+    std::atomic<bool> down{false};
+    bool remember_jti(const std::string& i, const std::string& j, EpochSeconds e, EpochSeconds n) override {
+        reachable();
+        return store_.remember_jti(i, j, e, n);
+    }
+    bool jti_recorded(const std::string& i, const std::string& j, EpochSeconds n) override { return store_.jti_recorded(i, j, n); }
+    std::vector<std::size_t> remember_jtis(const std::vector<JtiRecord>& r, EpochSeconds n) override {
+        reachable();
+        return store_.remember_jtis(r, n);
+    }
+
+private:
+    void reachable() const {
+        if (down) throw StateError("the database is unreachable");
+    }
+    ReplayStore& store_;
+};
+
+BatchedReplayOptions manual_flush() {
+    BatchedReplayOptions o;
+    o.flush_interval = std::chrono::hours(1);  // only flush() and stop() write
+    return o;
+}
+
+template <class F>
+bool within_two_seconds(F&& done) {
+    for (int i = 0; i < 200; ++i) {
+        if (done()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return done();
+}
+}  // namespace
+
+TEST_CASE("batched replay records: refused from memory at once, from the database once written, across processes") {
+    for (const auto& backend : contract_backends()) {
+        CAPTURE(backend.name);
+        auto db = backend.open_fresh();
+        auto writer = backend.open_again();
+        auto other_db = backend.open_again();
+        std::vector<JtiRecord> late_a, late_b;
+        std::vector<std::string> errors;
+        BatchedReplayStore a(*db, *writer, manual_flush(), [&](const JtiRecord& r) { late_a.push_back(r); },
+                             [&](const std::string& e) { errors.push_back(e); });
+        BatchedReplayStore b(*other_db, *other_db, manual_flush(), [&](const JtiRecord& r) { late_b.push_back(r); },
+                             [&](const std::string& e) { errors.push_back(e); });
+        CHECK(a.remember_jti("iss", "j1", 200, 100));
+        CHECK_FALSE(a.remember_jti("iss", "j1", 200, 101));  // in memory, not yet written
+        CHECK(a.pending() == 1);
+        CHECK_FALSE(db->jti_recorded("iss", "j1", 101));  // nothing written by the call
+        CHECK(a.jti_recorded("iss", "j1", 101));
+        // Another process on the same database, within a's batch: it cannot know yet.
+        CHECK(b.remember_jti("iss", "j1", 200, 102));
+        CHECK(a.flush());
+        CHECK(a.pending() == 0);
+        CHECK(a.held() == 0);  // the database answers for it now
+        CHECK(db->jti_recorded("iss", "j1", 103));
+        CHECK_FALSE(a.remember_jti("iss", "j1", 200, 104));
+        CHECK(b.flush());  // b's record of j1 was a replay: said when its batch is written
+        REQUIRE(late_b.size() == 1);
+        CHECK(late_b[0].issuer == "iss");
+        CHECK(late_b[0].jti == "j1");
+        CHECK(late_a.empty());
+        // Once the database holds it, every process refuses it.
+        CHECK_FALSE(b.remember_jti("iss", "j1", 200, 105));
+        CHECK(a.remember_jti("iss", "j1", 400, 250));  // expired at 200: a new token's
+        CHECK(a.flush());
+        CHECK_FALSE(b.remember_jti("iss", "j1", 400, 251));
+        CHECK(a.remember_jti("other-iss", "j1", 400, 251));  // per issuer
+        CHECK(a.remember_jtis({{"iss", "j1", 400}, {"iss", "j2", 400}}, 252) == std::vector<std::size_t>{0});
+        CHECK(db->jti_recorded("iss", "j2", 252));
+        CHECK(errors.empty());
+    }
+}
+
+TEST_CASE("batched replay records: written by their thread within the interval, or sooner when a batch is full") {
+    TempFile file("replay-batches");
+    auto db = open_state_store(file.path);
+    auto writer = open_state_store(file.path);
+    {
+        BatchedReplayOptions o;
+        o.flush_interval = std::chrono::milliseconds(20);
+        BatchedReplayStore r(*db, *writer, o, nullptr, nullptr);
+        CHECK(r.remember_jti("iss", "t1", 2000, 100));
+        CHECK(within_two_seconds([&] { return db->jti_recorded("iss", "t1", 100); }));
+    }
+    {
+        BatchedReplayOptions o = manual_flush();
+        o.max_batch = 3;
+        BatchedReplayStore r(*db, *writer, o, nullptr, nullptr);
+        CHECK(r.remember_jti("iss", "f1", 2000, 100));
+        CHECK(r.remember_jti("iss", "f2", 2000, 100));
+        CHECK(r.pending() == 2);  // the interval is an hour: nothing written yet
+        CHECK(r.remember_jti("iss", "f3", 2000, 100));
+        CHECK(within_two_seconds([&] { return db->jti_recorded("iss", "f3", 100); }));
+        CHECK(r.remember_jti("iss", "s1", 2000, 100));
+    }  // the destructor writes what is held
+    CHECK(db->jti_recorded("iss", "s1", 100));
+}
+
+TEST_CASE("batched replay records: a database that cannot be written keeps them, refuses new tokens when full, catches up") {
+    TempFile file("replay-down");
+    auto db = open_state_store(file.path);
+    Interruptible writer(*db);
+    std::vector<std::string> errors;
+    BatchedReplayOptions o = manual_flush();
+    o.max_pending = 2;
+    BatchedReplayStore r(*db, writer, o, nullptr, [&](const std::string& e) { errors.push_back(e); });
+    writer.down = true;
+    CHECK(r.remember_jti("iss", "d1", 2000, 100));
+    CHECK_FALSE(r.flush());
+    CHECK_FALSE(r.flush());
+    REQUIRE(errors.size() == 1);  // once a failure streak
+    CHECK(errors[0].find("the database is unreachable") != std::string::npos);
+    CHECK(r.pending() == 1);
+    CHECK_FALSE(r.remember_jti("iss", "d1", 2000, 101));  // still refused from memory
+    CHECK(r.remember_jti("iss", "d2", 2000, 101));
+    CHECK_THROWS_AS(r.remember_jti("iss", "d3", 2000, 102), StateError);  // full: fail closed
+    writer.down = false;
+    CHECK(r.flush());
+    REQUIRE(errors.size() == 2);
+    CHECK(errors[1] == "replay records written again");
+    CHECK(db->jti_recorded("iss", "d1", 102));
+    CHECK(db->jti_recorded("iss", "d2", 102));
+    CHECK(r.remember_jti("iss", "d3", 2000, 103));
+}
+
+TEST_CASE("batched replay records: of many threads presenting the same tokens at once, one each is accepted") {
+    TempFile file("replay-threads");
+    auto db = open_state_store(file.path);
+    auto writer = open_state_store(file.path);
+    BatchedReplayOptions o;
+    o.flush_interval = std::chrono::milliseconds(5);
+    o.max_batch = 16;
+    std::vector<int> accepted(4, 0);
+    std::vector<std::string> failures(4);
+    {
+        BatchedReplayStore r(*db, *writer, o, nullptr, nullptr);
+        std::vector<std::thread> threads;
+        for (std::size_t t = 0; t < accepted.size(); ++t)
+            threads.emplace_back([&, t] {
+                try {
+                    for (int i = 0; i < 300; ++i) accepted[t] += r.remember_jti("iss", "c" + std::to_string(i), 2000, 100);
+                } catch (const std::exception& e) {
+                    failures[t] = e.what();
+                }
+            });
+        for (auto& th : threads) th.join();
+    }
+    for (const auto& f : failures) CHECK_MESSAGE(f.empty(), f);
+    CHECK(accepted[0] + accepted[1] + accepted[2] + accepted[3] == 300);
+    for (int i = 0; i < 300; i += 37) CHECK(db->jti_recorded("iss", "c" + std::to_string(i), 100));
+    CHECK(db->remember_jtis({{"iss", "c299", 2000}}, 100) == std::vector<std::size_t>{0});
 }
 
 TEST_CASE("an SQLite file's log is copied into the database in the background, not by a commit") {
