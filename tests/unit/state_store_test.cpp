@@ -241,11 +241,22 @@ private:
     ReplayStore& store_;
 };
 
-BatchedReplayOptions manual_flush() {
+BatchedReplayOptions every(std::chrono::milliseconds interval, std::size_t max_batch = 1000) {
     BatchedReplayOptions o;
-    o.flush_interval = std::chrono::hours(1);  // only flush() and stop() write
+    o.flush_interval = interval;
+    o.max_batch = max_batch;
     return o;
 }
+// Batches written only by flush() and stop().
+BatchedReplayOptions manual_flush() { return every(std::chrono::hours(1)); }
+
+// An SQLite file and two connections to it: the call's reads and the batches' writes.
+struct TwoConnections {
+    TempFile file;
+    std::unique_ptr<StateStore> db, writer;
+    explicit TwoConnections(const char* name)
+        : file(name), db(open_state_store(file.path)), writer(open_state_store(file.path)) {}
+};
 
 template <class F>
 bool within_two_seconds(F&& done) {
@@ -299,28 +310,22 @@ TEST_CASE("batched replay records: refused from memory at once, from the databas
 }
 
 TEST_CASE("batched replay records: written by their thread within the interval, or sooner when a batch is full") {
-    TempFile file("replay-batches");
-    auto db = open_state_store(file.path);
-    auto writer = open_state_store(file.path);
+    TwoConnections c("replay-batches");
     {
-        BatchedReplayOptions o;
-        o.flush_interval = std::chrono::milliseconds(20);
-        BatchedReplayStore r(*db, *writer, o, nullptr, nullptr);
+        BatchedReplayStore r(*c.db, *c.writer, every(std::chrono::milliseconds(20)), nullptr, nullptr);
         CHECK(r.remember_jti("iss", "t1", 2000, 100));
-        CHECK(within_two_seconds([&] { return db->jti_recorded("iss", "t1", 100); }));
+        CHECK(within_two_seconds([&] { return c.db->jti_recorded("iss", "t1", 100); }));
     }
     {
-        BatchedReplayOptions o = manual_flush();
-        o.max_batch = 3;
-        BatchedReplayStore r(*db, *writer, o, nullptr, nullptr);
+        BatchedReplayStore r(*c.db, *c.writer, every(std::chrono::hours(1), 3), nullptr, nullptr);
         CHECK(r.remember_jti("iss", "f1", 2000, 100));
         CHECK(r.remember_jti("iss", "f2", 2000, 100));
         CHECK(r.pending() == 2);  // the interval is an hour: nothing written yet
         CHECK(r.remember_jti("iss", "f3", 2000, 100));
-        CHECK(within_two_seconds([&] { return db->jti_recorded("iss", "f3", 100); }));
+        CHECK(within_two_seconds([&] { return c.db->jti_recorded("iss", "f3", 100); }));
         CHECK(r.remember_jti("iss", "s1", 2000, 100));
     }  // the destructor writes what is held
-    CHECK(db->jti_recorded("iss", "s1", 100));
+    CHECK(c.db->jti_recorded("iss", "s1", 100));
 }
 
 TEST_CASE("batched replay records: a database that cannot be written keeps them, refuses new tokens when full, catches up") {
@@ -351,16 +356,11 @@ TEST_CASE("batched replay records: a database that cannot be written keeps them,
 }
 
 TEST_CASE("batched replay records: of many threads presenting the same tokens at once, one each is accepted") {
-    TempFile file("replay-threads");
-    auto db = open_state_store(file.path);
-    auto writer = open_state_store(file.path);
-    BatchedReplayOptions o;
-    o.flush_interval = std::chrono::milliseconds(5);
-    o.max_batch = 16;
+    TwoConnections c("replay-threads");
     std::vector<int> accepted(4, 0);
     std::vector<std::string> failures(4);
     {
-        BatchedReplayStore r(*db, *writer, o, nullptr, nullptr);
+        BatchedReplayStore r(*c.db, *c.writer, every(std::chrono::milliseconds(5), 16), nullptr, nullptr);
         std::vector<std::thread> threads;
         for (std::size_t t = 0; t < accepted.size(); ++t)
             threads.emplace_back([&, t] {
@@ -374,8 +374,8 @@ TEST_CASE("batched replay records: of many threads presenting the same tokens at
     }
     for (const auto& f : failures) CHECK_MESSAGE(f.empty(), f);
     CHECK(accepted[0] + accepted[1] + accepted[2] + accepted[3] == 300);
-    for (int i = 0; i < 300; i += 37) CHECK(db->jti_recorded("iss", "c" + std::to_string(i), 100));
-    CHECK(db->remember_jtis({{"iss", "c299", 2000}}, 100) == std::vector<std::size_t>{0});
+    for (int i = 0; i < 300; i += 37) CHECK(c.db->jti_recorded("iss", "c" + std::to_string(i), 100));
+    CHECK(c.db->remember_jtis({{"iss", "c299", 2000}}, 100) == std::vector<std::size_t>{0});
 }
 
 TEST_CASE("an SQLite file's log is copied into the database in the background, not by a commit") {
