@@ -38,8 +38,9 @@ void JsonLog::write(const std::string& level, const std::string& msg,
         w.String(v);
     }
     w.EndObject();
+    sb.Put('\n');  // the line and its end in one write (std::cerr writes each insertion at once)
     std::lock_guard<std::mutex> lock(mutex_);
-    out_ << sb.GetString() << "\n";
+    out_.write(sb.GetString(), static_cast<std::streamsize>(sb.GetSize()));
     out_.flush();
 }
 

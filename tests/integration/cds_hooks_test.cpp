@@ -1041,6 +1041,36 @@ TEST_CASE("calcalert serve: saturated, a call gets 503 with Retry-After at once 
     CHECK(metric(metrics, "calcalert_http_rejected_total{reason=\"saturated\"}") == refused);
 }
 
+TEST_CASE("calcalert serve: a caller that hangs up while its call runs: the answer goes nowhere else, the server goes on") {
+    SilentServer fhir;  // every fallback read hangs: the call runs until call_deadline_ms
+    ServeProcess serve("serve-hangup.json",
+                       R"({"state_file": ":memory:", "insecure_dev": true, "call_deadline_ms": 1500, "fhir_timeout_ms": 60000,
+                           "fhir_servers": [")" + fhir.base_url() + R"("]})");
+    const std::string call = cdstest::call_body("patient-view", "a", "", fhir.base_url(), "ehr-token-0123456789");
+    const std::string request = "POST " + kPV + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                                std::to_string(call.size()) + "\r\n\r\n" + call;
+    {
+        RawClient leaving(serve.port);
+        REQUIRE(leaving.send(request));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // its call runs
+        const linger abort{1, 0};  // the close resets the connection (as a killed client's does)
+        ::setsockopt(leaving.fd, SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
+    }  // hangs up
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server has seen it
+    // Connections opened meanwhile (they could be given the descriptor the call's worker still
+    // writes to, were it closed at the hang-up) get their own answers only.
+    std::vector<std::unique_ptr<RawClient>> others;
+    for (int i = 0; i < 4; ++i) others.push_back(std::make_unique<RawClient>(serve.port));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1700));  // the call has ended and answered
+    for (auto& o : others) {
+        REQUIRE(o->send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        const std::string got = o->read_all();
+        CHECK_MESSAGE(got.rfind("HTTP/1.1 200 ", 0) == 0, got.substr(0, 300));
+        CHECK_MESSAGE(got.find("HTTP/1.1", 1) == std::string::npos, got.substr(0, 600));  // one answer, its own
+    }
+    CHECK(serve.request("GET", "/healthz").status == 200);
+}
+
 TEST_CASE("calcalert serve: malformed and oversized requests are refused by status, and the server stays up") {
     ServeProcess serve("serve-malformed.json", R"({"state_file": ":memory:", "insecure_dev": true, "max_body_bytes": 4096})");
     const std::vector<std::pair<std::string, std::string>> cases = {
