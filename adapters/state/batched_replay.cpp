@@ -20,14 +20,7 @@ BatchedReplayStore::BatchedReplayStore(ReplayStore& reads, ReplayStore& writer, 
 
 BatchedReplayStore::~BatchedReplayStore() { stop(); }
 
-std::string BatchedReplayStore::key(const std::string& issuer, const std::string& jti) {
-    // The issuer's length first: no two (issuer, jti) pairs share a key, whatever their bytes.
-    std::string k = std::to_string(issuer.size());
-    k += ':';
-    k += issuer;
-    k += jti;
-    return k;
-}
+std::string BatchedReplayStore::key(const std::string& issuer, const std::string& jti) { return jti_key(issuer, jti); }
 
 BatchedReplayStore::Shard& BatchedReplayStore::shard_of(const std::string& key) {
     return shards_[std::hash<std::string>{}(key) % kShards];

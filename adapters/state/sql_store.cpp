@@ -914,7 +914,7 @@ private:
         auto* impl = dynamic_cast<Poco::Data::PostgreSQL::SessionImpl*>(session_.impl());
         if (impl == nullptr) throw StateError(location_ + ": not a PostgreSQL session");
         const std::string now_text = std::to_string(now_s);
-        auto key = [](const std::string& issuer, const std::string& jti) { return std::to_string(issuer.size()) + ":" + issuer + jti; };
+        const auto key = jti_key;
         std::unordered_set<std::string> seen;
         for (std::size_t from = 0; from < records.size(); from += kJtiRows) {
             std::vector<std::size_t> rows;  // indexes of records in this statement

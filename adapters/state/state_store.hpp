@@ -229,6 +229,11 @@ struct JtiRecord {
     std::string jti;
     EpochSeconds expires_at = 0;
 };
+// One string per (issuer, jti), for sets and maps: the issuer's length first, so that no two pairs
+// share a key whatever their bytes.
+inline std::string jti_key(const std::string& issuer, const std::string& jti) {
+    return std::to_string(issuer.size()) + ":" + issuer + jti;
+}
 
 // CDS Hooks: replay protection, shared by every serve process on the database. A record is alive
 // while expires_at >= now.
