@@ -16,16 +16,7 @@ namespace {
 constexpr double kHour = 3600.0;
 constexpr double kDay = 86400.0;
 
-struct FactValue {
-    bool present = false;
-    std::string text;                  // why it holds, in words (values, units, dates, thresholds; no references)
-    std::string brief;                 // short form for summaries
-    std::string key;                   // the evidence, canonical: no wording, times in UTC seconds
-    std::vector<std::string> sources;
-    std::vector<std::string> parts;    // for derived facts: the present facts that make it hold
-};
 
-using FactMap = std::unordered_map<std::string, FactValue>;
 
 // What printf's "%.*f" writes into a 64-byte buffer (std::to_chars with a precision writes the same
 // digits, without the locale and format-string machinery; at most 63 characters are kept).
@@ -89,6 +80,30 @@ struct Candidate {
     const LabResult* other = nullptr;
     const ComputedValue* computed = nullptr;  // all kinds but result
 };
+
+// A lab fact's latest value within its window, judged against its threshold. Its words are made
+// only when a finding shows them (most patients have none).
+struct Judged {
+    const LabFact* fact = nullptr;
+    Candidate candidate;
+    AppliedThreshold threshold;
+    bool holds = false;
+};
+
+struct FactValue {
+    bool present = false;
+    std::string text;                  // why it holds, in words (values, units, dates, thresholds; no references)
+    std::string brief;                 // short form for summaries
+    std::string key;                   // the evidence, canonical: no wording, times in UTC seconds
+    std::vector<std::string> sources;
+    std::vector<std::string> parts;    // for derived facts: the present facts that make it hold
+    // A lab fact that holds (text, brief and key are made from it when read), or a computed value
+    // (its brief is), instead of the strings above.
+    const Judged* judged = nullptr;
+    bool value_only = false;
+};
+
+using FactMap = std::unordered_map<std::string, FactValue>;
 
 class Evaluator {
 public:
@@ -460,53 +475,67 @@ private:
     // (a multiple of the result's reference-range high, else the default) and the comparator rule.
     void lab_fact(const LabFact& f) {
         const auto& all = candidates(f);
-        if (all.empty() || static_cast<double>(now_ - all.front().time) > f.window_days * kDay) {
-            assessed_[f.id] = "";
-            return;
-        }
+        if (all.empty() || static_cast<double>(now_ - all.front().time) > f.window_days * kDay) return;
         const Candidate& c = all.front();
-        const std::string c_text = text_of(c);
-        const std::vector<std::string> c_sources = sources_of(c);
-        const std::string unit = unit_of(f);
         const AppliedThreshold applied = lab_fact_threshold(f, c.reference_high);
-        const double threshold = applied.value;
+        bool holds = false;
+        if (c.comparator && (*c.comparator == Comparator::none || f.bounded == BoundedValues::when_decided))
+            holds = f.direction == Direction::above ? decides_above(c.value, *c.comparator, applied.value)
+                                                    : decides_below(c.value, *c.comparator, applied.value);
+        const Judged& j = judged_[f.id] = Judged{&f, c, applied, holds};
+        if (f.computed >= 0) {  // the value itself, for {value} in summaries (the first fact that judges it)
+            auto& v = facts_[f.value];
+            if (!v.judged) {
+                v.judged = &j;
+                v.value_only = true;
+            }
+        }
+        if (!holds) return;
+        auto& fact = facts_[f.id];
+        fact.present = true;
+        fact.judged = &j;
+        for (const auto& s : sources_of(c))
+            if (std::find(fact.sources.begin(), fact.sources.end(), s) == fact.sources.end()) fact.sources.push_back(s);
+    }
+
+    // "Intact PTH 450 pg/mL on 10 Nov 2026, above 300 pg/mL": the judged value and its threshold.
+    std::string judged_text(const Judged& j) const {
+        const LabFact& f = *j.fact;
+        const Candidate& c = j.candidate;
+        const std::string unit = unit_of(f);
+        const double threshold = j.threshold.value;
         std::string threshold_text;
-        std::string basis;
-        if (applied.from_reference_range) {
-            basis = "reference range";
+        if (j.threshold.from_reference_range) {
             if (*f.times_reference_high == 1)
                 threshold_text = "the upper reference limit " + format_number(threshold) + " " + unit;
             else
                 threshold_text = format_number(*f.times_reference_high) + " × the upper reference limit " +
                                  format_number(*c.reference_high) + " = " + format_number(threshold) + " " + unit;
         } else {
-            basis = "default";
             threshold_text = format_number(threshold) + " " + unit;
             if (f.times_reference_high) threshold_text = "the default " + threshold_text + " (no reference range reported)";
         }
-        bool holds = false;
-        if (c.comparator && (*c.comparator == Comparator::none || f.bounded == BoundedValues::when_decided))
-            holds = f.direction == Direction::above ? decides_above(c.value, *c.comparator, threshold)
-                                                    : decides_below(c.value, *c.comparator, threshold);
         const std::string side = f.direction == Direction::above ? "above " : "below ";
-        const std::string text = c_text + ", " + (holds ? side : "not " + side) + threshold_text;
-        assessed_[f.id] = text;
-        if (f.computed >= 0) {  // the value itself, for {value} in summaries (the first fact that judges it)
-            auto& v = facts_[f.value];
-            if (v.brief.empty()) {
-                const ComputedValue& cv = cat_.computed()[static_cast<std::size_t>(f.computed)];
-                v.brief = cv.short_label + " " + fixed(c.value, cv.decimals);
-                v.text = c_text;
-                v.sources = c_sources;
-            }
-        }
-        if (!holds) return;
-        auto& fact = facts_[f.id];
-        append(fact, text, c_sources,
-               f.id + "|" + key_of(c) + "|" + (f.direction == Direction::above ? ">" : "<") + exact(threshold) + " " + basis);
-        fact.brief = f.computed >= 0 ? cat_.computed()[static_cast<std::size_t>(f.computed)].short_label + " " +
-                                           fixed(c.value, cat_.computed()[static_cast<std::size_t>(f.computed)].decimals)
-                                     : std::string(analyte_label(*f.analyte)) + " " + format_number(c.value, 1);
+        return text_of(c) + ", " + (j.holds ? side : "not " + side) + threshold_text;
+    }
+
+    static std::string judged_key(const Judged& j) {
+        const LabFact& f = *j.fact;
+        return f.id + "|" + key_of(j.candidate) + "|" + (f.direction == Direction::above ? ">" : "<") +
+               exact(j.threshold.value) + " " + (j.threshold.from_reference_range ? "reference range" : "default");
+    }
+
+    std::string value_brief(const Judged& j) const {
+        const ComputedValue& cv = cat_.computed()[static_cast<std::size_t>(j.fact->computed)];
+        return cv.short_label + " " + fixed(j.candidate.value, cv.decimals);
+    }
+
+    std::string text(const FactValue& v) const { return v.judged && !v.value_only ? judged_text(*v.judged) : v.text; }
+    static std::string key(const FactValue& v) { return v.judged && !v.value_only ? judged_key(*v.judged) : v.key; }
+    std::string brief(const FactValue& v) const {
+        if (!v.judged) return v.brief;
+        if (v.value_only || v.judged->fact->computed >= 0) return value_brief(*v.judged);
+        return std::string(analyte_label(*v.judged->fact->analyte)) + " " + format_number(v.judged->candidate.value, 1);
     }
 
     void derived_facts() {
@@ -534,10 +563,7 @@ private:
         return it != facts_.end() && it->second.present;
     }
 
-    bool assessed(const std::string& id) const {
-        auto it = assessed_.find(id);
-        return it != assessed_.end() && !it->second.empty();
-    }
+    bool assessed(const std::string& id) const { return judged_.count(id) > 0; }
 
     // The leaf facts (labs, conditions) behind a fact, in order, without repeats.
     void leaves(const std::string& id, std::vector<std::string>& out) const {
@@ -575,7 +601,7 @@ private:
                     const std::string id = key.substr(s, comma - s);
                     if (present(id)) {
                         const auto& f = facts_.at(id);
-                        list += (list.empty() ? "" : "; ") + cat_.title_of(id) + ": " + f.text;
+                        list += (list.empty() ? "" : "; ") + cat_.title_of(id) + ": " + text(f);
                     }
                     s = comma + 1;
                 }
@@ -583,15 +609,15 @@ private:
             } else if (key.rfind("assessed:", 0) == 0) {
                 const std::string id = key.substr(9);
                 if (assessed(id)) {
-                    out += assessed_.at(id);
+                    out += judged_text(judged_.at(id));
                 } else {
                     const LabFact* f = cat_.lab_fact(id);
                     out += "no result within " + format_number(f ? f->window_days : 0) + " days";
                 }
             } else if (key == "order" && !order_.empty()) {
                 out += order_display_;
-            } else if (auto it = facts_.find(key); it != facts_.end() && !it->second.brief.empty()) {
-                out += it->second.brief;
+            } else if (auto it = facts_.find(key); it != facts_.end() && !brief(it->second).empty()) {
+                out += brief(it->second);
             } else {
                 out += cat_.title_of(key);
             }
@@ -620,7 +646,7 @@ private:
         for (const auto& f : r.any) leaves(f, leaf_ids);
         for (const auto& id : leaf_ids) {
             const auto& f = facts_.at(id);
-            fd.evidence.push_back({id, cat_.title_of(id), f.text, f.sources, f.key});
+            fd.evidence.push_back({id, cat_.title_of(id), text(f), f.sources, key(f)});
             for (const auto& s : f.sources)
                 if (std::find(fd.sources.begin(), fd.sources.end(), s) == fd.sources.end()) fd.sources.push_back(s);
         }
@@ -687,7 +713,7 @@ private:
     const TimeZone& zone_;
     std::vector<const LabResult*> labs_[analyte_count];
     std::map<std::string, std::vector<Candidate>> candidates_;
-    std::map<std::string, std::string> assessed_;  // lab fact -> its latest value judged, in words ("" = none)
+    std::map<std::string, Judged> judged_;  // lab fact -> its latest value within the window, judged
     FactMap facts_;
     std::string order_;          // evaluate_orders: the order being judged
     std::string order_display_;  // and its drug, for {order}
