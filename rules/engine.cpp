@@ -16,8 +16,6 @@ namespace {
 constexpr double kHour = 3600.0;
 constexpr double kDay = 86400.0;
 
-
-
 // What printf's "%.*f" writes into a 64-byte buffer (std::to_chars with a precision writes the same
 // digits, without the locale and format-string machinery; at most 63 characters are kept).
 std::string fixed(double v, int decimals) {
