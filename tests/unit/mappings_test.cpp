@@ -478,6 +478,21 @@ TEST_CASE("NDJSON read on several threads: the same facts, notes and problems, i
                patient + R"("},"effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":)" + value +
                R"(,"code":"mg/dL"}})";
     };
+    auto contained = [](const std::string& id, const std::string& patient, const std::string& value) {
+        return R"({"resourceType":"Observation","id":")" + id +
+               R"(","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"17861-6"}]},)" +
+               (patient.empty() ? std::string() : R"("subject":{"reference":"Patient/)" + patient + R"("},)") +
+               R"("effectiveDateTime":"2026-11-20T08:00:00Z","valueQuantity":{"value":)" + value + R"(,"code":"mg/dL"}})";
+    };
+    auto report = [](const std::string& id, const std::string& patient, const std::vector<std::string>& results) {
+        std::string refs, list;
+        for (std::size_t i = 0; i < results.size(); ++i) {
+            refs += std::string(i ? "," : "") + R"({"reference":"#)" + std::string(1, static_cast<char>('a' + i)) + R"("})";
+            list += (i ? "," : "") + results[i];
+        }
+        return R"({"resourceType":"DiagnosticReport","id":")" + id + R"(","meta":{"versionId":"1"},"status":"final","code":{"text":"panel"},"subject":{"reference":"Patient/)" +
+               patient + R"("},"result":[)" + refs + R"(],"contained":[)" + list + "]}";
+    };
     const std::vector<std::string> lines = {
         lab("o1", "p1", R"(,"meta":{"versionId":"9"})", "12.5"),
         lab("o2", "p2", "", "10.1"),
@@ -500,6 +515,13 @@ TEST_CASE("NDJSON read on several threads: the same facts, notes and problems, i
         R"({"resourceType":"Patient","id":"p5"})",
         lab("o1", "p1", R"(,"meta":{"versionId":"8"})", "14.0"),         // older than 10: not used
         R"({"resourceType":"Condition","id":"c1","meta":{"versionId":"2"},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"N18.6"}]},"subject":{"reference":"Patient/p4"}})",
+        // A report whose results name two patients: each result goes to its own.
+        report("dr2", "p6", {contained("a", "p7", "10.5"), contained("b", "p6", "9.0"), contained("c", "", "9.2")}),
+        // Rejected at its last result: the patient it named last gets nothing from it, the other keeps its result.
+        report("dr3", "p8", {contained("a", "p8", "10.5"), contained("b", "p9", "9.0"), contained("c", "p8", "\"z\"")}),
+        R"({"resourceType":"Patient","id":"p10","meta":{"versionId":"1"},"deceasedBoolean":true})",
+        R"({"resourceType":"Patient","id":"p10","meta":{"versionId":"2"}})",  // no longer deceased
+        R"({"resourceType":"Patient","id":"p11","meta":{"versionId":"3"},"deceasedDateTime":"2026-09-01"})",
     };
     std::string text;
     for (const auto& l : lines) text += l + "\n";
@@ -520,9 +542,22 @@ TEST_CASE("NDJSON read on several threads: the same facts, notes and problems, i
     CHECK(one.find("Observation/o2 (a copy without meta.versionId or meta.lastUpdated) is superseded") != std::string::npos);
     CHECK(one.find("is deleted by an entry of the input (version 3)") != std::string::npos);
     CHECK(one.find("Observation/o5/_history/1") != std::string::npos);
-    CHECK(one.find("deceased") == std::string::npos);  // the later Patient version is not deceased
+    auto facts_of = [&](const std::string& patient) {  // a patient's lines of the dump
+        const auto at = one.find(patient + "\n");
+        return at == std::string::npos ? std::string() : one.substr(at, one.find("\nPatient/", at + 1) - at);
+    };
+    CHECK(facts_of("Patient/p1").find("lab 0 9.1 ") != std::string::npos);
+    CHECK(facts_of("Patient/p1").find("deceased") == std::string::npos);  // the later Patient version is not deceased
     CHECK(one.find("Patient/p5\n") != std::string::npos);
     CHECK(one.find("problem t.ndjson:17") != std::string::npos);
+    // The reports: p7, p6 (twice) and p9 have their results; p8 has none, as its report was rejected.
+    CHECK(one.find("Patient/p7\n  lab 0 10.5 ") != std::string::npos);
+    CHECK(one.find("Patient/p6\n  lab 0 9 ") != std::string::npos);
+    CHECK(one.find("DiagnosticReport/dr2/_history/1 final 17861-6\n  lab 0 9.2 ") != std::string::npos);
+    CHECK(one.find("Patient/p8\nPatient/p9\n  lab 0 9 ") != std::string::npos);
+    CHECK(facts_of("Patient/p11").find("deceased Patient/p11/_history/3") != std::string::npos);
+    CHECK(facts_of("Patient/p10").find("(version 1) is superseded by version 2") != std::string::npos);
+    CHECK(facts_of("Patient/p10").find("  deceased") == std::string::npos);  // its later version is not deceased
     for (unsigned jobs : {2U, 3U})
         for (std::size_t batch_bytes : {std::size_t{1}, std::size_t{300}, std::size_t{1000}}) {
             CAPTURE(jobs);
