@@ -93,7 +93,9 @@ struct ReadStats {
 struct NdjsonOptions {
     std::size_t max_line_bytes = std::size_t{1} << 30;
     unsigned jobs = 1;
-    std::size_t batch_bytes = std::size_t{4} << 20;
+    // 512 KiB: a batch's Documents are still in the shared cache when the caller's thread maps them
+    // (with 4 MiB batches, --jobs 2 took 14 % longer; docs/benchmarks.md).
+    std::size_t batch_bytes = std::size_t{512} << 10;
 };
 
 // "-" reads standard input. Files ending in .ndjson or .jsonl are read as NDJSON; others are read

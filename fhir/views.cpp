@@ -65,8 +65,15 @@ private:
 
 const Json* member(const Json& obj, std::string_view name) {
     if (!obj.IsObject()) return nullptr;
-    auto it = obj.FindMember(rapidjson::StringRef(name.data(), static_cast<rapidjson::SizeType>(name.size())));
-    return it == obj.MemberEnd() ? nullptr : &it->value;
+    // RapidJSON's FindMember, with the length and the first byte compared before the bytes: FHIR
+    // names seldom share both, so most members are passed over without a call to memcmp.
+    const std::size_t n = name.size();
+    for (auto m = obj.MemberBegin(); m != obj.MemberEnd(); ++m) {
+        if (m->name.GetStringLength() != n) continue;
+        const char* text = m->name.GetString();
+        if (n == 0 || (text[0] == name[0] && std::memcmp(text + 1, name.data() + 1, n - 1) == 0)) return &m->value;
+    }
+    return nullptr;
 }
 
 std::optional<std::string_view> string_member(const Json& obj, std::string_view name, std::string_view path) {

@@ -55,7 +55,7 @@ Options:
                          then N threads run the rules, patient by patient (and write the ndjson
                          lines); the output is the same for every N
   --batch-bytes N        bytes of NDJSON lines parsed as one batch with --jobs above 1 (default
-                         4194304; from 1)
+                         524288; from 1)
   --help                 this help
 
 Data directories default to $CALCALERT_DATA_DIR/{rules/catalog,mappings/data}, then the installed
